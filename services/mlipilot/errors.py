@@ -1,0 +1,23 @@
+"""Error messages that say which file, key and value to change."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class MlipilotError(ValueError):
+    """An error the user can fix; the CLI prints it without a traceback."""
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    """One line per problem: ``where: key.path: message (got value)``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{where}: {loc}: {msg}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The scorecard spec: fixed, versioned data that judges every candidate.
+
+A spec lives in ``scorecard/*.yaml``. It is hashed into every result so a score is never
+compared against a different yardstick. No threshold lives in code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlipilot.errors import MlipilotError, format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Constraint(_Strict):
+    """One physical constraint: ``metric <= max`` or ``metric >= min``."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+    unit: str
+    why: str = ""
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Constraint:
+        if (self.max is None) == (self.min is None):
+            raise ValueError(f"constraint on {self.metric!r} needs exactly one of 'max' or 'min'")
+        bound = self.max if self.max is not None else self.min
+        if bound is None or bound <= 0:
+            raise ValueError(f"constraint on {self.metric!r}: the bound must be > 0, got {bound}")
+        return self
+
+    @property
+    def threshold(self) -> float:
+        return self.max if self.max is not None else self.min  # type: ignore[return-value]
+
+    def margin(self, value: float) -> float:
+        """Relative distance to the threshold; positive means satisfied."""
+        if value != value:  # NaN: as bad as it gets
+            return float("-inf")
+        if self.max is not None:
+            return (self.max - value) / self.max
+        return (value - self.threshold) / self.threshold
+
+    def violation(self, value: float) -> float:
+        """Normalized excess over the threshold, 0 when satisfied."""
+        return max(0.0, -self.margin(value))
+
+
+class AccuracySettings(_Strict):
+    """Held-out accuracy: computed on the test split only, never seen by trainer or agent."""
+
+    batch_size: int = Field(8, ge=1)
+
+
+class MDSettings(_Strict):
+    """MD stability: NVT replicas (start frame x temperature x seed), then an NVE segment."""
+
+    start_frames: list[int] = Field(min_length=1, description="indices into the test split")
+    temperatures_K: list[float] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    nvt_steps: int = Field(ge=1)
+    nve_steps: int = Field(ge=0)
+    timestep_fs: float = Field(gt=0)
+    friction_per_fs: float = Field(gt=0)
+    min_distance_A: float = Field(gt=0, description="closer than this is a collapse")
+    max_temperature_factor: float = Field(gt=1, description="T above factor x target = runaway")
+    max_energy_drift_meV_per_atom_per_ps: float = Field(gt=0)
+    trace_every: int = Field(10, ge=1)
+
+
+class ThroughputSettings(_Strict):
+    """MD speed of the candidate relative to the baseline model, timed side by side."""
+
+    md_steps: int = Field(ge=1)
+    repeats: int = Field(3, ge=1)
+
+
+class ScorecardSpec(_Strict):
+    name: str
+    version: int = Field(ge=1)
+    description: str = ""
+    accuracy: AccuracySettings = AccuracySettings()
+    md: MDSettings
+    throughput: ThroughputSettings
+    constraints: list[Constraint] = Field(min_length=1)
+    composite_weights: dict[str, float] = Field(
+        min_length=1, description="composite = sum(weight * metric / threshold), lower is better"
+    )
+
+    @model_validator(mode="after")
+    def _weights_name_constraints(self) -> ScorecardSpec:
+        names = {c.metric for c in self.constraints}
+        unknown = sorted(set(self.composite_weights) - names)
+        if unknown:
+            raise ValueError(
+                f"composite_weights names metrics without a constraint: {unknown}; "
+                f"constrained metrics are {sorted(names)}"
+            )
+        return self
+
+    def constraint(self, metric: str) -> Constraint:
+        for c in self.constraints:
+            if c.metric == metric:
+                return c
+        raise KeyError(metric)
+
+
+def load_spec(path: str | Path) -> tuple[ScorecardSpec, str]:
+    """Load and validate a scorecard spec; return it with the sha256 of the file's bytes."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MlipilotError(f"scorecard spec {path}: cannot read it ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise MlipilotError(f"scorecard spec {path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MlipilotError(f"scorecard spec {path}: expected a mapping at the top level")
+    try:
+        spec = ScorecardSpec.model_validate(data)
+    except ValidationError as exc:
+        raise MlipilotError(format_validation_error(exc, f"scorecard spec {path}")) from exc
+    return spec, hashlib.sha256(raw).hexdigest()
