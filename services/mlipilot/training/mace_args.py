@@ -1,0 +1,85 @@
+"""Recipe -> ``mace_run_train`` command-line flags: the one place that knows MACE's flag names."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlipilot.data.extxyz import ENERGY_KEY, FORCES_KEY, STRESS_KEY
+from mlipilot.recipe import Recipe
+
+MODEL_NAME = "candidate"
+
+
+def to_mace_args(
+    recipe: Recipe,
+    *,
+    train_file: Path,
+    work_dir: Path,
+    epochs: int,
+    atomic_numbers: Sequence[int],
+    valid_fraction: float = 0.1,
+    device: str = "cpu",
+) -> list[str]:
+    """Flags for one training run under a fixed epoch budget.
+
+    The test split is never passed: the trainer only sees training data (the scorecard owns
+    the held-out set).
+    """
+    r = recipe
+    if r.e0s == "zero":
+        e0s = "{" + ", ".join(f"{z}: 0.0" for z in sorted(set(atomic_numbers))) + "}"
+    else:
+        e0s = "average"
+    args = {
+        "name": MODEL_NAME,
+        "work_dir": str(work_dir),
+        "train_file": str(train_file),
+        "valid_fraction": valid_fraction,
+        "energy_key": ENERGY_KEY,
+        "forces_key": FORCES_KEY,
+        "stress_key": STRESS_KEY,
+        "model": "MACE",
+        "E0s": e0s,
+        "scaling": r.scaling,
+        "loss": r.loss,
+        "energy_weight": r.energy_weight,
+        "forces_weight": r.forces_weight,
+        "huber_delta": r.huber_delta,
+        "lr": r.lr,
+        "scheduler": "ReduceLROnPlateau",
+        "scheduler_patience": r.scheduler_patience,
+        "lr_factor": r.lr_factor,
+        "num_channels": r.num_channels,
+        "max_L": r.max_L,
+        "correlation": r.correlation,
+        "num_interactions": r.num_interactions,
+        "r_max": r.r_max,
+        "num_radial_basis": r.num_radial_basis,
+        "batch_size": r.batch_size,
+        "valid_batch_size": max(r.batch_size, 8),
+        "default_dtype": r.default_dtype,
+        "seed": r.seed,
+        "max_num_epochs": epochs,
+        # Early stopping would make the budget unequal between candidates.
+        "patience": epochs + 1,
+        "eval_interval": 1,
+        "device": device,
+        "num_workers": 0,
+        "error_table": "PerAtomMAE",
+    }
+    flags = [f"--{key}={value}" for key, value in args.items()]
+    if r.ema:
+        flags += ["--ema", f"--ema_decay={r.ema_decay}"]
+    if r.stage_two:
+        start = min(epochs - 1, max(1, round(r.stage_two_start * epochs)))
+        flags += [
+            "--stage_two",
+            f"--start_stage_two={start}",
+            f"--stage_two_energy_weight={r.stage_two_energy_weight}",
+            f"--stage_two_forces_weight={r.stage_two_forces_weight}",
+            f"--stage_two_lr={r.stage_two_lr}",
+        ]
+    if r.pair_repulsion:
+        flags.append("--pair_repulsion")
+    return flags

@@ -1,0 +1,146 @@
+"""Train one recipe with mace-torch, for real, under a fixed budget.
+
+mace_run_train runs in a child process: it sets process-wide state (default dtype, logging,
+environment) that must not leak into the orchestrator, and a child can be killed when it
+overruns its wall-clock budget. Its log is parsed as it streams so progress and the training
+curve are known while it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from mlipilot.recipe import Recipe
+from mlipilot.training.mace_args import MODEL_NAME, to_mace_args
+
+_EPOCH_LINE = re.compile(r"(Initial|Epoch (\d+)):.*?loss=\s*(\S+?),(.*)")
+_METRIC = re.compile(r"(\w+)=\s*([-+0-9.eEinfa]+)\s*(meV(?: / A)?)?")
+
+ProgressFn = Callable[[int, int, "EpochRecord"], None]
+
+
+class EpochRecord(BaseModel):
+    epoch: int  # -1 is the evaluation before training
+    loss: float
+    valid: dict[str, float]  # validation errors as mace logs them (meV units)
+
+
+class TrainingOutcome(BaseModel):
+    status: Literal["ok", "failed", "timeout"]
+    cause: str | None = None
+    model_path: Path | None = None
+    curve: list[EpochRecord] = []
+    wall_s: float
+    log_path: Path
+    command: list[str]
+
+
+class TrainingBudget(BaseModel):
+    epochs: int
+    max_seconds: float
+
+
+def parse_epoch_line(line: str) -> EpochRecord | None:
+    m = _EPOCH_LINE.search(line)
+    if not m:
+        return None
+    epoch = -1 if m.group(1) == "Initial" else int(m.group(2))
+    valid = {k: float(v) for k, v, _unit in _METRIC.findall(m.group(4))}
+    return EpochRecord(epoch=epoch, loss=float(m.group(3)), valid=valid)
+
+
+def train_recipe(
+    recipe: Recipe,
+    *,
+    train_file: Path,
+    atomic_numbers: Sequence[int],
+    work_dir: Path,
+    budget: TrainingBudget,
+    progress: ProgressFn | None = None,
+    device: str = "cpu",
+) -> TrainingOutcome:
+    """Train ``recipe`` on ``train_file``; never raises for a failed run, reports it."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = work_dir / "train.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mace.cli.run_train",
+        *to_mace_args(
+            recipe,
+            train_file=train_file,
+            work_dir=work_dir / "mace",
+            epochs=budget.epochs,
+            atomic_numbers=atomic_numbers,
+            device=device,
+        ),
+    ]
+    curve: list[EpochRecord] = []
+    start = time.monotonic()
+    with log_path.open("w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        # Unbuffered, or mace's log lines arrive only when the run ends.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+        )
+        timer = threading.Timer(budget.max_seconds, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                record = parse_epoch_line(line)
+                if record is None:
+                    continue
+                curve.append(record)
+                if progress and record.epoch >= 0:
+                    progress(record.epoch + 1, budget.epochs, record)
+                if not math.isfinite(record.loss):
+                    proc.kill()
+                    break
+            proc.wait()
+        finally:
+            timer.cancel()
+    wall = time.monotonic() - start
+    status, cause, model = _judge(proc.returncode, curve, work_dir / "mace", wall, budget)
+    if cause:
+        with log_path.open("a") as log:
+            log.write(f"\nmlipilot: training {status}: {cause}\n")
+    return TrainingOutcome(
+        status=status,
+        cause=cause,
+        model_path=model,
+        curve=curve,
+        wall_s=wall,
+        log_path=log_path,
+        command=cmd,
+    )
+
+
+def _judge(
+    returncode: int, curve: list[EpochRecord], mace_dir: Path, wall: float, budget: TrainingBudget
+) -> tuple[Literal["ok", "failed", "timeout"], str | None, Path | None]:
+    if curve and not math.isfinite(curve[-1].loss):
+        return "failed", f"non-finite loss ({curve[-1].loss}) at epoch {curve[-1].epoch}", None
+    if returncode != 0 and wall >= budget.max_seconds:
+        return "timeout", f"over the wall-clock budget of {budget.max_seconds:.0f} s", None
+    if returncode != 0:
+        return "failed", f"mace_run_train exited with code {returncode} (see train.log)", None
+    # Stage two writes a second model; it is the one the run ends with.
+    for name in (f"{MODEL_NAME}_stagetwo.model", f"{MODEL_NAME}.model"):
+        if (mace_dir / name).exists():
+            return "ok", None, mace_dir / name
+    return "failed", "mace_run_train finished but wrote no model file", None
