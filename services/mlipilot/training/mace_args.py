@@ -71,7 +71,8 @@ def to_mace_args(
     flags = [f"--{key}={value}" for key, value in args.items()]
     if r.ema:
         flags += ["--ema", f"--ema_decay={r.ema_decay}"]
-    if r.stage_two:
+    # Stage two needs at least one epoch before it; with a 1-epoch budget it cannot happen.
+    if r.stage_two and epochs >= 2:
         start = min(epochs - 1, max(1, round(r.stage_two_start * epochs)))
         flags += [
             "--stage_two",

@@ -1,0 +1,40 @@
+# mlipilot — developer entry points. `make install`, then `mlipilot run`; `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first, pinned: a bare `torch` requirement resolved by another package would
+# pull a multi-GB CUDA build. Override for a GPU machine, e.g. TORCH_SPEC="torch==2.13.0".
+TORCH_SPEC ?= torch==2.13.0
+# `mlipilot` is linked here so a fresh shell finds it without activating the venv.
+LINK_DIR ?= $(shell if [ -w /usr/local/bin ]; then echo /usr/local/bin; else echo $$HOME/.local/bin; fi)
+
+.PHONY: install test test-fast lint format run clean
+
+install:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	mkdir -p $(LINK_DIR)
+	ln -sf $(abspath $(BIN)/mlipilot) $(LINK_DIR)/mlipilot
+	@echo "installed: $(LINK_DIR)/mlipilot -> $(abspath $(BIN)/mlipilot)"
+	@case ":$$PATH:" in *":$(LINK_DIR):"*) ;; *) echo "note: add $(LINK_DIR) to PATH";; esac
+
+test:
+	$(BIN)/python -m pytest -q
+
+test-fast:
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check services tests benchmarks
+	$(BIN)/ruff format --check services tests benchmarks
+
+format:
+	$(BIN)/ruff check --fix services tests benchmarks
+	$(BIN)/ruff format services tests benchmarks
+
+run:
+	$(BIN)/mlipilot run
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,190 @@
+"""A rule-based researcher: MLIP know-how written down as ordered rules.
+
+Each rule looks at the incumbent's scorecard result (which constraints fail, by how much) and
+the recipe, and when it applies proposes one change with the reason a MACE practitioner would
+give. Rules are tried in order of how fundamental the fix is (normalization before loss
+balance before schedule before capacity); a change whose resulting recipe was already tried is
+skipped, so a reverted idea is not repeated on the same incumbent but may be retried on a
+new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mlipilot.agents.base import AgentGaveUp, CampaignState, Proposal
+from mlipilot.recipe import Recipe
+from mlipilot.scoring.result import ScoreResult
+
+ENERGY = "energy_mae_meV_per_atom"
+FORCES = "force_mae_meV_per_A"
+MD = "md_survival_fraction"
+SPEED = "relative_throughput"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    applies: Callable[[Recipe, ScoreResult, CampaignState], bool]
+    patch: Callable[[Recipe], dict[str, Any]]
+    hypothesis: Callable[[Recipe, ScoreResult], str]
+
+
+def _fails(result: ScoreResult, metric: str) -> bool:
+    return any(c.metric == metric and not c.satisfied for c in result.constraints)
+
+
+def _margin(result: ScoreResult, metric: str) -> float:
+    for c in result.constraints:
+        if c.metric == metric:
+            return c.margin
+    return 0.0
+
+
+def _value(result: ScoreResult, metric: str) -> str:
+    v = result.metrics.get(metric)
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _inaccurate(result: ScoreResult) -> bool:
+    return _fails(result, ENERGY) or _fails(result, FORCES)
+
+
+def _stalled(state: CampaignState) -> bool:
+    """The last two tries were both reverted: the easy fixes are spent."""
+    tries = [h.verdict for h in state.history if h.verdict != "BASELINE"][-2:]
+    return len(tries) == 2 and all(v != "ACCEPT" for v in tries)
+
+
+RULES: list[Rule] = [
+    Rule(
+        "normalize-output",
+        lambda r, res, s: _fails(res, ENERGY) and (r.scaling == "no_scaling" or r.e0s == "zero"),
+        lambda r: {"e0s": "average", "scaling": "rms_forces_scaling"},
+        lambda r, res: (
+            f"Energy MAE is {_value(res, ENERGY)} meV/atom with e0s={r.e0s}, "
+            f"scaling={r.scaling}: the network must learn the absolute energy scale itself. "
+            "Least-squares E0s and RMS-force scaling put its outputs at order one."
+        ),
+    ),
+    Rule(
+        "reweight-forces",
+        lambda r, res, s: _fails(res, FORCES) and r.forces_weight < 10 * max(r.energy_weight, 1e-9),
+        lambda r: {"forces_weight": 100.0, "energy_weight": 1.0},
+        lambda r, res: (
+            f"Force MAE is {_value(res, FORCES)} meV/Å with forces:energy weights "
+            f"{r.forces_weight:g}:{r.energy_weight:g}. Forces carry 3N labels per frame and drive "
+            "MD; weight them 100:1 as MACE does by default."
+        ),
+    ),
+    Rule(
+        "raise-learning-rate",
+        lambda r, res, s: _inaccurate(res) and r.lr < 0.005,
+        lambda r: {"lr": 0.01},
+        lambda r, res: (
+            f"Errors stay high and lr={r.lr:g}: within a fixed epoch budget the "
+            "optimizer cannot converge at this step size; 0.01 is MACE's tested default."
+        ),
+    ),
+    Rule(
+        "widen-cutoff",
+        lambda r, res, s: _fails(res, MD) and r.r_max < 4.5,
+        lambda r: {"r_max": 5.0},
+        lambda r, res: (
+            f"MD collapsed (survival {_value(res, MD)}) with r_max={r.r_max:g} Å, "
+            "which sees only the nearest shells of fcc Cu (2.55, 3.61 Å). A 5 Å cutoff includes "
+            "the third shell (4.42 Å) and gives the model the environment it needs."
+        ),
+    ),
+    Rule(
+        "pair-repulsion",
+        lambda r, res, s: _fails(res, MD) and not r.pair_repulsion,
+        lambda r: {"pair_repulsion": True},
+        lambda r, res: (
+            f"MD still collapses (survival {_value(res, MD)}): atoms reach distances "
+            "absent from the training data. A ZBL pair repulsion keeps them apart."
+        ),
+    ),
+    Rule(
+        "cut-capacity",
+        lambda r, res, s: _fails(res, SPEED) and (r.max_L > 0 or r.num_channels > 8),
+        lambda r: {"max_L": 0} if r.max_L > 0 else {"num_channels": max(8, r.num_channels // 2)},
+        lambda r, res: (
+            f"Throughput is {_value(res, SPEED)}x the baseline's: the model is too "
+            f"expensive (max_L={r.max_L}, {r.num_channels} channels); cut capacity."
+        ),
+    ),
+    Rule(
+        "progressive-schedule",
+        lambda r, res, s: _fails(res, ENERGY) and not r.stage_two,
+        lambda r: {"stage_two": True, "stage_two_energy_weight": 1000.0, "stage_two_lr": 0.001},
+        lambda r, res: (
+            f"Energy MAE {_value(res, ENERGY)} meV/atom lags while forces are "
+            "learned: a final stage (MACE stage two) with a high energy weight and a small lr "
+            "fits energies once the force field is in place."
+        ),
+    ),
+    Rule(
+        "add-interaction",
+        lambda r, res, s: _inaccurate(res) and r.num_interactions < 2 and _margin(res, SPEED) > 0.3,
+        lambda r: {"num_interactions": 2},
+        lambda r, res: (
+            "Accuracy stalls with one interaction layer: a second message-passing "
+            "layer makes the descriptor many-body beyond the cutoff sphere."
+        ),
+    ),
+    Rule(
+        "add-channels",
+        lambda r, res, s: (
+            (_inaccurate(res) or _stalled(s)) and r.num_channels < 64 and _margin(res, SPEED) > 0.3
+        ),
+        lambda r: {"num_channels": min(64, r.num_channels * 2)},
+        lambda r, res: (
+            f"Accuracy stalls at {r.num_channels} channels (force MAE "
+            f"{_value(res, FORCES)} meV/Å) and throughput has room: double the channels."
+        ),
+    ),
+    Rule(
+        "ema",
+        lambda r, res, s: not r.ema,
+        lambda r: {"ema": True, "ema_decay": 0.99},
+        lambda r, res: (
+            "An exponential moving average of the weights smooths the end of a "
+            "short schedule and usually lowers validation error at no cost in speed."
+        ),
+    ),
+    Rule(
+        "energy-weight",
+        lambda r, res, s: res.feasible and _margin(res, ENERGY) < _margin(res, FORCES),
+        lambda r: {"energy_weight": min(1000.0, r.energy_weight * 10)},
+        lambda r, res: "Energy is the tighter constraint: raise its weight in the loss.",
+    ),
+]
+
+
+class RuleBasedResearcher:
+    name = "rule-based"
+
+    def __init__(self, rules: list[Rule] | None = None) -> None:
+        self.rules = rules if rules is not None else RULES
+
+    def propose(self, state: CampaignState) -> Proposal:
+        result = state.incumbent_result
+        if result is None:
+            raise AgentGaveUp("the baseline has no result to reason from")
+        for rule in self.rules:
+            if not rule.applies(state.incumbent, result, state):
+                continue
+            patch = {
+                k: v
+                for k, v in rule.patch(state.incumbent).items()
+                if getattr(state.incumbent, k) != v
+            }
+            if not patch or state.tried(state.incumbent.patched(patch)):
+                continue
+            return Proposal(
+                hypothesis=f"[{rule.name}] {rule.hypothesis(state.incumbent, result)}", patch=patch
+            )
+        raise AgentGaveUp("no rule applies to the incumbent that has not been tried")

@@ -1,0 +1,116 @@
+"""Live progress and the final table of ``mlipilot run``, with rich."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mlipilot.campaign.reporting import TABLE_METRICS, IterationRow
+
+if TYPE_CHECKING:
+    from mlipilot.campaign.layout import RunLayout
+    from mlipilot.campaign.loop import CampaignOutcome
+    from mlipilot.config import Campaign
+
+_VERDICT_STYLE = {"ACCEPT": "bold green", "REVERT": "red", "BASELINE": "cyan"}
+_STAGE_NAMES = {"train": "training (epochs)", "md": "MD stability (steps)"}
+
+
+class RichReporter:
+    """One progress bar per candidate and stage; one line per decision."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._tasks: dict[tuple[str, str], int] = {}
+
+    def campaign_started(self, campaign: Campaign, layout: RunLayout, agent: str) -> None:
+        c = campaign
+        self.console.print(
+            f"[bold]mlipilot[/] campaign [bold]{c.name}[/] with agent [bold]{agent}[/]: "
+            f"baseline + {c.budget.iterations} iterations, {c.budget.epochs} epochs per "
+            f"candidate, scorecard {c.scorecard.name}, on {c.compute.device}"
+        )
+        self.console.print(f"results: {layout.root}")
+        self.progress.start()
+
+    def stage(self, candidate: str, stage: str, done: int, total: int) -> None:
+        key = (candidate, stage)
+        if key not in self._tasks:
+            label = f"{candidate} {_STAGE_NAMES.get(stage, stage)}"
+            self._tasks[key] = self.progress.add_task(label, total=total)
+        self.progress.update(self._tasks[key], completed=done, total=total)
+
+    def decision(self, row: IterationRow) -> None:
+        style = _VERDICT_STYLE.get(row.verdict, "")
+        self.progress.console.print(
+            f"it{row.iteration:03d} [{style}]{row.verdict}[/]: {row.reason}"
+            + (f"  [dim]{_changed(row)}[/]" if row.changed else "")
+        )
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]{message}[/]")
+
+    def campaign_finished(self, outcome: CampaignOutcome) -> None:
+        self.progress.stop()
+        self.console.print(iterations_table(outcome.rows))
+        layout = outcome.layout
+        best = outcome.best_result
+        self.console.print(
+            f"best: iteration {outcome.best_iteration}, {best.short()}  "
+            f"({outcome.wall_s / 60:.1f} min)"
+        )
+        self.console.print(f"best model: {layout.best_model}")
+        self.console.print(f"ledger:     {layout.ledger}")
+        self.console.print(f"results:    {layout.root}  (results.tsv, summary.json)")
+
+
+def _changed(row: IterationRow) -> str:
+    return ", ".join(f"{k}={v}" for k, v in row.changed.items())
+
+
+def iterations_table(rows: list[IterationRow]) -> Table:
+    table = Table(title="iterations", show_lines=True)
+    table.add_column("it", justify="right")
+    table.add_column("hypothesis", max_width=42)
+    table.add_column("changed", max_width=26)
+    for header in TABLE_METRICS.values():
+        table.add_column(header, justify="right")
+    table.add_column("composite", justify="right")
+    table.add_column("decision")
+    table.add_column("why", max_width=36)
+    for row in rows:
+        metrics = [_fmt(row.metrics.get(m)) for m in TABLE_METRICS]
+        if row.feasible is None:
+            score = "—"
+        elif row.feasible:
+            score = f"{row.composite:.3f}"
+        else:
+            score = f"infeasible\n(viol. {row.violation:.2f})"
+        style = _VERDICT_STYLE.get(row.verdict, "")
+        table.add_row(
+            str(row.iteration),
+            row.hypothesis,
+            _changed(row) or "—",
+            *metrics,
+            score,
+            f"[{style}]{row.verdict}[/]",
+            row.reason,
+        )
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3g}"

@@ -1,0 +1,59 @@
+"""Where a campaign's results live: ``runs/<campaign>-<UTC stamp>/``.
+
+::
+
+    runs/cu-emt-quick-20261127-064100/
+      campaign.yaml        the campaign file as run (copied)
+      scorecard.yaml       the scorecard spec as run (copied; its hash is in every result)
+      ledger.sqlite        the append-only audit ledger (WAL)
+      results.tsv          one line per decision, exported from the ledger
+      summary.json         the final table and the paths below, for scripts
+      best.model           the accepted incumbent's MACE model
+      candidates/it000/    the baseline; it001, it002, ... the proposals
+        recipe.yaml        full recipe trained
+        train.log          mace_run_train's output
+        mace/              mace's own work dir (model, checkpoints, logs)
+        md/                one CSV trace per MD replica
+        result.json        the scorecard result
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @classmethod
+    def create(cls, out_root: Path, campaign_name: str) -> RunLayout:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        root = out_root / f"{campaign_name}-{stamp}"
+        suffix = 1
+        while root.exists():  # two runs in the same second
+            suffix += 1
+            root = out_root / f"{campaign_name}-{stamp}-{suffix}"
+        (root / "candidates").mkdir(parents=True)
+        return cls(root.resolve())
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    @property
+    def results_tsv(self) -> Path:
+        return self.root / "results.tsv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def best_model(self) -> Path:
+        return self.root / "best.model"
+
+    def candidate(self, iteration: int) -> Path:
+        return self.root / "candidates" / f"it{iteration:03d}"

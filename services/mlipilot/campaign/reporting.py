@@ -1,0 +1,83 @@
+"""What the loop tells the outside world while it runs, and one row per iteration."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel
+
+from mlipilot.campaign.decision import Decision
+from mlipilot.scoring.result import ScoreResult
+
+if TYPE_CHECKING:
+    from mlipilot.campaign.layout import RunLayout
+    from mlipilot.campaign.loop import CampaignOutcome
+    from mlipilot.config import Campaign
+
+# The metrics shown in the table, in order, with their short headers.
+TABLE_METRICS = {
+    "energy_mae_meV_per_atom": "E MAE\nmeV/at",
+    "force_mae_meV_per_A": "F MAE\nmeV/Å",
+    "md_survival_fraction": "MD\nsurvival",
+    "relative_throughput": "speed\nvs base",
+}
+
+
+class IterationRow(BaseModel):
+    iteration: int
+    hypothesis: str
+    changed: dict[str, Any]
+    metrics: dict[str, float]
+    feasible: bool | None
+    composite: float | None
+    violation: float | None
+    verdict: str
+    reason: str
+
+    @classmethod
+    def build(
+        cls,
+        iteration: int,
+        hypothesis: str,
+        patch: dict[str, Any],
+        result: ScoreResult | None,
+        decision: Decision,
+    ) -> IterationRow:
+        return cls(
+            iteration=iteration,
+            hypothesis=hypothesis,
+            changed=patch,
+            metrics=result.metrics if result else {},
+            feasible=result.feasible if result else None,
+            composite=result.composite if result else None,
+            violation=result.violation if result else None,
+            verdict=decision.verdict,
+            reason=decision.reason,
+        )
+
+
+class Reporter(Protocol):
+    def campaign_started(self, campaign: Campaign, layout: RunLayout, agent: str) -> None: ...
+    def stage(self, candidate: str, stage: str, done: int, total: int) -> None: ...
+    def decision(self, row: IterationRow) -> None: ...
+    def note(self, message: str) -> None: ...
+    def campaign_finished(self, outcome: CampaignOutcome) -> None: ...
+
+
+class NullReporter:
+    """For tests and library use: the ledger has everything anyway."""
+
+    def campaign_started(self, campaign: Campaign, layout: RunLayout, agent: str) -> None:
+        pass
+
+    def stage(self, candidate: str, stage: str, done: int, total: int) -> None:
+        pass
+
+    def decision(self, row: IterationRow) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+    def campaign_finished(self, outcome: CampaignOutcome) -> None:
+        pass

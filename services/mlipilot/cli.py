@@ -1,0 +1,127 @@
+"""The ``mlipilot`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from mlipilot.errors import MlipilotError
+
+app = typer.Typer(
+    help="Auto-research for machine-learned interatomic potentials (MACE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Generate and check training data.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Read a campaign's ledger.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(ledger_app, name="ledger")
+
+DEFAULT_CAMPAIGN = Path("examples/cu-emt-quick.yaml")
+
+
+def _repo_root() -> Path:
+    # services/mlipilot/cli.py -> repository root (the package is installed editable).
+    return Path(__file__).resolve().parents[2]
+
+
+def resolve_campaign_file(path: Path | None) -> Path:
+    """The given file, else the default campaign from the working directory or the repo."""
+    if path is not None:
+        return path
+    for candidate in (DEFAULT_CAMPAIGN, _repo_root() / DEFAULT_CAMPAIGN):
+        if candidate.exists():
+            return candidate
+    raise MlipilotError(
+        f"no campaign file given and {DEFAULT_CAMPAIGN} not found here or in {_repo_root()}"
+    )
+
+
+def _fail(exc: Exception) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    campaign_file: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
+        typer.Argument(help="campaign YAML (default: examples/cu-emt-quick.yaml)"),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder for run results")] = Path("runs"),
+    agent: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="override the campaign's agent: rule-based | random"),
+    ] = None,
+    iterations: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="override the number of iterations after the baseline"),
+    ] = None,
+) -> None:
+    """Run an auto-research campaign locally and print where the results are."""
+    from mlipilot.campaign.console import RichReporter
+    from mlipilot.campaign.loop import run_campaign
+    from mlipilot.config import load_campaign, override
+
+    try:
+        path = resolve_campaign_file(campaign_file)
+        campaign, _ = load_campaign(path)
+        campaign = override(campaign, agent=agent, iterations=iterations)
+        run_campaign(campaign, path, out, reporter=RichReporter())
+    except MlipilotError as exc:
+        _fail(exc)
+
+
+@data_app.command("cu-emt")
+def data_cu_emt(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("data/cu-emt"),
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 0,
+    n_train: Annotated[int, typer.Option(help="training frames")] = 96,
+    n_test: Annotated[int, typer.Option(help="held-out test frames")] = 32,
+) -> None:
+    """Periodic fcc Cu supercells labelled with ASE's EMT (energy, forces, stress)."""
+    from mlipilot.data.dataset import ensure_cu_emt
+
+    try:
+        ds = ensure_cu_emt(out, seed=seed, n_train=n_train, n_test=n_test)
+    except MlipilotError as exc:
+        _fail(exc)
+    for split, info in ds.manifest.splits.items():
+        typer.echo(f"{split}: {ds.path(split)}  {info.n_frames} frames  sha256 {info.sha256}")
+
+
+@data_app.command("check")
+def data_check(files: list[Path]) -> None:
+    """Validate extxyz files (energy/forces keys, shapes, finite values)."""
+    from mlipilot.data.extxyz import load_extxyz
+
+    for f in files:
+        try:
+            frames = load_extxyz(f)
+        except MlipilotError as exc:
+            _fail(exc)
+        typer.echo(f"{f}: {len(frames)} frames ok")
+
+
+@ledger_app.command("export")
+def ledger_export(
+    run_dir: Path,
+    out: Annotated[Optional[Path], typer.Option()] = None,  # noqa: UP045
+) -> None:
+    """Write the decisions of a run as TSV (default: <run>/results.tsv)."""
+    from mlipilot.campaign.ledger import Ledger
+
+    ledger_path = run_dir / "ledger.sqlite"
+    if not ledger_path.exists():
+        _fail(MlipilotError(f"{ledger_path}: no ledger there"))
+    target = out or run_dir / "results.tsv"
+    with Ledger(ledger_path) as ledger:
+        ledger.export_tsv(target)
+    typer.echo(str(target))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,118 @@
+"""The campaign file: what to train on, how to judge, who proposes, and the budget.
+
+Validated on load; relative paths are resolved against the campaign file's folder so a
+campaign file works from any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mlipilot.errors import MlipilotError, format_validation_error
+from mlipilot.recipe import Recipe, RecipeError, describe_recipe_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    kind: Literal["cu-emt"] = "cu-emt"
+    path: Path = Field(description="data folder; generated there from the seed when absent")
+    seed: int = Field(0, ge=0)
+    n_train: int = Field(96, ge=4, le=100_000)
+    n_test: int = Field(32, ge=2, le=100_000)
+
+
+class AgentConfig(_Strict):
+    kind: Literal["rule-based", "random"] = "rule-based"
+    seed: int = Field(0, ge=0)
+
+
+class BudgetConfig(_Strict):
+    iterations: int = Field(6, ge=0, le=1000, description="proposals after the baseline")
+    epochs: int = Field(12, ge=1, le=10_000, description="training epochs per candidate")
+    max_train_seconds: float = Field(
+        900, gt=0, description="wall-clock guard per candidate; over it the candidate fails"
+    )
+    agent_retries: int = Field(2, ge=0, le=10, description="refused proposals before giving up")
+
+
+class ComputeConfig(_Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class Campaign(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    data: DataConfig
+    scorecard: Path
+    baseline: Recipe
+    agent: AgentConfig = AgentConfig()
+    budget: BudgetConfig = BudgetConfig()
+    compute: ComputeConfig = ComputeConfig()
+    min_improvement: float = Field(
+        0.0, ge=0.0, lt=1.0, description="relative composite gain needed to accept"
+    )
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _baseline_recipe(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            try:
+                return Recipe.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError(describe_recipe_error(exc, "baseline")) from exc
+        return value
+
+
+def load_campaign(path: str | Path) -> tuple[Campaign, str]:
+    """Load and validate a campaign file; return it (paths made absolute) and its sha256."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MlipilotError(f"campaign file {path}: cannot read it ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise MlipilotError(f"campaign file {path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MlipilotError(f"campaign file {path}: expected a mapping at the top level")
+    try:
+        campaign = Campaign.model_validate(data)
+    except (ValidationError, RecipeError) as exc:
+        if isinstance(exc, ValidationError):
+            raise MlipilotError(format_validation_error(exc, f"campaign file {path}")) from exc
+        raise MlipilotError(f"campaign file {path}: {exc}") from exc
+    root = path.resolve().parent
+    campaign = campaign.model_copy(
+        update={
+            "scorecard": root / campaign.scorecard,
+            "data": campaign.data.model_copy(update={"path": root / campaign.data.path}),
+        }
+    )
+    return campaign, hashlib.sha256(raw).hexdigest()
+
+
+def override(
+    campaign: Campaign, *, agent: str | None = None, iterations: int | None = None
+) -> Campaign:
+    """Apply command-line overrides, validated like the file itself."""
+    data = campaign.model_dump()
+    if agent is not None:
+        data["agent"]["kind"] = agent
+    if iterations is not None:
+        data["budget"]["iterations"] = iterations
+    try:
+        return Campaign.model_validate(data)
+    except ValidationError as exc:
+        raise MlipilotError(format_validation_error(exc, "command-line override")) from exc

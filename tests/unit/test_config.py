@@ -1,0 +1,203 @@
+"""Loading a campaign file: valid files resolve paths; every error names the file and the key."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from mlipilot.config import Campaign, load_campaign, override
+from mlipilot.errors import MlipilotError
+from mlipilot.recipe import Recipe
+
+CAMPAIGN_YAML = """\
+name: cu-small
+description: unit-test campaign
+data:
+  path: data/cu
+  seed: 3
+  n_train: 40
+  n_test: 8
+scorecard: ../scorecard/cu.yaml
+baseline:
+  r_max: 4.0
+  num_channels: 8
+agent:
+  kind: random
+  seed: 7
+budget:
+  iterations: 4
+  epochs: 3
+  max_train_seconds: 120
+min_improvement: 0.02
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "campaign.yaml") -> Path:
+    folder = tmp_path / "campaigns"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> tuple[Path, str]:
+    path = write(tmp_path, text)
+    with pytest.raises(MlipilotError) as info:
+        load_campaign(path)
+    return path, str(info.value)
+
+
+def test_valid_file_loads(tmp_path: Path) -> None:
+    path = write(tmp_path, CAMPAIGN_YAML)
+    campaign, digest = load_campaign(path)
+    assert campaign.name == "cu-small"
+    assert campaign.baseline == Recipe().patched({"r_max": 4.0, "num_channels": 8})
+    assert (campaign.agent.kind, campaign.agent.seed) == ("random", 7)
+    assert (campaign.budget.iterations, campaign.budget.epochs) == (4, 3)
+    assert campaign.budget.agent_retries == 2  # default
+    assert campaign.compute.device == "cpu"  # default section
+    assert campaign.min_improvement == 0.02
+    assert (campaign.data.seed, campaign.data.n_train, campaign.data.n_test) == (3, 40, 8)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_relative_paths_resolve_against_the_file_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, CAMPAIGN_YAML)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    campaign, _ = load_campaign(os.path.relpath(path, elsewhere))
+    folder = path.parent.resolve()
+    assert campaign.scorecard.is_absolute()
+    assert campaign.scorecard.resolve() == (tmp_path / "scorecard" / "cu.yaml").resolve()
+    assert campaign.scorecard == folder / "../scorecard/cu.yaml"
+    assert campaign.data.path == folder / "data" / "cu"
+
+
+def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    spec = tmp_path / "abs" / "spec.yaml"
+    data = tmp_path / "abs" / "data"
+    text = CAMPAIGN_YAML.replace("../scorecard/cu.yaml", str(spec)).replace(
+        "path: data/cu", f"path: {data}"
+    )
+    campaign, _ = load_campaign(write(tmp_path, text))
+    assert campaign.scorecard == spec
+    assert campaign.data.path == data
+
+
+def test_empty_baseline_is_the_default_recipe(tmp_path: Path) -> None:
+    text = CAMPAIGN_YAML.replace("  r_max: 4.0\n  num_channels: 8\n", "")
+    campaign, _ = load_campaign(write(tmp_path, text))
+    assert campaign.baseline == Recipe()
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, CAMPAIGN_YAML + "epochs: 10\n")
+    assert f"campaign file {path}" in message
+    assert "epochs: unknown key" in message
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, CAMPAIGN_YAML.replace("  seed: 7\n", "  temp: 0.7\n"))
+    assert f"campaign file {path}" in message
+    assert "agent.temp: unknown key" in message
+
+
+def test_bad_baseline_value_names_key_and_range(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, CAMPAIGN_YAML.replace("r_max: 4.0", "r_max: 9.0"))
+    assert f"campaign file {path}" in message
+    assert "baseline" in message
+    assert "r_max = 9.0" in message
+    assert "2.5 <= r_max <= 7.0" in message
+
+
+def test_unknown_baseline_key_is_named(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, CAMPAIGN_YAML.replace("r_max: 4.0", "rmax: 4.0"))
+    assert f"campaign file {path}" in message
+    assert "'rmax'" in message
+    assert "known keys" in message
+
+
+def test_bad_agent_kind(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, CAMPAIGN_YAML.replace("kind: random", "kind: llm"))
+    assert f"campaign file {path}" in message
+    assert "agent.kind" in message
+    assert "'llm'" in message
+    assert "rule-based" in message
+
+
+def test_negative_iterations(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, CAMPAIGN_YAML.replace("iterations: 4", "iterations: -1"))
+    assert f"campaign file {path}" in message
+    assert "budget.iterations" in message
+    assert "-1" in message
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    path, message = load_error(
+        tmp_path, CAMPAIGN_YAML.replace("scorecard: ../scorecard/cu.yaml\n", "")
+    )
+    assert f"campaign file {path}" in message
+    assert "scorecard" in message
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, "- name: cu\n")
+    assert f"campaign file {path}" in message
+    assert "mapping" in message
+
+
+def test_empty_file_is_not_a_mapping(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, "")
+    assert f"campaign file {path}" in message
+    assert "mapping" in message
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, "name: cu\nbaseline: {r_max: 4.0\n")
+    assert f"campaign file {path}" in message
+    assert "not valid YAML" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(MlipilotError, match=f"campaign file {path}: cannot read"):
+        load_campaign(path)
+
+
+def test_override_agent_and_iterations(tmp_path: Path) -> None:
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML.replace("kind: random", "")))
+    assert campaign.agent.kind == "rule-based"
+    changed = override(campaign, agent="random", iterations=3)
+    assert isinstance(changed, Campaign)
+    assert changed.agent.kind == "random"
+    assert changed.agent.seed == 7
+    assert changed.budget.iterations == 3
+    # Nothing else moves, and the original is untouched.
+    assert changed.baseline == campaign.baseline
+    assert changed.scorecard == campaign.scorecard
+    assert changed.data == campaign.data
+    assert changed.budget.epochs == campaign.budget.epochs
+    assert (campaign.agent.kind, campaign.budget.iterations) == ("rule-based", 4)
+
+
+def test_override_with_nothing_is_identity(tmp_path: Path) -> None:
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML))
+    assert override(campaign) == campaign
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [({"agent": "nope"}, "agent.kind"), ({"iterations": -2}, "budget.iterations")],
+)
+def test_bad_override_is_a_user_error(tmp_path: Path, kwargs: dict[str, object], key: str) -> None:
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML))
+    with pytest.raises(MlipilotError) as info:
+        override(campaign, **kwargs)  # type: ignore[arg-type]
+    assert "command-line override" in str(info.value)
+    assert key in str(info.value)
