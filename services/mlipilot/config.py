@@ -45,7 +45,9 @@ class BudgetConfig(_Strict):
 
 class ComputeConfig(_Strict):
     device: Literal["cpu", "cuda"] = "cpu"
-    torch_threads: int | None = Field(None, ge=1)
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads for training and scoring (default: all cores)"
+    )
 
 
 class Campaign(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -52,14 +53,18 @@ class RichReporter:
         self.progress.update(self._tasks[key], completed=done, total=total)
 
     def decision(self, row: IterationRow) -> None:
+        # The candidate's bars are done: drop them so the live view stays one screen.
+        name = f"it{row.iteration:03d}"
+        for key in [k for k in self._tasks if k[0] == name]:
+            self.progress.remove_task(self._tasks.pop(key))
         style = _VERDICT_STYLE.get(row.verdict, "")
         self.progress.console.print(
-            f"it{row.iteration:03d} [{style}]{row.verdict}[/]: {row.reason}"
-            + (f"  [dim]{_changed(row)}[/]" if row.changed else "")
+            f"{name} [{style}]{row.verdict}[/]: {escape(row.reason)}"
+            + (f"  [dim]{escape(_changed(row))}[/]" if row.changed else "")
         )
 
     def note(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]{message}[/]")
+        self.progress.console.print(f"[yellow]{escape(message)}[/]")
 
     def campaign_finished(self, outcome: CampaignOutcome) -> None:
         self.progress.stop()
@@ -100,12 +105,12 @@ def iterations_table(rows: list[IterationRow]) -> Table:
         style = _VERDICT_STYLE.get(row.verdict, "")
         table.add_row(
             str(row.iteration),
-            row.hypothesis,
-            _changed(row) or "—",
+            escape(row.hypothesis),
+            escape(_changed(row)) or "—",
             *metrics,
             score,
             f"[{style}]{row.verdict}[/]",
-            row.reason,
+            escape(row.reason),
         )
     return table
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from mlipilot.agents import make_agent
@@ -75,6 +76,8 @@ def run_campaign(
 ) -> CampaignOutcome:
     reporter = reporter or NullReporter()
     start = time.monotonic()
+    if campaign.compute.torch_threads:
+        torch.set_num_threads(campaign.compute.torch_threads)
     spec, spec_hash = load_spec(campaign.scorecard)
     dataset = ensure_cu_emt(
         campaign.data.path,
@@ -220,6 +223,7 @@ def _train_and_score(
         budget=TrainingBudget(epochs=budget.epochs, max_seconds=budget.max_train_seconds),
         progress=lambda done, total, rec: run.reporter.stage(name, "train", done, total),
         device=run.campaign.compute.device,
+        threads=run.campaign.compute.torch_threads,
     )
     run.record(
         event="training",

@@ -69,6 +69,7 @@ def train_recipe(
     budget: TrainingBudget,
     progress: ProgressFn | None = None,
     device: str = "cpu",
+    threads: int | None = None,
 ) -> TrainingOutcome:
     """Train ``recipe`` on ``train_file``; never raises for a failed run, reports it."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +94,8 @@ def train_recipe(
         log.flush()
         # Unbuffered, or mace's log lines arrive only when the run ends.
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if threads is not None:  # two busy 2-thread torch processes on 2 cores crawl
+            env["OMP_NUM_THREADS"] = str(threads)
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
         )

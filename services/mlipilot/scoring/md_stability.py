@@ -1,0 +1,274 @@
+"""MD stability stage: does the candidate keep real atoms together at temperature?
+
+Each replica (start frame x temperature x seed) runs Langevin NVT, then VelocityVerlet NVE, and
+stops at the first failure. Every candidate of a campaign runs this, so the step loop avoids work
+the verdict does not need (stress, repeated force calls, a second neighbour search).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary
+from ase.md.verlet import VelocityVerlet
+from mace.calculators import MACECalculator
+from pydantic import BaseModel
+
+from mlipilot.errors import MlipilotError
+from mlipilot.scoring.spec import MDSettings
+
+try:  # ASE >= 3.29 deprecates MaxwellBoltzmannDistribution in favour of thermalize_momenta
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # pragma: no cover - older ASE
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _mb
+
+    def thermalize_momenta(atoms: Atoms, temperature_K: float, *, rng: np.random.Generator):
+        _mb(atoms, temperature_K=temperature_K, rng=rng)
+
+
+Status = Literal["stable", "non_finite", "min_distance", "temperature_runaway", "energy_drift"]
+TRACE_COLUMNS = (
+    "step",
+    "time_ps",
+    "phase",
+    "temperature_K",
+    "potential_eV",
+    "total_eV",
+    "min_distance_A",
+)
+RUNAWAY_WINDOW = 10  # steps averaged before calling a temperature a runaway
+
+
+class ForcesOnlyMACE(MACECalculator):
+    """MACE energy and forces without stress, plus the closest pair distance.
+
+    MACECalculator always computes the stress, which fixed-cell MD never reads (skipping it saves
+    only 0-5 % per step with mace-torch 0.3.16, measured at 32 and 256 atoms). The closest pair is
+    read off the graph MACE builds anyway, so the collapse check needs no second neighbour search.
+    """
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
+        Calculator.calculate(self, atoms, properties, system_changes)
+        n = len(self.atoms)
+        batch = self._atoms_to_batch(self.atoms)
+        out = self.models[0](batch.to_dict(), compute_stress=False, training=False)
+        energy = float(out["energy"][0].detach()) * self.energy_units_to_eV
+        forces = out["forces"][:n].detach().cpu().numpy() * self.energy_units_to_eV
+        # Edges of padding graphs (if MACE_ASE_PAD_* is set) start at index >= n: drop them.
+        with torch.no_grad():
+            edge_index, shifts = batch["edge_index"], batch["shifts"]
+            real = edge_index[0] < n
+            pos = batch["positions"]
+            vec = pos[edge_index[1, real]] - pos[edge_index[0, real]] + shifts[real]
+            # No pair inside r_max: the closest one is at least r_max away.
+            closest = float(torch.linalg.norm(vec, dim=1).min()) if vec.shape[0] else self.r_max
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": forces / self.length_units_to_A,
+            "min_distance": closest * self.length_units_to_A,
+        }
+
+
+def load_md_calculator(model_path: Path) -> ForcesOnlyMACE:
+    """Load a mace_run_train model file (float64, CPU) as a stress-free MD calculator."""
+    if not Path(model_path).is_file():
+        raise MlipilotError(f"MACE model {model_path}: no such file")
+    # Loaded here rather than via model_paths= so a path with glob characters still works.
+    model = torch.load(model_path, map_location="cpu", weights_only=False)
+    return ForcesOnlyMACE(models=model, device="cpu", default_dtype="float64")
+
+
+class ReplicaOutcome(BaseModel):
+    """One replica's verdict. A failure at step k survived k-1 steps and failed at k x timestep;
+    an energy_drift failure survived the NVT steps only and is dated at the end of NVE."""
+
+    start_frame: int
+    temperature_K: float
+    seed: int
+    status: Status
+    survived_steps: int
+    survived_ps: float
+    failure_ps: float | None = None
+    max_temperature_K: float
+    min_distance_A: float
+    nve_drift_meV_per_atom_per_ps: float | None = None
+    trace_file: str
+
+
+class MDReport(BaseModel):
+    replicas: list[ReplicaOutcome]
+    metrics: dict[str, float]
+
+
+def _finite_state(atoms: Atoms, results: dict) -> bool:
+    return bool(
+        np.isfinite(atoms.positions).all()
+        and np.isfinite(atoms.get_momenta()).all()
+        and np.isfinite(results.get("forces", np.nan)).all()
+        and math.isfinite(results.get("energy", math.nan))
+    )
+
+
+def _run_replica(
+    calc: ForcesOnlyMACE,
+    frame: Atoms,
+    names: tuple[int, float, int],
+    settings: MDSettings,
+    trace_path: Path,
+    on_steps: Callable[[int], None],
+) -> ReplicaOutcome:
+    frame_idx, temp, seed = names
+    n_nvt, total = settings.nvt_steps, settings.nvt_steps + settings.nve_steps
+    dt_ps = settings.timestep_fs / 1000.0
+    atoms = frame.copy()
+    atoms.calc = calc
+    calc.reset()
+    rng = np.random.default_rng(seed)
+    thermalize_momenta(atoms, temp, rng=rng)
+    Stationary(atoms)
+    dt = settings.timestep_fs * units.fs
+    # fixcm=False: ASE deprecates fixcm=True; Stationary() above already zeroes the COM drift.
+    nvt = Langevin(
+        atoms,
+        dt,
+        temperature_K=temp,
+        friction=settings.friction_per_fs / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+    nve = VelocityVerlet(atoms, dt)
+
+    status: Status = "stable"
+    step, reported = 0, 0
+    temps: deque[float] = deque(maxlen=RUNAWAY_WINDOW)
+    max_temp, min_dist = -math.inf, math.inf
+    nve_energy: list[tuple[float, float]] = []
+    forces = None
+    with trace_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(TRACE_COLUMNS)
+        while True:
+            try:
+                if step == 0:
+                    forces = atoms.get_forces()
+                else:
+                    # Each step ends with forces at the new positions: hand them on, not recompute.
+                    forces = (nvt if step <= n_nvt else nve).step(forces)
+            except Exception:
+                if _finite_state(atoms, calc.results):
+                    raise
+                calc.results = {}  # a crash on a blown-up state is that state's verdict
+            res = calc.results
+            t_now = atoms.get_temperature()
+            temps.append(t_now)
+            max_temp = max(max_temp, t_now) if not math.isnan(t_now) else max_temp
+            dist = res.get("min_distance", math.nan)
+            if not math.isnan(dist):
+                min_dist = min(min_dist, dist)
+            if not _finite_state(atoms, res):
+                status = "non_finite"
+            elif dist < settings.min_distance_A:
+                status = "min_distance"
+            elif (
+                len(temps) == RUNAWAY_WINDOW  # a full window: one hot early step is no runaway
+                and sum(temps) / RUNAWAY_WINDOW > settings.max_temperature_factor * temp
+            ):
+                status = "temperature_runaway"
+            potential = res.get("energy", math.nan)
+            e_total = potential + atoms.get_kinetic_energy()
+            if step >= n_nvt and status == "stable":
+                nve_energy.append((step * dt_ps, e_total / len(atoms)))
+            done = status != "stable" or step == total
+            if done or step % settings.trace_every == 0:
+                phase = "init" if step == 0 else ("nvt" if step <= n_nvt else "nve")
+                row = (step, step * dt_ps, phase, t_now, potential, e_total, dist)
+                writer.writerow([f"{v:.10g}" if isinstance(v, float) else v for v in row])
+                on_steps(step - reported)
+                reported = step
+            if done:
+                break
+            step += 1
+    on_steps(total - reported)  # an early failure forfeits the rest: count it as done
+
+    drift = None
+    if status == "stable" and len(nve_energy) >= 2:
+        t, e = np.array(nve_energy).T
+        drift = abs(float(np.polyfit(t, e, 1)[0])) * 1000.0  # eV/atom/ps -> meV/atom/ps
+        if not drift <= settings.max_energy_drift_meV_per_atom_per_ps:
+            status = "energy_drift"
+    if status == "stable":
+        survived, failure_ps = total, None
+    elif status == "energy_drift":
+        survived, failure_ps = n_nvt, total * dt_ps  # the NVE segment is lost, found at its end
+    else:
+        survived, failure_ps = max(step - 1, 0), step * dt_ps
+    return ReplicaOutcome(
+        start_frame=frame_idx,
+        temperature_K=temp,
+        seed=seed,
+        status=status,
+        survived_steps=survived,
+        survived_ps=survived * dt_ps,
+        failure_ps=failure_ps,
+        max_temperature_K=max_temp,
+        min_distance_A=min_dist,
+        nve_drift_meV_per_atom_per_ps=drift,
+        trace_file=trace_path.name,
+    )
+
+
+def run_md_stability(
+    model_path: Path,
+    start_frames: list[Atoms],
+    settings: MDSettings,
+    out_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> MDReport:
+    """Run every start frame x temperature x seed replica; write one trace CSV per replica."""
+    if not start_frames:
+        raise MlipilotError("MD stability: no start frames given")
+    calc = load_md_calculator(model_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_replica = settings.nvt_steps + settings.nve_steps
+    n_total = len(start_frames) * len(settings.temperatures_K) * len(settings.seeds) * per_replica
+    done = 0
+
+    def on_steps(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None and n:
+            progress(done, n_total)
+
+    outcomes = []
+    for frame_idx, frame in enumerate(start_frames):
+        for temp in settings.temperatures_K:
+            for seed in settings.seeds:
+                trace = out_dir / f"replica-{frame_idx}-{temp:g}K-s{seed}.csv"
+                names = (frame_idx, float(temp), seed)
+                outcomes.append(_run_replica(calc, frame, names, settings, trace, on_steps))
+    return MDReport(replicas=outcomes, metrics=_metrics(outcomes, settings))
+
+
+def _metrics(outcomes: list[ReplicaOutcome], settings: MDSettings) -> dict[str, float]:
+    per_replica = settings.nvt_steps + settings.nve_steps
+    drifts = [o.nve_drift_meV_per_atom_per_ps for o in outcomes]
+    return {
+        "md_survival_fraction": float(np.mean([o.survived_steps / per_replica for o in outcomes])),
+        "md_failed_replicas": float(sum(o.status != "stable" for o in outcomes)),
+        "md_min_distance_A": min(o.min_distance_A for o in outcomes),
+        "md_max_energy_drift_meV_per_atom_per_ps": max(
+            (d for d in drifts if d is not None), default=0.0
+        ),
+    }

@@ -1,0 +1,99 @@
+"""The scorecard: evaluate one trained model against a fixed spec and held-out data.
+
+It owns the test split and the spec; what it receives from a candidate is a model file only.
+Throughput is timed against the campaign's baseline model inside the same evaluation, so a
+noisy machine slows both alike.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ase
+import torch
+
+from mlipilot.errors import MlipilotError
+from mlipilot.scoring.accuracy import evaluate_accuracy
+from mlipilot.scoring.md_stability import run_md_stability
+from mlipilot.scoring.result import ScoreResult, judge
+from mlipilot.scoring.spec import ScorecardSpec
+from mlipilot.scoring.throughput import measure_throughput
+
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def hardware() -> dict[str, str | int]:
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": "cpu",
+    }
+
+
+class Scorecard:
+    def __init__(
+        self, spec: ScorecardSpec, spec_hash: str, test_frames: list[ase.Atoms], test_hash: str
+    ) -> None:
+        bad = [i for i in spec.md.start_frames if not 0 <= i < len(test_frames)]
+        if bad:
+            raise MlipilotError(
+                f"scorecard {spec.name}: md.start_frames {bad} out of range for a test split "
+                f"of {len(test_frames)} frames"
+            )
+        self.spec = spec
+        self.spec_hash = spec_hash
+        self.test_frames = test_frames
+        self.test_hash = test_hash
+
+    def evaluate(
+        self,
+        model_path: Path,
+        *,
+        baseline_model_path: Path,
+        out_dir: Path,
+        progress: StageProgress | None = None,
+    ) -> ScoreResult:
+        spec = self.spec
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        metrics = dict(evaluate_accuracy(model_path, self.test_frames, spec.accuracy))
+        timings["accuracy"] = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        starts = [self.test_frames[i] for i in spec.md.start_frames]
+        md = run_md_stability(
+            model_path,
+            starts,
+            spec.md,
+            out_dir / "md",
+            progress=(lambda d, t: progress("md", d, t)) if progress else None,
+        )
+        metrics.update(md.metrics)
+        timings["md"] = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        metrics.update(
+            measure_throughput(model_path, baseline_model_path, starts[0], spec.throughput)
+        )
+        timings["throughput"] = time.monotonic() - t0
+
+        constraints, violation, composite = judge(spec, metrics)
+        return ScoreResult(
+            spec_name=spec.name,
+            spec_hash=self.spec_hash,
+            test_hash=self.test_hash,
+            metrics=metrics,
+            constraints=constraints,
+            feasible=violation == 0.0,
+            violation=violation,
+            composite=composite,
+            hardware=hardware(),
+            timings_s=timings,
+            details={"md_replicas": [r.model_dump(mode="json") for r in md.replicas]},
+        )

@@ -1,0 +1,65 @@
+"""Throughput stage: MD speed of the candidate relative to the baseline, timed side by side.
+
+Absolute speed on a shared machine swings by 2x with whatever else runs; timing candidate and
+baseline alternately and comparing medians lets that noise hit both alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+from ase.md.velocitydistribution import Stationary
+from ase.md.verlet import VelocityVerlet
+
+from mlipilot.scoring.md_stability import ForcesOnlyMACE, load_md_calculator, thermalize_momenta
+from mlipilot.scoring.spec import ThroughputSettings
+
+WARMUP_STEPS = 3  # first calls pay for lazy allocations and caches, not the model
+TIMESTEP_FS = 1.0
+TEMPERATURE_K = 300.0
+SEED = 0
+
+
+def _atom_steps_per_s(calc: ForcesOnlyMACE, structure: Atoms, n_steps: int) -> float:
+    """Time n_steps of VelocityVerlet, the same loop (and calculator) as the stability stage."""
+    atoms = structure.copy()
+    atoms.calc = calc
+    calc.reset()
+    # Same velocities every timing, so both models integrate comparable trajectories.
+    thermalize_momenta(atoms, TEMPERATURE_K, rng=np.random.default_rng(SEED))
+    Stationary(atoms)
+    dyn = VelocityVerlet(atoms, TIMESTEP_FS * units.fs)
+    forces = atoms.get_forces()
+    for _ in range(WARMUP_STEPS):
+        forces = dyn.step(forces)
+    start = time.perf_counter()
+    for _ in range(n_steps):
+        forces = dyn.step(forces)
+    elapsed = time.perf_counter() - start
+    return len(atoms) * n_steps / elapsed
+
+
+def measure_throughput(
+    model_path: Path,
+    baseline_model_path: Path,
+    structure: Atoms,
+    settings: ThroughputSettings,
+) -> dict[str, float]:
+    """Median atom-steps/s of candidate and baseline over interleaved repeats, and their ratio."""
+    # Two calculators even for the same file: the baseline must pay the same costs as the candidate.
+    candidate = load_md_calculator(model_path)
+    baseline = load_md_calculator(baseline_model_path)
+    cand_rates, base_rates = [], []
+    for _ in range(settings.repeats):
+        cand_rates.append(_atom_steps_per_s(candidate, structure, settings.md_steps))
+        base_rates.append(_atom_steps_per_s(baseline, structure, settings.md_steps))
+    cand, base = statistics.median(cand_rates), statistics.median(base_rates)
+    return {
+        "md_atom_steps_per_s": cand,
+        "baseline_atom_steps_per_s": base,
+        "relative_throughput": cand / base,
+    }

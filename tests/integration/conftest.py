@@ -1,0 +1,58 @@
+"""Fixtures that build a real (tiny) MACE model for Cu from EMT labels.
+
+Data and training come from the project's own generator and trainer (mace_run_train in a
+subprocess, once per session), so the scoring stages are tested against a model file that
+mace_run_train really wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from ase import Atoms
+
+from mlipilot.data.dataset import Dataset, ensure_cu_emt
+from mlipilot.recipe import Recipe
+from mlipilot.training.trainer import TrainingBudget, train_recipe
+
+
+@pytest.fixture(scope="session")
+def cu_data(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """A small Cu EMT data set made by the project's own generator."""
+    return ensure_cu_emt(tmp_path_factory.mktemp("cu_data"), seed=7, n_train=40, n_test=8)
+
+
+@pytest.fixture(scope="session")
+def cu_test_frames(cu_data: Dataset) -> list[Atoms]:
+    return cu_data.load("test")
+
+
+@pytest.fixture(scope="session")
+def tiny_cu_model(tmp_path_factory: pytest.TempPathFactory, cu_data: Dataset) -> Path:
+    """A 16-channel MACE trained for 15 epochs by the campaign's own trainer."""
+    recipe = Recipe(num_channels=16, r_max=4.5, num_interactions=2, lr=0.01, batch_size=5)
+    outcome = train_recipe(
+        recipe,
+        train_file=cu_data.path("train"),
+        atomic_numbers=[29],
+        work_dir=tmp_path_factory.mktemp("tiny_cu_model"),
+        budget=TrainingBudget(epochs=15, max_seconds=600),
+        # One thread: on a shared 2-core machine, 2-thread torch next to other busy processes
+        # was measured 10-60x slower per epoch; one thread costs ~1.5x on an idle machine.
+        threads=1,
+    )
+    if outcome.model_path is None:
+        pytest.fail(f"training failed: {outcome.cause}; see {outcome.log_path}")
+    return outcome.model_path
+
+
+@pytest.fixture()
+def torch_one_thread() -> Iterator[None]:
+    """Run in-process MD on one torch thread (see above), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,240 @@
+"""A whole campaign on tiny settings: real data, real MACE training, real MD, real SQLite."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlipilot.agents.base import CampaignState, Proposal
+from mlipilot.campaign.decision import decide
+from mlipilot.campaign.ledger import Ledger
+from mlipilot.campaign.loop import run_campaign
+from mlipilot.config import load_campaign
+from mlipilot.data.dataset import open_dataset
+from mlipilot.scoring.result import ScoreResult
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Short MD so that a test campaign scores in seconds; thresholds loose enough that a
+# sensible recipe passes after a few epochs and the untuned baseline does not.
+TINY_SPEC = {
+    "name": "cu-emt-tiny",
+    "version": 1,
+    "md": {
+        "start_frames": [0],
+        "temperatures_K": [600],
+        "seeds": [0],
+        "nvt_steps": 30,
+        "nve_steps": 10,
+        "timestep_fs": 2.0,
+        "friction_per_fs": 0.01,
+        "min_distance_A": 1.8,
+        "max_temperature_factor": 2.5,
+        "max_energy_drift_meV_per_atom_per_ps": 200.0,
+        "trace_every": 5,
+    },
+    "throughput": {"md_steps": 5, "repeats": 1},
+    "constraints": [
+        {"metric": "energy_mae_meV_per_atom", "max": 40.0, "unit": "meV/atom"},
+        {"metric": "force_mae_meV_per_A", "max": 150.0, "unit": "meV/Å"},
+        {"metric": "md_survival_fraction", "min": 1.0, "unit": "fraction"},
+        {"metric": "relative_throughput", "min": 0.05, "unit": "x baseline"},
+    ],
+    "composite_weights": {"energy_mae_meV_per_atom": 1.0, "force_mae_meV_per_A": 1.0},
+}
+
+BAD_BASELINE = {
+    "e0s": "zero",
+    "scaling": "no_scaling",
+    "energy_weight": 1.0,
+    "forces_weight": 1.0,
+    "lr": 0.001,
+    "num_channels": 8,
+    "num_interactions": 1,
+    "correlation": 2,
+    "r_max": 4.0,
+    "batch_size": 4,
+}
+
+
+class ScriptedAgent:
+    """A fixed list of proposals: makes the decision path of a real campaign predictable."""
+
+    name = "scripted"
+
+    def __init__(self, proposals: list[Proposal]) -> None:
+        self.proposals = proposals
+        self.states: list[CampaignState] = []
+
+    def propose(self, state: CampaignState) -> Proposal:
+        self.states.append(state)
+        return self.proposals[state.iteration - 1]
+
+
+def write_campaign(tmp: Path, data_dir: Path, **budget: object) -> Path:
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(TINY_SPEC))
+    campaign = {
+        "name": "tiny",
+        "data": {"kind": "cu-emt", "path": str(data_dir), "seed": 3, "n_train": 16, "n_test": 8},
+        "scorecard": "spec.yaml",
+        "baseline": BAD_BASELINE,
+        "agent": {"kind": "rule-based"},
+        "budget": {"iterations": 2, "epochs": 4, "max_train_seconds": 300, **budget},
+    }
+    path = tmp / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scripted_run(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("campaign")
+    path = write_campaign(tmp, tmp / "data", iterations=3)
+    campaign, _ = load_campaign(path)
+    agent = ScriptedAgent(
+        [
+            # 1: the textbook fix for an untuned baseline: must lower the violation.
+            Proposal(
+                hypothesis="normalize and weight forces",
+                patch={
+                    "e0s": "average",
+                    "scaling": "rms_forces_scaling",
+                    "forces_weight": 100.0,
+                    "lr": 0.01,
+                },
+            ),
+            # 2: a learning rate so small that nothing is learned in 4 epochs: must revert.
+            Proposal(hypothesis="tiny lr", patch={"lr": 1e-5}),
+            # 3: a training run that cannot finish in its wall-clock guard: a FAILED revert.
+            Proposal(hypothesis="huge model", patch={"num_channels": 128, "max_L": 2}),
+        ]
+    )
+    campaign = campaign.model_copy(
+        update={"budget": campaign.budget.model_copy(update={"max_train_seconds": 60})}
+    )
+    outcome = run_campaign(campaign, path, tmp / "runs", agent=agent)
+    return campaign, outcome, agent
+
+
+def test_decisions_follow_the_rule_on_real_models(scripted_run) -> None:
+    _, outcome, _ = scripted_run
+    verdicts = [r.verdict for r in outcome.rows]
+    assert verdicts[0] == "BASELINE"
+    base, fix = outcome.rows[0], outcome.rows[1]
+    assert base.feasible is False, "the untuned baseline must be infeasible"
+    assert verdicts[1] == "ACCEPT"
+    assert fix.feasible or fix.violation < base.violation
+    assert verdicts[2] == "REVERT", outcome.rows[2].reason
+    assert verdicts[3] == "REVERT"
+    assert "candidate failed" in outcome.rows[3].reason
+    assert outcome.best_iteration == 1
+
+
+def test_ledger_records_every_step(scripted_run) -> None:
+    campaign, outcome, _ = scripted_run
+    dataset = open_dataset(campaign.data.path)
+    with Ledger(outcome.layout.ledger) as ledger:
+        events = ledger.events()
+        kinds = [e.event for e in events]
+        assert kinds[0] == "campaign_started" and kinds[-1] == "campaign_finished"
+        assert kinds.count("proposal") == 4
+        assert kinds.count("training") == 4
+        assert kinds.count("decision") == 4
+        assert kinds.count("evaluation") == 3  # the timed-out candidate has no model to score
+        start = events[0]
+        assert start.train_hash == dataset.hash("train")
+        assert start.test_hash == dataset.hash("test")
+        trainings = ledger.events("training")
+        assert [t.status for t in trainings] == ["ok", "ok", "ok", "timeout"]
+        assert "wall-clock" in (trainings[3].reason or "")
+        assert all(t.duration_s and t.duration_s > 0 for t in trainings)
+        assert len(trainings[0].detail["curve"]) == campaign.budget.epochs + 1  # + initial eval
+
+        # Every recorded decision is what the rule gives on the recorded results.
+        results = [
+            ScoreResult.model_validate_json(
+                (outcome.layout.candidate(i) / "result.json").read_text()
+            )
+            for i in range(3)
+        ]
+        decisions = ledger.events("decision")
+        assert decide(results[1], results[0]).verdict == decisions[1].decision
+        incumbent = results[1] if decisions[1].decision == "ACCEPT" else results[0]
+        assert decide(results[2], incumbent).verdict == decisions[2].decision
+        for d in decisions[:3]:
+            assert d.spec_hash and d.test_hash == dataset.hash("test")
+            assert d.metrics and "force_mae_meV_per_A" in d.metrics
+        assert decisions[1].hypothesis == "normalize and weight forces"
+        assert decisions[1].patch["scaling"] == "rms_forces_scaling"
+
+    with sqlite3.connect(outcome.layout.ledger) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("UPDATE events SET decision = 'ACCEPT'")
+
+    tsv = outcome.layout.results_tsv.read_text().splitlines()
+    assert len(tsv) == 1 + 4
+
+
+def test_results_folder_layout(scripted_run) -> None:
+    campaign, outcome, agent = scripted_run
+    root = outcome.layout.root
+    for name in ("campaign.yaml", "scorecard.yaml", "ledger.sqlite", "summary.json", "best.model"):
+        assert (root / name).is_file(), name
+    accepted = outcome.layout.candidate(1)
+    assert (root / "best.model").read_bytes() == (
+        accepted / "mace" / "candidate.model"
+    ).read_bytes()
+    for it in range(3):
+        cdir = outcome.layout.candidate(it)
+        assert (cdir / "train.log").stat().st_size > 0
+        assert (cdir / "recipe.yaml").is_file() and (cdir / "result.json").is_file()
+        assert list((cdir / "md").glob("replica-*.csv"))
+    # The agent saw the verdicts of earlier iterations and never a path or the test data.
+    last = agent.states[-1]
+    assert [h.verdict for h in last.history] == ["BASELINE", "ACCEPT", "REVERT"]
+    seen = last.model_dump_json()
+    assert str(root) not in seen and str(campaign.data.path) not in seen
+    assert "REF_energy" not in seen
+
+
+def test_cli_runs_a_campaign_and_prints_the_table(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, tmp_path / "data", iterations=1, epochs=2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlipilot.cli", "run", str(path), "--out", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "agent rule-based" in out
+    assert "iterations" in out and "BASELINE" in out
+    assert "best model:" in out and "ledger:" in out
+    ledger_line = next(line for line in out.splitlines() if line.startswith("ledger:"))
+    assert Path(ledger_line.split(":", 1)[1].strip()).is_file()
+
+
+def test_cli_reports_a_bad_campaign_file_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\ndata: {path: d}\nscorecard: s.yaml\nbaseline: {r_max: 99}\nbudget: {epochs: 2}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlipilot.cli", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "bad.yaml" in proc.stderr and "r_max" in proc.stderr and "7.0" in proc.stderr

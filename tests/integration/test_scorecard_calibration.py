@@ -1,0 +1,51 @@
+"""The shipped scorecard is calibrated: the default campaign's baseline is infeasible and an
+expert's recipe is feasible, both trained for real with the campaign's own budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlipilot.config import load_campaign
+from mlipilot.data.dataset import ensure_cu_emt
+from mlipilot.recipe import recipe_from_mapping
+from mlipilot.scoring.scorecard import Scorecard
+from mlipilot.scoring.spec import load_spec
+from mlipilot.training.trainer import TrainingBudget, train_recipe
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_campaign_baseline_infeasible_expert_feasible(tmp_path: Path) -> None:
+    campaign, _ = load_campaign(REPO / "examples" / "cu-emt-quick.yaml")
+    expert_file = REPO / "examples" / "recipes" / "cu-emt-expert.yaml"
+    expert = recipe_from_mapping(yaml.safe_load(expert_file.read_text()), str(expert_file))
+    d = campaign.data
+    data = ensure_cu_emt(tmp_path / "data", seed=d.seed, n_train=d.n_train, n_test=d.n_test)
+    spec, spec_hash = load_spec(campaign.scorecard)
+    scorecard = Scorecard(spec, spec_hash, data.load("test"), data.hash("test"))
+    budget = TrainingBudget(
+        epochs=campaign.budget.epochs, max_seconds=campaign.budget.max_train_seconds
+    )
+
+    def train(recipe, name):
+        outcome = train_recipe(
+            recipe,
+            train_file=data.path("train"),
+            atomic_numbers=[29],
+            work_dir=tmp_path / name,
+            budget=budget,
+        )
+        assert outcome.status == "ok", outcome.cause
+        return outcome.model_path
+
+    base_model = train(campaign.baseline, "baseline")
+    expert_model = train(expert, "expert")
+    base = scorecard.evaluate(base_model, baseline_model_path=base_model, out_dir=tmp_path / "b")
+    best = scorecard.evaluate(expert_model, baseline_model_path=base_model, out_dir=tmp_path / "e")
+    assert not base.feasible, base.metrics
+    assert best.feasible, (best.metrics, [c.metric for c in best.violated()])
