@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
 from mlipilot.data.dataset import open_dataset
+from mlipilot.errors import MlipilotError
 from mlipilot.scoring.result import ScoreResult
 
 pytestmark = pytest.mark.slow
@@ -70,24 +74,46 @@ class ScriptedAgent:
 
     name = "scripted"
 
-    def __init__(self, proposals: list[Proposal]) -> None:
+    def __init__(self, proposals: list[Proposal], kill_trainer_at: int | None = None) -> None:
         self.proposals = proposals
+        self.kill_trainer_at = kill_trainer_at
         self.states: list[CampaignState] = []
 
     def propose(self, state: CampaignState) -> Proposal:
         self.states.append(state)
+        if state.iteration == self.kill_trainer_at:
+            threading.Thread(target=kill_next_trainer, daemon=True).start()
         return self.proposals[state.iteration - 1]
+
+
+def kill_next_trainer(timeout_s: float = 120.0) -> None:
+    """Fault injection: SIGKILL the next mace_run_train child of this process, as an
+    out-of-memory killer or a lost node would."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == os.getpid() and b"mace.cli.run_train" in cmdline:
+                os.kill(int(proc.name), signal.SIGKILL)
+                return
+        time.sleep(0.2)
 
 
 def write_campaign(tmp: Path, data_dir: Path, **budget: object) -> Path:
     (tmp / "spec.yaml").write_text(yaml.safe_dump(TINY_SPEC))
     campaign = {
         "name": "tiny",
-        "data": {"kind": "cu-emt", "path": str(data_dir), "seed": 3, "n_train": 16, "n_test": 8},
+        "data": {"kind": "cu-emt", "path": str(data_dir), "seed": 0, "n_train": 48, "n_test": 8},
         "scorecard": "spec.yaml",
         "baseline": BAD_BASELINE,
         "agent": {"kind": "rule-based"},
-        "budget": {"iterations": 2, "epochs": 4, "max_train_seconds": 300, **budget},
+        # The default campaign's training budget: at fewer epochs or frames an untrained
+        # model can beat a trained one on energy, and the decisions below stop meaning much.
+        "budget": {"iterations": 2, "epochs": 10, "max_train_seconds": 300, **budget},
     }
     path = tmp / "campaign.yaml"
     path.write_text(yaml.safe_dump(campaign))
@@ -101,24 +127,14 @@ def scripted_run(tmp_path_factory: pytest.TempPathFactory):
     campaign, _ = load_campaign(path)
     agent = ScriptedAgent(
         [
-            # 1: the textbook fix for an untuned baseline: must lower the violation.
-            Proposal(
-                hypothesis="normalize and weight forces",
-                patch={
-                    "e0s": "average",
-                    "scaling": "rms_forces_scaling",
-                    "forces_weight": 100.0,
-                    "lr": 0.01,
-                },
-            ),
-            # 2: a learning rate so small that nothing is learned in 4 epochs: must revert.
+            # 1: a timid lr is the untuned baseline's main problem: must lower the violation.
+            Proposal(hypothesis="raise lr", patch={"lr": 0.01}),
+            # 2: a learning rate so small that nothing is learned in 10 epochs: must revert.
             Proposal(hypothesis="tiny lr", patch={"lr": 1e-5}),
-            # 3: a training run that cannot finish in its wall-clock guard: a FAILED revert.
-            Proposal(hypothesis="huge model", patch={"num_channels": 128, "max_L": 2}),
-        ]
-    )
-    campaign = campaign.model_copy(
-        update={"budget": campaign.budget.model_copy(update={"max_train_seconds": 60})}
+            # 3: its trainer is killed mid-run (fault injection): a failed candidate.
+            Proposal(hypothesis="more channels", patch={"num_channels": 16}),
+        ],
+        kill_trainer_at=3,
     )
     outcome = run_campaign(campaign, path, tmp / "runs", agent=agent)
     return campaign, outcome, agent
@@ -135,6 +151,7 @@ def test_decisions_follow_the_rule_on_real_models(scripted_run) -> None:
     assert verdicts[2] == "REVERT", outcome.rows[2].reason
     assert verdicts[3] == "REVERT"
     assert "candidate failed" in outcome.rows[3].reason
+    assert "exited with code -9" in outcome.rows[3].reason
     assert outcome.best_iteration == 1
 
 
@@ -148,13 +165,12 @@ def test_ledger_records_every_step(scripted_run) -> None:
         assert kinds.count("proposal") == 4
         assert kinds.count("training") == 4
         assert kinds.count("decision") == 4
-        assert kinds.count("evaluation") == 3  # the timed-out candidate has no model to score
+        assert kinds.count("evaluation") == 3  # the killed candidate has no model to score
         start = events[0]
         assert start.train_hash == dataset.hash("train")
         assert start.test_hash == dataset.hash("test")
         trainings = ledger.events("training")
-        assert [t.status for t in trainings] == ["ok", "ok", "ok", "timeout"]
-        assert "wall-clock" in (trainings[3].reason or "")
+        assert [t.status for t in trainings] == ["ok", "ok", "ok", "failed"]
         assert all(t.duration_s and t.duration_s > 0 for t in trainings)
         assert len(trainings[0].detail["curve"]) == campaign.budget.epochs + 1  # + initial eval
 
@@ -172,8 +188,8 @@ def test_ledger_records_every_step(scripted_run) -> None:
         for d in decisions[:3]:
             assert d.spec_hash and d.test_hash == dataset.hash("test")
             assert d.metrics and "force_mae_meV_per_A" in d.metrics
-        assert decisions[1].hypothesis == "normalize and weight forces"
-        assert decisions[1].patch["scaling"] == "rms_forces_scaling"
+        assert decisions[1].hypothesis == "raise lr"
+        assert decisions[1].patch == {"lr": 0.01}
 
     with sqlite3.connect(outcome.layout.ledger) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -207,7 +223,7 @@ def test_results_folder_layout(scripted_run) -> None:
 
 
 def test_cli_runs_a_campaign_and_prints_the_table(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, tmp_path / "data", iterations=1, epochs=2)
+    path = write_campaign(tmp_path, tmp_path / "data", iterations=1, epochs=3)
     proc = subprocess.run(
         [sys.executable, "-m", "mlipilot.cli", "run", str(path), "--out", str(tmp_path / "runs")],
         capture_output=True,
@@ -238,3 +254,18 @@ def test_cli_reports_a_bad_campaign_file_without_traceback(tmp_path: Path) -> No
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "bad.yaml" in proc.stderr and "r_max" in proc.stderr and "7.0" in proc.stderr
+
+
+def test_a_baseline_over_its_time_budget_stops_the_campaign_with_its_cause(
+    tmp_path: Path,
+) -> None:
+    # mace_run_train alone takes longer than 2 s to import: the guard must kill it.
+    path = write_campaign(tmp_path, tmp_path / "data", max_train_seconds=2)
+    campaign, _ = load_campaign(path)
+    with pytest.raises(MlipilotError, match=r"baseline could not be trained.*wall-clock"):
+        run_campaign(campaign, path, tmp_path / "runs")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        (training,) = ledger.events("training")
+        assert training.status == "timeout"
+        assert ledger.events("decision")[0].decision == "BASELINE"
