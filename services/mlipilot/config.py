@@ -6,15 +6,14 @@ campaign file works from any working directory.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlipilot.errors import MlipilotError, format_validation_error
-from mlipilot.recipe import Recipe, RecipeError, describe_recipe_error
+from mlipilot.recipe import Recipe, describe_recipe_error
+from mlipilot.yaml_files import load_yaml_model
 
 
 class _Strict(BaseModel):
@@ -79,22 +78,7 @@ class Campaign(_Strict):
 def load_campaign(path: str | Path) -> tuple[Campaign, str]:
     """Load and validate a campaign file; return it (paths made absolute) and its sha256."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise MlipilotError(f"campaign file {path}: cannot read it ({exc.strerror})") from exc
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise MlipilotError(f"campaign file {path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise MlipilotError(f"campaign file {path}: expected a mapping at the top level")
-    try:
-        campaign = Campaign.model_validate(data)
-    except (ValidationError, RecipeError) as exc:
-        if isinstance(exc, ValidationError):
-            raise MlipilotError(format_validation_error(exc, f"campaign file {path}")) from exc
-        raise MlipilotError(f"campaign file {path}: {exc}") from exc
+    campaign, digest = load_yaml_model(path, Campaign, "campaign file")
     root = path.resolve().parent
     campaign = campaign.model_copy(
         update={
@@ -102,7 +86,7 @@ def load_campaign(path: str | Path) -> tuple[Campaign, str]:
             "data": campaign.data.model_copy(update={"path": root / campaign.data.path}),
         }
     )
-    return campaign, hashlib.sha256(raw).hexdigest()
+    return campaign, digest
 
 
 def override(

@@ -14,7 +14,7 @@ from mlipilot.agents.random_search import RandomSearchAgent, sample_value
 from mlipilot.agents.rule_based import RULES, RuleBasedResearcher
 from mlipilot.config import AgentConfig
 from mlipilot.recipe import Recipe, bounds, choices
-from mlipilot.scoring.result import ScoreResult, judge
+from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.spec import ScorecardSpec
 
 ENERGY = "energy_mae_meV_per_atom"
@@ -55,17 +55,7 @@ BAD = {ENERGY: 50.0, FORCES: 400.0, MD: 0.25, SPEED: 0.2}
 
 
 def scored(metrics: dict[str, float]) -> ScoreResult:
-    outcomes, violation, composite = judge(SPEC, metrics)
-    return ScoreResult(
-        spec_name=SPEC.name,
-        spec_hash="s",
-        test_hash="t",
-        metrics=metrics,
-        constraints=outcomes,
-        feasible=violation == 0.0,
-        violation=violation,
-        composite=composite,
-    )
+    return ScoreResult.judged(SPEC, metrics, spec_hash="s", test_hash="t")
 
 
 def metrics_failing(*failing: str) -> dict[str, float]:

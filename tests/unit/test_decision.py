@@ -59,17 +59,7 @@ SPEC = ScorecardSpec.model_validate(spec_data())
 
 
 def result(metrics: dict[str, float], spec: ScorecardSpec = SPEC) -> ScoreResult:
-    outcomes, violation, composite = judge(spec, metrics)
-    return ScoreResult(
-        spec_name=spec.name,
-        spec_hash="s",
-        test_hash="t",
-        metrics=metrics,
-        constraints=outcomes,
-        feasible=violation == 0.0,
-        violation=violation,
-        composite=composite,
-    )
+    return ScoreResult.judged(spec, metrics, spec_hash="s", test_hash="t")
 
 
 # -- spec --------------------------------------------------------------------------------------

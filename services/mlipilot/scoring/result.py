@@ -37,6 +37,30 @@ class ScoreResult(BaseModel):
     timings_s: dict[str, float] = {}
     details: dict[str, Any] = {}
 
+    @classmethod
+    def judged(
+        cls,
+        spec: ScorecardSpec,
+        metrics: dict[str, float],
+        *,
+        spec_hash: str,
+        test_hash: str,
+        **extra: Any,
+    ) -> ScoreResult:
+        """The result of ``metrics`` measured against ``spec``."""
+        constraints, violation, composite = judge(spec, metrics)
+        return cls(
+            spec_name=spec.name,
+            spec_hash=spec_hash,
+            test_hash=test_hash,
+            metrics=metrics,
+            constraints=constraints,
+            feasible=violation == 0.0,
+            violation=violation,
+            composite=composite,
+            **extra,
+        )
+
     def violated(self) -> list[ConstraintOutcome]:
         return [c for c in self.constraints if not c.satisfied]
 

@@ -18,7 +18,7 @@ import torch
 from mlipilot.errors import MlipilotError
 from mlipilot.scoring.accuracy import evaluate_accuracy
 from mlipilot.scoring.md_stability import run_md_stability
-from mlipilot.scoring.result import ScoreResult, judge
+from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.spec import ScorecardSpec
 from mlipilot.scoring.throughput import measure_throughput
 
@@ -83,16 +83,11 @@ class Scorecard:
         )
         timings["throughput"] = time.monotonic() - t0
 
-        constraints, violation, composite = judge(spec, metrics)
-        return ScoreResult(
-            spec_name=spec.name,
+        return ScoreResult.judged(
+            spec,
+            metrics,
             spec_hash=self.spec_hash,
             test_hash=self.test_hash,
-            metrics=metrics,
-            constraints=constraints,
-            feasible=violation == 0.0,
-            violation=violation,
-            composite=composite,
             hardware=hardware(),
             timings_s=timings,
             details={"md_replicas": [r.model_dump(mode="json") for r in md.replicas]},

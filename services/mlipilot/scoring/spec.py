@@ -6,13 +6,11 @@ compared against a different yardstick. No threshold lives in code.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mlipilot.errors import MlipilotError, format_validation_error
+from mlipilot.yaml_files import load_yaml_model
 
 
 class _Strict(BaseModel):
@@ -115,19 +113,4 @@ class ScorecardSpec(_Strict):
 
 def load_spec(path: str | Path) -> tuple[ScorecardSpec, str]:
     """Load and validate a scorecard spec; return it with the sha256 of the file's bytes."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise MlipilotError(f"scorecard spec {path}: cannot read it ({exc.strerror})") from exc
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise MlipilotError(f"scorecard spec {path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise MlipilotError(f"scorecard spec {path}: expected a mapping at the top level")
-    try:
-        spec = ScorecardSpec.model_validate(data)
-    except ValidationError as exc:
-        raise MlipilotError(format_validation_error(exc, f"scorecard spec {path}")) from exc
-    return spec, hashlib.sha256(raw).hexdigest()
+    return load_yaml_model(path, ScorecardSpec, "scorecard spec")
