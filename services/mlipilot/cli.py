@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,6 +10,11 @@ import typer
 from rich.console import Console
 
 from mlipilot.errors import MlipilotError
+
+# mace imports set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD and e3nn then warns on every torch.load;
+# loads this project makes itself pass weights_only explicitly. Keep the console readable.
+warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+warnings.filterwarnings("ignore", message="The TorchScript type system")
 
 app = typer.Typer(
     help="Auto-research for machine-learned interatomic potentials (MACE).",

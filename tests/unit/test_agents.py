@@ -201,8 +201,10 @@ def test_tried_recipe_is_skipped_for_the_next_rule() -> None:
 
 
 def test_nothing_applies_gives_up() -> None:
-    # Feasible, energy has more room than forces, EMA already on, nothing stalled.
-    st = state(Recipe().patched({"ema": True}), GOOD)
+    # Feasible, energy has more room than forces, and every improvement is already in the
+    # recipe: EMA, stage two, two interactions, the channel cap.
+    incumbent = Recipe().patched({"ema": True, "stage_two": True, "num_channels": 64})
+    st = state(incumbent, GOOD)
     with pytest.raises(AgentGaveUp):
         RuleBasedResearcher().propose(st)
 
@@ -352,18 +354,32 @@ def test_random_propose_never_raises_recipe_error(
     assert_valid(proposal, st)
 
 
+# Accurate but MD still fails with the cutoff and repulsion fixes in place: only a stall makes
+# add-channels fire before ema.
+STALL_CANDIDATE = Recipe().patched({"pair_repulsion": True, "stage_two": True})
+
+
 def test_two_reverted_tries_count_as_stalled() -> None:
-    # Feasible and nothing to fix: only a stall makes add-channels fire before ema.
-    incumbent = Recipe()
+    incumbent = STALL_CANDIDATE
     tries = [incumbent.patched({"seed": 2}), incumbent.patched({"seed": 3})]
-    st = state(incumbent, GOOD, tried=tries, verdicts=["REVERT", "FAILED"])
+    st = state(incumbent, metrics_failing(MD), tried=tries, verdicts=["REVERT", "FAILED"])
     proposal = RuleBasedResearcher().propose(st)
     assert rule_of(proposal) == "add-channels"
     assert proposal.patch == {"num_channels": 32}
 
 
 def test_one_reverted_try_after_the_baseline_is_not_stalled() -> None:
-    incumbent = Recipe()
-    st = state(incumbent, GOOD, tried=[incumbent.patched({"seed": 2})], verdicts=["REVERT"])
+    incumbent = STALL_CANDIDATE
+    st = state(
+        incumbent, metrics_failing(MD), tried=[incumbent.patched({"seed": 2})], verdicts=["REVERT"]
+    )
     proposal = RuleBasedResearcher().propose(st)
     assert rule_of(proposal) == "ema"
+
+
+def test_a_feasible_incumbent_is_still_improved() -> None:
+    # Feasible: the composite can still drop, so the researcher keeps going (stage two first).
+    st = state(Recipe(), GOOD)
+    proposal = RuleBasedResearcher().propose(st)
+    assert rule_of(proposal) == "progressive-schedule"
+    assert proposal.patch["stage_two"] is True

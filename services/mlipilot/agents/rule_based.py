@@ -52,6 +52,11 @@ def _inaccurate(result: ScoreResult) -> bool:
     return _fails(result, ENERGY) or _fails(result, FORCES)
 
 
+def _improvable(result: ScoreResult) -> bool:
+    """Accuracy is worth more effort: a constraint fails, or (feasible) the composite can drop."""
+    return _inaccurate(result) or result.feasible
+
+
 def _stalled(state: CampaignState) -> bool:
     """The last two tries were both reverted: the easy fixes are spent."""
     tries = [h.verdict for h in state.history if h.verdict != "BASELINE"][-2:]
@@ -118,17 +123,17 @@ RULES: list[Rule] = [
     ),
     Rule(
         "progressive-schedule",
-        lambda r, res, s: _fails(res, ENERGY) and not r.stage_two,
+        lambda r, res, s: (_fails(res, ENERGY) or res.feasible) and not r.stage_two,
         lambda r: {"stage_two": True, "stage_two_energy_weight": 1000.0, "stage_two_lr": 0.001},
         lambda r, res: (
-            f"Energy MAE {_value(res, ENERGY)} meV/atom lags while forces are "
-            "learned: a final stage (MACE stage two) with a high energy weight and a small lr "
-            "fits energies once the force field is in place."
+            f"Energy MAE is {_value(res, ENERGY)} meV/atom: with forces weighted 100:1 the "
+            "energy is barely fitted. A final stage (MACE stage two) with a high energy weight "
+            "and a small lr fits energies once the force field is in place."
         ),
     ),
     Rule(
         "add-interaction",
-        lambda r, res, s: _inaccurate(res) and r.num_interactions < 2 and _margin(res, SPEED) > 0.3,
+        lambda r, res, s: _improvable(res) and r.num_interactions < 2 and _margin(res, SPEED) > 0.3,
         lambda r: {"num_interactions": 2},
         lambda r, res: (
             "Accuracy stalls with one interaction layer: a second message-passing "
@@ -138,12 +143,12 @@ RULES: list[Rule] = [
     Rule(
         "add-channels",
         lambda r, res, s: (
-            (_inaccurate(res) or _stalled(s)) and r.num_channels < 64 and _margin(res, SPEED) > 0.3
+            (_improvable(res) or _stalled(s)) and r.num_channels < 64 and _margin(res, SPEED) > 0.3
         ),
         lambda r: {"num_channels": min(64, r.num_channels * 2)},
         lambda r, res: (
-            f"Accuracy stalls at {r.num_channels} channels (force MAE "
-            f"{_value(res, FORCES)} meV/Å) and throughput has room: double the channels."
+            f"Force MAE is {_value(res, FORCES)} meV/Å at {r.num_channels} channels and "
+            f"throughput has room ({_value(res, SPEED)}x the baseline): double the channels."
         ),
     ),
     Rule(
