@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
 from mlipilot.yaml_files import load_yaml_model
 
@@ -62,7 +62,7 @@ class MDSettings(_Strict):
     """MD stability: NVT replicas (start frame x temperature x seed), then an NVE segment."""
 
     start_frames: list[int] = Field(min_length=1, description="indices into the test split")
-    temperatures_K: list[float] = Field(min_length=1)
+    temperatures_K: list[PositiveFloat] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     nvt_steps: int = Field(ge=1)
     nve_steps: int = Field(ge=0)
