@@ -123,7 +123,7 @@ def write_campaign(tmp: Path, data_dir: Path, **budget: object) -> Path:
 @pytest.fixture(scope="module")
 def scripted_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("campaign")
-    path = write_campaign(tmp, tmp / "data", iterations=3)
+    path = write_campaign(tmp, tmp / "data", iterations=4)
     campaign, _ = load_campaign(path)
     agent = ScriptedAgent(
         [
@@ -133,6 +133,9 @@ def scripted_run(tmp_path_factory: pytest.TempPathFactory):
             Proposal(hypothesis="tiny lr", patch={"lr": 1e-5}),
             # 3: its trainer is killed mid-run (fault injection): a failed candidate.
             Proposal(hypothesis="more channels", patch={"num_channels": 16}),
+            # 4: the same training as 2 (stage-two knobs are inert while stage two is off):
+            # answered from the ledger, not retrained.
+            Proposal(hypothesis="tiny lr again", patch={"lr": 1e-5, "stage_two_start": 0.5}),
         ],
         kill_trainer_at=3,
     )
@@ -152,6 +155,9 @@ def test_decisions_follow_the_rule_on_real_models(scripted_run) -> None:
     assert verdicts[3] == "REVERT"
     assert "candidate failed" in outcome.rows[3].reason
     assert "exited with code -9" in outcome.rows[3].reason
+    assert verdicts[4] == "REVERT"
+    assert outcome.rows[4].reason.startswith("same training as it002, not retrained")
+    assert outcome.rows[4].metrics == outcome.rows[2].metrics
     assert outcome.best_iteration == 1
 
 
@@ -162,9 +168,11 @@ def test_ledger_records_every_step(scripted_run) -> None:
         events = ledger.events()
         kinds = [e.event for e in events]
         assert kinds[0] == "campaign_started" and kinds[-1] == "campaign_finished"
-        assert kinds.count("proposal") == 4
-        assert kinds.count("training") == 4
-        assert kinds.count("decision") == 4
+        assert kinds.count("proposal") == 5
+        assert kinds.count("training") == 4  # the duplicate was not trained again
+        assert kinds.count("decision") == 5
+        duplicate = ledger.events("proposal")[4]
+        assert duplicate.status == "duplicate" and duplicate.detail == {"duplicate_of": "it002"}
         assert kinds.count("evaluation") == 3  # the killed candidate has no model to score
         start = events[0]
         assert start.train_hash == dataset.hash("train")
@@ -197,7 +205,7 @@ def test_ledger_records_every_step(scripted_run) -> None:
             conn.execute("UPDATE events SET decision = 'ACCEPT'")
 
     tsv = outcome.layout.results_tsv.read_text().splitlines()
-    assert len(tsv) == 1 + 4
+    assert len(tsv) == 1 + 5
 
 
 def test_results_folder_layout(scripted_run) -> None:
@@ -216,7 +224,7 @@ def test_results_folder_layout(scripted_run) -> None:
         assert list((cdir / "md").glob("replica-*.csv"))
     # The agent saw the verdicts of earlier iterations and never a path or the test data.
     last = agent.states[-1]
-    assert [h.verdict for h in last.history] == ["BASELINE", "ACCEPT", "REVERT"]
+    assert [h.verdict for h in last.history] == ["BASELINE", "ACCEPT", "REVERT", "FAILED"]
     seen = last.model_dump_json()
     assert str(root) not in seen and str(campaign.data.path) not in seen
     assert "REF_energy" not in seen

@@ -8,7 +8,7 @@ import pytest
 
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe, RecipeError, recipe_from_mapping, recipe_space
-from mlipilot.training.mace_args import MODEL_NAME, to_mace_args
+from mlipilot.training.mace_args import MODEL_NAME, to_mace_args, training_key
 
 # -- recipe ------------------------------------------------------------------------------------
 
@@ -277,3 +277,14 @@ def test_the_test_split_never_reaches_the_trainer(patch: dict[str, object]) -> N
     flags = _flags(Recipe().patched(patch))
     assert not [f for f in flags if f.startswith("--test")]
     assert not [f for f in flags if "test" in f.split("=", 1)[0]]
+
+
+def test_training_key_ignores_inert_knobs_and_sees_real_changes() -> None:
+    base = Recipe()
+    assert not base.stage_two
+    inert = base.patched({"stage_two_start": 0.5, "stage_two_lr": 0.01})
+    assert training_key(inert, 10) == training_key(base, 10)
+    assert training_key(base.patched({"lr": 0.02}), 10) != training_key(base, 10)
+    assert training_key(base, 11) != training_key(base, 10)
+    staged = base.patched({"stage_two": True})
+    assert training_key(staged.patched({"stage_two_start": 0.5}), 10) != training_key(staged, 10)

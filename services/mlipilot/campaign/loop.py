@@ -31,6 +31,7 @@ from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorecard, hardware
 from mlipilot.scoring.spec import load_spec
+from mlipilot.training.mace_args import training_key
 from mlipilot.training.trainer import TrainingBudget, train_recipe
 
 
@@ -52,6 +53,16 @@ class _Incumbent:
 
 
 @dataclass
+class _Trained:
+    """What one training of a recipe gave: reused when a later proposal trains the same."""
+
+    iteration: int
+    model: Path | None
+    result: ScoreResult | None
+    failure: str | None
+
+
+@dataclass
 class _Run:
     campaign: Campaign
     layout: RunLayout
@@ -62,6 +73,7 @@ class _Run:
     agent_name: str
     history: list[HistoryEntry] = field(default_factory=list)
     rows: list[IterationRow] = field(default_factory=list)
+    trained: dict[str, _Trained] = field(default_factory=dict)  # by training_key
 
     def record(self, **fields: Any) -> int:
         return self.ledger.append(LedgerEvent(campaign=self.layout.root.name, **fields))
@@ -130,6 +142,9 @@ def _run_baseline(run: _Run) -> _Incumbent:
     recipe = run.campaign.baseline
     proposal = Proposal(hypothesis="baseline recipe from the campaign file", patch={"-": "-"})
     model, result, failure = _train_and_score(run, 0, recipe, proposal, baseline_model=None)
+    run.trained[training_key(recipe, run.campaign.budget.epochs)] = _Trained(
+        0, model, result, failure
+    )
     decision = decide(result, None, failure=failure)
     _record_decision(run, 0, recipe, proposal, {}, result, decision)
     if result is None or model is None:
@@ -184,10 +199,31 @@ def _try_candidate(
     run: _Run, iteration: int, proposal: Proposal, inc: _Incumbent, baseline_model: Path
 ) -> _Incumbent:
     recipe = inc.recipe.patched(proposal.patch)
-    model, result, failure = _train_and_score(run, iteration, recipe, proposal, baseline_model)
+    key = training_key(recipe, run.campaign.budget.epochs)
+    prior = run.trained.get(key)
+    if prior is None:
+        model, result, failure = _train_and_score(run, iteration, recipe, proposal, baseline_model)
+        run.trained[key] = _Trained(iteration, model, result, failure)
+    else:  # the same training ran already: answer from the ledger, do not retrain
+        model, result, failure = prior.model, prior.result, prior.failure
+        run.record(
+            event="proposal",
+            iteration=iteration,
+            candidate=f"it{iteration:03d}",
+            agent=run.agent_name,
+            hypothesis=proposal.hypothesis,
+            patch=proposal.patch,
+            recipe=recipe.model_dump(),
+            recipe_hash=recipe.digest(),
+            status="duplicate",
+            detail={"duplicate_of": f"it{prior.iteration:03d}"},
+        )
     decision = decide(
         result, inc.result, failure=failure, min_improvement=run.campaign.min_improvement
     )
+    if prior is not None:
+        reason = f"same training as it{prior.iteration:03d}, not retrained; {decision.reason}"
+        decision = Decision(verdict=decision.verdict, reason=reason)
     _record_decision(run, iteration, recipe, proposal, proposal.patch, result, decision)
     if decision.verdict == "ACCEPT" and model is not None and result is not None:
         shutil.copyfile(model, run.layout.best_model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,3 +85,16 @@ def to_mace_args(
     if r.pair_repulsion:
         flags.append("--pair_repulsion")
     return flags
+
+
+def training_key(recipe: Recipe, epochs: int) -> str:
+    """Digest of what training actually does with ``recipe``.
+
+    Two recipes with the same key train the same model (deterministic seed, same flags): for
+    example two that differ only in stage-two settings while stage two is off. A campaign
+    answers such a duplicate from its ledger instead of training it again.
+    """
+    flags = to_mace_args(
+        recipe, train_file=Path("TRAIN"), work_dir=Path("WORK"), epochs=epochs, atomic_numbers=[0]
+    )
+    return hashlib.sha256("\n".join(flags).encode()).hexdigest()
