@@ -60,7 +60,7 @@ def run(
     out: Annotated[Path, typer.Option(help="folder for run results")] = Path("runs"),
     agent: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="override the campaign's agent: rule-based | random"),
+        typer.Option(help="override the campaign's agent: rule-based | random | optuna"),
     ] = None,
     iterations: Annotated[
         Optional[int],  # noqa: UP045

@@ -29,7 +29,7 @@ class DataConfig(_Strict):
 
 
 class AgentConfig(_Strict):
-    kind: Literal["rule-based", "random"] = "rule-based"
+    kind: Literal["rule-based", "random", "optuna"] = "rule-based"
     seed: int = Field(0, ge=0)
 
 

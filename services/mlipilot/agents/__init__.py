@@ -15,4 +15,8 @@ if TYPE_CHECKING:
 def make_agent(config: AgentConfig) -> Agent:
     if config.kind == "random":
         return RandomSearchAgent(seed=config.seed)
+    if config.kind == "optuna":  # imported here: optuna costs every CLI start ~0.3 s otherwise
+        from mlipilot.agents.optuna_agent import OptunaAgent
+
+        return OptunaAgent(seed=config.seed)
     return RuleBasedResearcher()

@@ -15,8 +15,8 @@ from mlipilot.agents.base import AgentGaveUp, CampaignState, Proposal
 from mlipilot.recipe import Recipe, RecipeError, bounds, choices
 
 # Keys whose natural scale is logarithmic.
-_LOG_KEYS = {"lr", "stage_two_lr", "huber_delta", "energy_weight", "forces_weight"}
-_LOG_KEYS |= {"stage_two_energy_weight", "stage_two_forces_weight"}
+LOG_KEYS = {"lr", "stage_two_lr", "huber_delta", "energy_weight", "forces_weight"}
+LOG_KEYS |= {"stage_two_energy_weight", "stage_two_forces_weight"}
 # The seed is not a hypothesis.
 _SEARCHED = [k for k in Recipe.model_fields if k != "seed"]
 
@@ -28,7 +28,7 @@ def sample_value(key: str, rng: random.Random) -> Any:
     low, high, _ = bounds(key)
     if Recipe.model_fields[key].annotation is int:
         return rng.randint(int(low), int(high))
-    if key in _LOG_KEYS:
+    if key in LOG_KEYS:
         low = max(low, high * 1e-4)
         value = math.exp(rng.uniform(math.log(low), math.log(high)))
     else:

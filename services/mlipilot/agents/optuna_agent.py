@@ -1,0 +1,135 @@
+"""Optuna's TPE over the recipe space: the classical baseline a user would pick over an LLM.
+
+The study runs through Optuna's ask/tell interface. Each proposal is one asked trial over every
+recipe key but the seed (the incumbent's seed is kept); before asking, the agent tells the study
+what the campaign history says about the trials it asked earlier. History entries the agent did
+not propose itself (the baseline, above all) are added as completed trials, so TPE starts from
+what is known. Lower is better: a feasible candidate scores its composite, an infeasible one
+``1e3 + violation``, a failed one ``1e6``. Seeded: the same states give the same proposals.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from mlipilot.agents.base import AgentGaveUp, CampaignState, HistoryEntry, Proposal
+from mlipilot.agents.random_search import LOG_KEYS
+from mlipilot.recipe import Recipe, RecipeError, bounds, choices
+from mlipilot.scoring.result import ScoreResult
+
+INFEASIBLE_OFFSET = 1e3
+FAILED_VALUE = 1e6
+
+
+def objective(result: ScoreResult | None) -> float:
+    """The value the study minimizes for one tried candidate."""
+    if result is None:
+        return FAILED_VALUE
+    if result.feasible:
+        return result.composite
+    return INFEASIBLE_OFFSET + result.violation
+
+
+def distributions() -> dict[str, BaseDistribution]:
+    """One Optuna distribution per recipe key, the seed excepted."""
+    out: dict[str, BaseDistribution] = {}
+    for key, field in Recipe.model_fields.items():
+        if key == "seed":
+            continue
+        options = choices(key)
+        if options is not None:
+            out[key] = CategoricalDistribution(options)
+            continue
+        low, high, exclusive = bounds(key)
+        if field.annotation is int:
+            out[key] = IntDistribution(math.ceil(low), math.floor(high))
+            continue
+        if exclusive:  # an open lower bound: start just above it
+            low = math.nextafter(low, high)
+        log = key in LOG_KEYS
+        if log:  # as random search does: four decades below the upper bound at most
+            low = max(low, high * 1e-4)
+        out[key] = FloatDistribution(low, high, log=log)
+    return out
+
+
+def _params(recipe: Recipe, dists: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """A recipe as trial params; numbers outside a distribution (e.g. a zero weight on a log
+    scale) are clamped into it."""
+    params: dict[str, Any] = {}
+    for key, dist in dists.items():
+        value = getattr(recipe, key)
+        if isinstance(dist, (FloatDistribution, IntDistribution)):
+            value = min(dist.high, max(dist.low, value))
+        params[key] = value
+    return params
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class OptunaAgent:
+    name = "optuna"
+
+    def __init__(self, seed: int = 0, n_startup_trials: int = 4, max_asks: int = 50) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.seed = seed
+        self.max_asks = max_asks
+        self.distributions = distributions()
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+        self.study = optuna.create_study(direction="minimize", sampler=sampler)
+        self._pending: dict[int, tuple[int, Recipe]] = {}  # iteration -> (trial number, recipe)
+        self._seen: set[int] = set()  # history iterations already known to the study
+
+    def propose(self, state: CampaignState) -> Proposal:
+        self._learn(state.history)
+        for _ in range(self.max_asks):
+            trial = self.study.ask(self.distributions)
+            try:
+                recipe = state.incumbent.patched(trial.params)
+            except RecipeError:  # cannot happen with the bounds above; fail the trial anyway
+                self.study.tell(trial, state=TrialState.FAIL)
+                continue
+            known = [h.result for h in state.history if h.recipe == recipe]
+            if known or recipe == state.incumbent:
+                result = known[-1] if known else state.incumbent_result
+                self.study.tell(trial, objective(result))
+                continue
+            self._pending[state.iteration] = (trial.number, recipe)
+            patch = state.incumbent.diff(recipe)
+            changes = ", ".join(f"{k}={_short(v)}" for k, v in patch.items())
+            return Proposal(hypothesis=f"optuna TPE trial {trial.number}: {changes}", patch=patch)
+        raise AgentGaveUp(f"no untried recipe in {self.max_asks} TPE asks")
+
+    def _learn(self, history: list[HistoryEntry]) -> None:
+        """Tell the study every outcome in ``history`` it does not know yet."""
+        by_iteration = {h.iteration: h for h in history}
+        for iteration, (number, recipe) in sorted(self._pending.items()):
+            entry = by_iteration.get(iteration)
+            if entry is not None and entry.recipe == recipe:
+                self.study.tell(number, objective(entry.result))
+                self._seen.add(iteration)
+            else:  # refused (or replaced): the outcome is unknown, so TPE ignores the trial
+                self.study.tell(number, state=TrialState.FAIL)
+        self._pending.clear()
+        for entry in history:
+            if entry.iteration in self._seen:
+                continue
+            self._seen.add(entry.iteration)
+            trial = optuna.trial.create_trial(
+                params=_params(entry.recipe, self.distributions),
+                distributions=self.distributions,
+                value=objective(entry.result),
+            )
+            self.study.add_trial(trial)

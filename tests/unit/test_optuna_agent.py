@@ -1,0 +1,203 @@
+"""The Optuna TPE agent on hand-built campaign states and a synthetic objective (no MACE)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from mlipilot.agents.base import AgentGaveUp, CampaignState, HistoryEntry, Proposal
+from mlipilot.agents.optuna_agent import OptunaAgent, distributions, objective
+from mlipilot.recipe import Recipe
+from mlipilot.scoring.result import ScoreResult
+from mlipilot.scoring.spec import ScorecardSpec
+
+# Two metrics, each capped at 10 and weighted 10: composite = a + b, feasible while both <= 10.
+SPEC = ScorecardSpec.model_validate(
+    {
+        "name": "optuna-unit",
+        "version": 1,
+        "md": {
+            "start_frames": [0],
+            "temperatures_K": [300.0],
+            "seeds": [0],
+            "nvt_steps": 10,
+            "nve_steps": 0,
+            "timestep_fs": 2.0,
+            "friction_per_fs": 0.01,
+            "min_distance_A": 1.5,
+            "max_temperature_factor": 3.0,
+            "max_energy_drift_meV_per_atom_per_ps": 5.0,
+        },
+        "throughput": {"md_steps": 5},
+        "constraints": [{"metric": m, "max": 10.0, "unit": "-"} for m in "ab"],
+        "composite_weights": {"a": 10.0, "b": 10.0},
+    }
+)
+# The synthetic optimum is lr = 1e-2, r_max = 5; start far from it.
+BASELINE = Recipe().patched({"lr": 1e-4, "r_max": 3.0})
+
+
+def scored(a: float, b: float) -> ScoreResult:
+    return ScoreResult.judged(SPEC, {"a": a, "b": b}, spec_hash="s", test_hash="t")
+
+
+def synthetic(recipe: Recipe) -> ScoreResult:
+    return scored(abs(math.log10(recipe.lr) + 2), abs(recipe.r_max - 5))
+
+
+def entry(iteration: int, recipe: Recipe, result: ScoreResult | None) -> HistoryEntry:
+    verdict = "BASELINE" if iteration == 0 else ("REVERT" if result else "FAILED")
+    return HistoryEntry(
+        iteration=iteration,
+        hypothesis="-",
+        patch=BASELINE.diff(recipe),
+        recipe=recipe,
+        verdict=verdict,
+        reason="-",
+        result=result,
+    )
+
+
+def state(history: list[HistoryEntry], incumbent: Recipe = BASELINE) -> CampaignState:
+    results = [h.result for h in history if h.recipe == incumbent]
+    return CampaignState(
+        iteration=max(h.iteration for h in history) + 1,
+        iterations_total=20,
+        spec=SPEC,
+        baseline=BASELINE,
+        incumbent=incumbent,
+        incumbent_result=results[-1] if results else None,
+        history=history,
+    )
+
+
+def run_loop(agent: OptunaAgent, iterations: int) -> tuple[list[Proposal], list[float]]:
+    """Propose, score synthetically, accept improvements; the proposals and their composites."""
+    history = [entry(0, BASELINE, synthetic(BASELINE))]
+    incumbent = BASELINE
+    proposals, composites = [], []
+    for _ in range(iterations):
+        st = state(history, incumbent)
+        proposal = agent.propose(st)
+        recipe = st.incumbent.patched(proposal.patch)
+        assert recipe != st.incumbent and not st.tried(recipe)
+        assert "seed" not in proposal.patch and recipe.seed == BASELINE.seed
+        result = synthetic(recipe)
+        assert st.incumbent_result is not None
+        if result.composite < st.incumbent_result.composite:
+            incumbent = recipe
+        history.append(entry(st.iteration, recipe, result))
+        proposals.append(proposal)
+        composites.append(result.composite)
+    return proposals, composites
+
+
+def complete_values(agent: OptunaAgent) -> list[float]:
+    trials = agent.study.trials
+    return [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+
+
+def test_distributions_cover_every_key_but_the_seed() -> None:
+    dists = distributions()
+    assert set(dists) == set(Recipe.model_fields) - {"seed"}
+    lr, huber = dists["lr"], dists["huber_delta"]
+    assert isinstance(lr, FloatDistribution) and lr.log
+    assert isinstance(huber, FloatDistribution) and huber.low > 0  # gt=0: just above
+
+
+def test_proposals_validate_and_keep_the_seed() -> None:
+    agent = OptunaAgent(seed=1)
+    proposals, _ = run_loop(agent, 8)
+    assert all(p.hypothesis.startswith("optuna TPE trial ") for p in proposals)
+
+
+def test_same_seed_same_proposals_other_seed_differs() -> None:
+    first, _ = run_loop(OptunaAgent(seed=3), 6)
+    again, _ = run_loop(OptunaAgent(seed=3), 6)
+    other, _ = run_loop(OptunaAgent(seed=4), 6)
+    assert first == again
+    assert first != other
+
+
+def test_history_outcomes_are_told_to_the_study() -> None:
+    agent = OptunaAgent(seed=0)
+    history = [entry(0, BASELINE, scored(1.0, 2.0))]
+    tried = [BASELINE.patched(agent.propose(state(history)).patch)]
+    history.append(entry(1, tried[0], scored(0.5, 0.25)))  # feasible
+    tried.append(BASELINE.patched(agent.propose(state(history)).patch))
+    history.append(entry(2, tried[1], scored(12.0, 1.0)))  # infeasible: a over by 20 %
+    tried.append(BASELINE.patched(agent.propose(state(history)).patch))
+    history.append(entry(3, tried[2], None))  # failed
+    agent.propose(state(history))
+    assert complete_values(agent) == pytest.approx([3.0, 0.75, 1e3 + 0.2, 1e6])
+    trials = agent.study.trials
+    assert trials[0].params["lr"] == BASELINE.lr  # the baseline, added from history
+    assert trials[1].params["lr"] == tried[0].lr  # asked, then told
+    assert [t.state for t in trials].count(TrialState.RUNNING) == 1  # the last proposal
+
+
+def test_objective_orders_feasible_infeasible_failed() -> None:
+    assert objective(scored(1.0, 1.0)) == pytest.approx(2.0)
+    assert objective(scored(1.0, 11.0)) == pytest.approx(1e3 + 0.1)
+    assert objective(None) == 1e6
+
+
+def test_a_refused_proposal_is_told_as_failed() -> None:
+    agent = OptunaAgent(seed=0)
+    st = state([entry(0, BASELINE, scored(1.0, 1.0))])
+    agent.propose(st)
+    agent.propose(st)  # the same iteration again: the first proposal never made it to history
+    assert [t.state for t in agent.study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.RUNNING,
+    ]
+
+
+def test_history_not_proposed_by_the_agent_is_added_once() -> None:
+    agent = OptunaAgent(seed=0)
+    other = BASELINE.patched({"lr": 1e-3})
+    history = [entry(0, BASELINE, scored(1.0, 1.0)), entry(1, other, scored(0.5, 0.5))]
+    agent.propose(state(history))
+    agent.propose(state(history))
+    assert complete_values(agent) == pytest.approx([2.0, 1.0])
+
+
+def test_a_tried_recipe_is_never_proposed_again() -> None:
+    agent = OptunaAgent(seed=0)
+    known = BASELINE.patched({"lr": 1e-3, "ema": True})
+    history = [entry(0, BASELINE, scored(1.0, 1.0)), entry(1, known, scored(0.5, 0.5))]
+    st = state(history)
+    params = {k: getattr(known, k) for k in agent.distributions}
+    agent.study.enqueue_trial(params)
+    agent.study.enqueue_trial({k: getattr(BASELINE, k) for k in agent.distributions})
+    proposal = agent.propose(st)
+    recipe = BASELINE.patched(proposal.patch)
+    assert recipe != BASELINE and not st.tried(recipe)
+    # Both sampled duplicates were told the values their recipes already have.
+    assert sorted(complete_values(agent)) == pytest.approx([1.0, 1.0, 2.0, 2.0])
+
+
+def test_gives_up_when_every_ask_is_a_duplicate() -> None:
+    agent = OptunaAgent(seed=0, max_asks=3)
+    for _ in range(3):
+        agent.study.enqueue_trial({k: getattr(BASELINE, k) for k in agent.distributions})
+    with pytest.raises(AgentGaveUp):
+        agent.propose(state([entry(0, BASELINE, scored(1.0, 1.0))]))
+
+
+def test_tpe_improves_on_its_random_start() -> None:
+    _, composites = run_loop(OptunaAgent(seed=0), 20)
+    start, best = min(composites[:4]), min(composites)  # the first 4 are TPE's random start
+    assert best < 0.75 * start, (start, best)
+
+
+def test_tpe_beats_random_sampling_of_the_same_space() -> None:
+    # n_startup_trials past the budget: the same agent, sampling at random throughout.
+    seeds = range(5)
+    tpe = [min(run_loop(OptunaAgent(seed=s), 20)[1]) for s in seeds]
+    rnd = [min(run_loop(OptunaAgent(seed=s, n_startup_trials=100), 20)[1]) for s in seeds]
+    assert sum(tpe) < 0.8 * sum(rnd), (tpe, rnd)
