@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlipilot.errors import MlipilotError
 
@@ -66,6 +66,16 @@ class Recipe(BaseModel):
     batch_size: int = Field(5, ge=1, le=64)
     default_dtype: Literal["float32", "float64"] = "float64"
     seed: int = Field(1, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        # mace_run_train refuses this pair at start-up; say so before a candidate is trained.
+        if self.stage_two and self.loss == "forces_only":
+            raise ValueError(
+                "stage_two cannot be combined with loss=forces_only: stage two re-weights the "
+                "energy term, which forces_only does not have"
+            )
+        return self
 
     def patched(self, patch: Mapping[str, Any]) -> Recipe:
         """A new recipe with ``patch`` applied; raises RecipeError naming the bad key."""

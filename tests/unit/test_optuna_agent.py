@@ -135,7 +135,9 @@ def test_history_outcomes_are_told_to_the_study() -> None:
     assert complete_values(agent) == pytest.approx([3.0, 0.75, 1e3 + 0.2, 1e6])
     trials = agent.study.trials
     assert trials[0].params["lr"] == BASELINE.lr  # the baseline, added from history
-    assert trials[1].params["lr"] == tried[0].lr  # asked, then told
+    # Asked, then told (asks that drew an inconsistent recipe were failed on the spot).
+    asked = [t for t in trials[1:] if t.state != TrialState.FAIL]
+    assert asked[0].params["lr"] == tried[0].lr
     assert [t.state for t in trials].count(TrialState.RUNNING) == 1  # the last proposal
 
 
@@ -148,13 +150,13 @@ def test_objective_orders_feasible_infeasible_failed() -> None:
 def test_a_refused_proposal_is_told_as_failed() -> None:
     agent = OptunaAgent(seed=0)
     st = state([entry(0, BASELINE, scored(1.0, 1.0))])
-    agent.propose(st)
+    first = agent.propose(st)
+    number = int(first.hypothesis.removeprefix("optuna TPE trial ").split(":")[0])
     agent.propose(st)  # the same iteration again: the first proposal never made it to history
-    assert [t.state for t in agent.study.trials] == [
-        TrialState.COMPLETE,
-        TrialState.FAIL,
-        TrialState.RUNNING,
-    ]
+    trials = agent.study.trials
+    assert trials[0].state == TrialState.COMPLETE  # the baseline
+    assert trials[number].state == TrialState.FAIL
+    assert trials[-1].state == TrialState.RUNNING
 
 
 def test_history_not_proposed_by_the_agent_is_added_once() -> None:
@@ -190,9 +192,13 @@ def test_gives_up_when_every_ask_is_a_duplicate() -> None:
 
 
 def test_tpe_improves_on_its_random_start() -> None:
-    _, composites = run_loop(OptunaAgent(seed=0), 20)
-    start, best = min(composites[:4]), min(composites)  # the first 4 are TPE's random start
-    assert best < 0.75 * start, (start, best)
+    # Summed over seeds: one seed's 20 trials in a 26-key space are too few to judge by.
+    starts, bests = [], []
+    for seed in range(5):
+        _, composites = run_loop(OptunaAgent(seed=seed), 20)
+        starts.append(min(composites[:4]))  # the first 4 are TPE's random start
+        bests.append(min(composites))
+    assert sum(bests) < 0.75 * sum(starts), (starts, bests)
 
 
 def test_tpe_beats_random_sampling_of_the_same_space() -> None:

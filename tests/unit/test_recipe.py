@@ -288,3 +288,11 @@ def test_training_key_ignores_inert_knobs_and_sees_real_changes() -> None:
     assert training_key(base, 11) != training_key(base, 10)
     staged = base.patched({"stage_two": True})
     assert training_key(staged.patched({"stage_two_start": 0.5}), 10) != training_key(staged, 10)
+
+
+def test_stage_two_with_forces_only_is_refused_before_training() -> None:
+    with pytest.raises(RecipeError, match="stage_two cannot be combined with loss=forces_only"):
+        Recipe().patched({"stage_two": True, "loss": "forces_only"})
+    # Each alone is fine.
+    assert Recipe().patched({"stage_two": True}).stage_two
+    assert Recipe().patched({"loss": "forces_only"}).loss == "forces_only"

@@ -98,7 +98,7 @@ class OptunaAgent:
             trial = self.study.ask(self.distributions)
             try:
                 recipe = state.incumbent.patched(trial.params)
-            except RecipeError:  # cannot happen with the bounds above; fail the trial anyway
+            except RecipeError:  # an inconsistent pair (stage two with forces_only): fail it
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue
             known = [h.result for h in state.history if h.recipe == recipe]

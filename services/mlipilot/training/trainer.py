@@ -25,6 +25,7 @@ from mlipilot.recipe import Recipe
 from mlipilot.training.mace_args import MODEL_NAME, to_mace_args
 
 _EPOCH_LINE = re.compile(r"(Initial|Epoch (\d+)):.*?loss=\s*(\S+?),(.*)")
+_EXCEPTION_LINE = re.compile(r"^\w+(Error|Exception): .+")
 _METRIC = re.compile(r"(\w+)=\s*([-+0-9.eEinfa]+)\s*(meV(?: / A)?)?")
 
 ProgressFn = Callable[[int, int, "EpochRecord"], None]
@@ -88,6 +89,7 @@ def train_recipe(
         ),
     ]
     curve: list[EpochRecord] = []
+    last_error = ""  # the child's final exception line, for the cause
     start = time.monotonic()
     with log_path.open("w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
@@ -105,6 +107,8 @@ def train_recipe(
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
+                if _EXCEPTION_LINE.match(line):
+                    last_error = line.strip()
                 record = parse_epoch_line(line)
                 if record is None:
                     continue
@@ -119,6 +123,8 @@ def train_recipe(
             timer.cancel()
     wall = time.monotonic() - start
     status, cause, model = _judge(proc.returncode, curve, work_dir / "mace", wall, budget)
+    if status == "failed" and last_error and cause:
+        cause = f"{cause}: {last_error}"
     if cause:
         with log_path.open("a") as log:
             log.write(f"\nmlipilot: training {status}: {cause}\n")
