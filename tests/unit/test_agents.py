@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import pytest
+from spec_factory import make_spec
 
 from mlipilot.agents import make_agent
 from mlipilot.agents.base import AgentGaveUp, CampaignState, HistoryEntry, Proposal
@@ -15,38 +16,21 @@ from mlipilot.agents.rule_based import RULES, RuleBasedResearcher
 from mlipilot.config import AgentConfig
 from mlipilot.recipe import Recipe, bounds, choices
 from mlipilot.scoring.result import ScoreResult
-from mlipilot.scoring.spec import ScorecardSpec
 
 ENERGY = "energy_mae_meV_per_atom"
 FORCES = "force_mae_meV_per_A"
 MD = "md_survival_fraction"
 SPEED = "relative_throughput"
 
-SPEC = ScorecardSpec.model_validate(
-    {
-        "name": "agents-unit",
-        "version": 1,
-        "md": {
-            "start_frames": [0],
-            "temperatures_K": [300.0],
-            "seeds": [0],
-            "nvt_steps": 10,
-            "nve_steps": 0,
-            "timestep_fs": 2.0,
-            "friction_per_fs": 0.01,
-            "min_distance_A": 1.5,
-            "max_temperature_factor": 3.0,
-            "max_energy_drift_meV_per_atom_per_ps": 5.0,
-        },
-        "throughput": {"md_steps": 5},
-        "constraints": [
-            {"metric": ENERGY, "max": 5.0, "unit": "meV/atom"},
-            {"metric": FORCES, "max": 100.0, "unit": "meV/Å"},
-            {"metric": MD, "min": 1.0, "unit": "fraction"},
-            {"metric": SPEED, "min": 0.5, "unit": "x baseline"},
-        ],
-        "composite_weights": {ENERGY: 1.0, FORCES: 1.0},
-    }
+SPEC = make_spec(
+    "agents-unit",
+    [
+        {"metric": ENERGY, "max": 5.0, "unit": "meV/atom"},
+        {"metric": FORCES, "max": 100.0, "unit": "meV/Å"},
+        {"metric": MD, "min": 1.0, "unit": "fraction"},
+        {"metric": SPEED, "min": 0.5, "unit": "x baseline"},
+    ],
+    {ENERGY: 1.0, FORCES: 1.0},
 )
 
 # All four constraints met, energy with more room than forces (0.6 vs 0.2 relative margin).

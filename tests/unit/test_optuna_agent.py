@@ -7,34 +7,18 @@ import math
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from spec_factory import make_spec
 
 from mlipilot.agents.base import AgentGaveUp, CampaignState, HistoryEntry, Proposal
 from mlipilot.agents.optuna_agent import OptunaAgent, distributions, objective
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.result import ScoreResult
-from mlipilot.scoring.spec import ScorecardSpec
 
 # Two metrics, each capped at 10 and weighted 10: composite = a + b, feasible while both <= 10.
-SPEC = ScorecardSpec.model_validate(
-    {
-        "name": "optuna-unit",
-        "version": 1,
-        "md": {
-            "start_frames": [0],
-            "temperatures_K": [300.0],
-            "seeds": [0],
-            "nvt_steps": 10,
-            "nve_steps": 0,
-            "timestep_fs": 2.0,
-            "friction_per_fs": 0.01,
-            "min_distance_A": 1.5,
-            "max_temperature_factor": 3.0,
-            "max_energy_drift_meV_per_atom_per_ps": 5.0,
-        },
-        "throughput": {"md_steps": 5},
-        "constraints": [{"metric": m, "max": 10.0, "unit": "-"} for m in "ab"],
-        "composite_weights": {"a": 10.0, "b": 10.0},
-    }
+SPEC = make_spec(
+    "optuna-unit",
+    [{"metric": m, "max": 10.0, "unit": "-"} for m in "ab"],
+    {"a": 10.0, "b": 10.0},
 )
 # The synthetic optimum is lr = 1e-2, r_max = 5; start far from it.
 BASELINE = Recipe().patched({"lr": 1e-4, "r_max": 3.0})
