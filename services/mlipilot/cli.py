@@ -76,7 +76,11 @@ def run(
         path = resolve_campaign_file(campaign_file)
         campaign, _ = load_campaign(path)
         campaign = override(campaign, agent=agent, iterations=iterations)
-        run_campaign(campaign, path, out, reporter=RichReporter())
+        reporter = RichReporter()
+        try:
+            run_campaign(campaign, path, out, reporter=reporter)
+        finally:
+            reporter.progress.stop()  # leave the terminal clean, also on failure
     except MlipilotError as exc:
         _fail(exc)
 

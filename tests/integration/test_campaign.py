@@ -277,3 +277,5 @@ def test_a_baseline_over_its_time_budget_stops_the_campaign_with_its_cause(
         (training,) = ledger.events("training")
         assert training.status == "timeout"
         assert ledger.events("decision")[0].decision == "BASELINE"
+        (end,) = ledger.events("campaign_finished")
+        assert end.status == "failed" and "wall-clock" in (end.reason or "")

@@ -114,13 +114,18 @@ def run_campaign(
             recipe=campaign.baseline.model_dump(),
             detail={"campaign": campaign.model_dump(mode="json"), "hardware": hardware()},
         )
-        incumbent = _run_baseline(run)
-        baseline_model = incumbent.model
-        for iteration in range(1, campaign.budget.iterations + 1):
-            proposal = _ask_agent(run, agent, iteration, incumbent)
-            if proposal is None:
-                break
-            incumbent = _try_candidate(run, iteration, proposal, incumbent, baseline_model)
+        try:
+            incumbent = _run_iterations(run, agent)
+        except BaseException as exc:  # the ledger says how a campaign ended, whatever ended it
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            run.record(
+                event="campaign_finished",
+                status=status,
+                reason=str(exc) or repr(exc),
+                duration_s=time.monotonic() - start,
+            )
+            ledger.export_tsv(layout.results_tsv)
+            raise
         ledger.export_tsv(layout.results_tsv)
         wall = time.monotonic() - start
         run.record(
@@ -136,6 +141,17 @@ def run_campaign(
     _write_summary(outcome)
     reporter.campaign_finished(outcome)
     return outcome
+
+
+def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
+    incumbent = _run_baseline(run)
+    baseline_model = incumbent.model
+    for iteration in range(1, run.campaign.budget.iterations + 1):
+        proposal = _ask_agent(run, agent, iteration, incumbent)
+        if proposal is None:
+            break
+        incumbent = _try_candidate(run, iteration, proposal, incumbent, baseline_model)
+    return incumbent
 
 
 def _run_baseline(run: _Run) -> _Incumbent:
