@@ -133,5 +133,17 @@ def ledger_export(
     typer.echo(str(target))
 
 
+@app.command()
+def report(run_dir: Path) -> None:
+    """Write an HTML report of a run (<run>/report.html, figures in <run>/report/)."""
+    from mlipilot.report import build_report
+
+    try:
+        path = build_report(run_dir)
+    except MlipilotError as exc:
+        _fail(exc)
+    typer.echo(str(path))
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,65 @@
+"""Build ``<run>/report.html`` and its figures in ``<run>/report/`` from the run folder alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlipilot.report import data, figures
+from mlipilot.report.html import FigureRef, render_page
+from mlipilot.report.ledger_view import load_run
+
+FIGURE_DIR = "report"
+PAGE = "report.html"
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write the campaign report of ``run_dir``; return the page's path.
+
+    Raises ``MlipilotError`` for a folder without a ledger, a scorecard or any decision.
+    """
+    view = load_run(Path(run_dir))
+    out = view.run_dir / FIGURE_DIR
+    out.mkdir(exist_ok=True)
+    md = data.md_figure(view)
+    drawn = [
+        (
+            "score.png",
+            figures.draw_score(data.score_figure(view)),
+            "Composite score and total violation",
+            "Top: composite score (lower is better) of feasible candidates; bottom: total "
+            "normalized violation of infeasible ones (symlog axis; 0 = feasible, dashed). "
+            "Colour is the decision; the black step line is the incumbent after each decision; "
+            "hatched columns are failed candidates.",
+        ),
+        (
+            "decisions.png",
+            figures.draw_decisions(data.decision_figure(view)),
+            "Decisions",
+            "B baseline (grey), A accept (green), R revert (red), F failed candidate "
+            "(black, hatched). The reason of each is in the table below.",
+        ),
+        (
+            "constraints.png",
+            figures.draw_constraints(data.constraint_figure(view)),
+            "Constrained metrics against their thresholds",
+            "One panel per scorecard constraint; dashed: the threshold; stars: candidates "
+            "that became the incumbent (baseline and accepted).",
+        ),
+        (
+            "md.png",
+            figures.draw_md(md),
+            "MD stability traces",
+            f"Replicas of the final incumbent (iteration {md.incumbent_iteration}) and every "
+            "failed replica of the campaign (red, x at the failure). Dotted: temperature "
+            "runaway limits; dashed: the collapse distance."
+            + (f" Traces not found: {', '.join(md.missing)}." if md.missing else ""),
+        ),
+    ]
+    refs = []
+    for name, fig, title, caption in drawn:
+        figures.save(fig, out / name)
+        refs.append(FigureRef(f"{FIGURE_DIR}/{name}", title, caption))
+    page = render_page(data.header(view), refs, data.recipe_diff(view), data.iteration_table(view))
+    path = view.run_dir / PAGE
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,406 @@
+"""What each part of the report shows, as plain data taken from the run folder.
+
+One function per figure or table; the drawing (``figures``) and the page (``html``) only read
+these, so tests can check the numbers a reader will see.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlipilot.campaign.ledger import LedgerEvent
+from mlipilot.report.ledger_view import RunView
+
+DECISION_COLORS = {
+    "ACCEPT": "#2ca02c",
+    "REVERT": "#d62728",
+    "BASELINE": "#7f7f7f",
+    "FAILED": "#000000",
+}
+
+# The metrics shown in the iteration table, in order, with their headers.
+TABLE_METRICS = {
+    "energy_mae_meV_per_atom": "E MAE (meV/atom)",
+    "force_mae_meV_per_A": "F MAE (meV/Å)",
+    "md_survival_fraction": "MD survival",
+    "relative_throughput": "speed vs baseline",
+}
+
+
+def is_failed(decision: LedgerEvent) -> bool:
+    """A candidate that never got a score: crash, NaN loss, time-out, scoring error."""
+    return decision.metrics is None
+
+
+def is_incumbent_change(decision: LedgerEvent) -> bool:
+    """The rows after which the incumbent is this row's candidate."""
+    return not is_failed(decision) and decision.decision in ("BASELINE", "ACCEPT")
+
+
+# --- header -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    campaign: str
+    run: str
+    agent: str
+    spec_name: str
+    spec_version: int
+    spec_hash: str
+    train_hash: str
+    test_hash: str
+    iterations_done: int  # proposals decided, the baseline not counted
+    iterations_planned: int | None
+    epochs: int | None
+    status: str  # finished | failed | interrupted | running
+    wall_s: float | None
+    best_iteration: int | None
+    best_feasible: bool | None
+    best_composite: float | None
+    best_violation: float | None
+
+
+def header(view: RunView) -> Header:
+    started, finished = view.started, view.finished
+    steps = incumbent_steps(view)
+    best = steps[-1] if steps else None
+    return Header(
+        campaign=str(view.campaign_setting("name") or view.run_dir.name),
+        run=view.run_dir.name,
+        agent=(started.agent if started else None) or view.decisions[0].agent or "?",
+        spec_name=view.spec.name,
+        spec_version=view.spec.version,
+        spec_hash=view.spec_hash,
+        train_hash=(started.train_hash if started else None) or "?",
+        test_hash=(started.test_hash if started else None) or view.decisions[0].test_hash or "?",
+        iterations_done=sum(1 for d in view.decisions if d.iteration),
+        iterations_planned=view.campaign_setting("budget", "iterations"),
+        epochs=view.campaign_setting("budget", "epochs"),
+        status=(finished.status if finished else None) or "running",
+        wall_s=finished.duration_s if finished else None,
+        best_iteration=best.incumbent_iteration if best else None,
+        best_feasible=best.feasible if best else None,
+        best_composite=best.composite if best else None,
+        best_violation=best.violation if best else None,
+    )
+
+
+# --- figure 1: composite / violation with the incumbent -----------------------------------
+
+
+@dataclass(frozen=True)
+class ScorePoint:
+    iteration: int
+    decision: str
+    failed: bool
+    feasible: bool | None
+    composite: float | None
+    violation: float | None
+
+
+@dataclass(frozen=True)
+class IncumbentStep:
+    """The incumbent after the decision of ``iteration``."""
+
+    iteration: int
+    incumbent_iteration: int | None  # None while there is no scored incumbent
+    feasible: bool | None
+    composite: float | None
+    violation: float | None
+
+
+@dataclass(frozen=True)
+class ScoreFigure:
+    points: list[ScorePoint]
+    incumbent: list[IncumbentStep]
+    feasibility_threshold: float = 0.0  # total violation; feasible means exactly this
+
+
+def incumbent_steps(view: RunView) -> list[IncumbentStep]:
+    steps: list[IncumbentStep] = []
+    current: LedgerEvent | None = None
+    for d in view.decisions:
+        if is_incumbent_change(d):
+            current = d
+        assert d.iteration is not None
+        steps.append(
+            IncumbentStep(
+                iteration=d.iteration,
+                incumbent_iteration=current.iteration if current else None,
+                feasible=current.feasible if current else None,
+                composite=current.composite if current else None,
+                violation=current.violation if current else None,
+            )
+        )
+    return steps
+
+
+def score_figure(view: RunView) -> ScoreFigure:
+    points = [
+        ScorePoint(
+            iteration=d.iteration or 0,
+            decision=d.decision or "?",
+            failed=is_failed(d),
+            feasible=d.feasible,
+            composite=d.composite,
+            violation=d.violation,
+        )
+        for d in view.decisions
+    ]
+    return ScoreFigure(points=points, incumbent=incumbent_steps(view))
+
+
+# --- figure 2: decisions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecisionBar:
+    iteration: int
+    decision: str  # as in the ledger: BASELINE | ACCEPT | REVERT
+    failed: bool  # REVERT (or BASELINE) without metrics
+    reason: str
+
+    @property
+    def category(self) -> str:
+        return "FAILED" if self.failed else self.decision
+
+    @property
+    def color(self) -> str:
+        return DECISION_COLORS.get(self.category, "#bbbbbb")
+
+
+@dataclass(frozen=True)
+class DecisionFigure:
+    bars: list[DecisionBar]
+
+
+def decision_figure(view: RunView) -> DecisionFigure:
+    return DecisionFigure(
+        bars=[
+            DecisionBar(
+                iteration=d.iteration or 0,
+                decision=d.decision or "?",
+                failed=is_failed(d),
+                reason=d.reason or "",
+            )
+            for d in view.decisions
+        ]
+    )
+
+
+# --- figure 3: each constrained metric against its threshold ------------------------------
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    iteration: int
+    value: float
+    accepted: bool  # BASELINE or ACCEPT: this candidate became the incumbent
+
+
+@dataclass(frozen=True)
+class ConstraintPanel:
+    metric: str
+    unit: str
+    op: str  # "<=" or ">="
+    threshold: float
+    points: list[MetricPoint]
+
+
+@dataclass(frozen=True)
+class ConstraintFigure:
+    panels: list[ConstraintPanel]
+
+
+def constraint_figure(view: RunView) -> ConstraintFigure:
+    panels = []
+    for c in view.spec.constraints:
+        points = [
+            MetricPoint(d.iteration or 0, d.metrics[c.metric], is_incumbent_change(d))
+            for d in view.decisions
+            if d.metrics is not None and c.metric in d.metrics
+        ]
+        op = "<=" if c.max is not None else ">="
+        panels.append(ConstraintPanel(c.metric, c.unit, op, c.threshold, points))
+    return ConstraintFigure(panels=panels)
+
+
+# --- figure 4: MD traces ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MDTrace:
+    iteration: int
+    candidate: str  # the folder that holds the trace (a duplicate points at the original)
+    replica: str  # the trace file name
+    role: str  # "incumbent" or "failed"
+    status: str  # the replica's verdict: stable, min_distance, temperature_runaway, ...
+    time_ps: list[float]
+    temperature_K: list[float]
+    total_eV: list[float]
+    min_distance_A: list[float]
+
+
+@dataclass(frozen=True)
+class MDFigure:
+    incumbent_iteration: int | None
+    traces: list[MDTrace]
+    min_distance_threshold_A: float
+    target_temperatures_K: list[float]
+    runaway_factor: float
+    missing: list[str] = field(default_factory=list)  # trace files named but not found
+
+
+def _replicas(evaluation: LedgerEvent | None) -> list[dict[str, Any]]:
+    if evaluation is None or not evaluation.detail:
+        return []
+    return list(evaluation.detail.get("md_replicas") or [])
+
+
+def read_trace(path: Path) -> dict[str, list[float]]:
+    columns: dict[str, list[float]] = {
+        "time_ps": [],
+        "temperature_K": [],
+        "total_eV": [],
+        "min_distance_A": [],
+    }
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            for name, values in columns.items():
+                try:
+                    values.append(float(row[name]))
+                except (KeyError, TypeError, ValueError):
+                    values.append(math.nan)
+    return columns
+
+
+def md_figure(view: RunView) -> MDFigure:
+    steps = incumbent_steps(view)
+    final = steps[-1].incumbent_iteration if steps else None
+    wanted: list[tuple[int, str, dict[str, Any], str]] = []
+    if final is not None:
+        candidate = view.trained_candidate(final)
+        for replica in _replicas(view.evaluation_of(final)):
+            wanted.append((final, candidate, replica, "incumbent"))
+    seen = {view.trained_candidate(final)} if final is not None else set()
+    for d in view.decisions:
+        iteration = d.iteration or 0
+        candidate = view.trained_candidate(iteration)
+        if candidate in seen:
+            continue
+        seen.add(candidate)
+        for replica in _replicas(view.evaluation_of(iteration)):
+            if replica.get("status") != "stable":
+                wanted.append((iteration, candidate, replica, "failed"))
+    traces, missing = [], []
+    for iteration, candidate, replica, role in wanted:
+        name = str(replica.get("trace_file", ""))
+        path = view.run_dir / "candidates" / candidate / "md" / name
+        if not name or not path.is_file():
+            missing.append(f"candidates/{candidate}/md/{name}")
+            continue
+        cols = read_trace(path)
+        traces.append(
+            MDTrace(
+                iteration=iteration,
+                candidate=candidate,
+                replica=name,
+                role=role,
+                status=str(replica.get("status", "?")),
+                **cols,
+            )
+        )
+    md = view.spec.md
+    return MDFigure(
+        incumbent_iteration=final,
+        traces=traces,
+        min_distance_threshold_A=md.min_distance_A,
+        target_temperatures_K=[float(t) for t in md.temperatures_K],
+        runaway_factor=md.max_temperature_factor,
+        missing=missing,
+    )
+
+
+# --- the recipe: baseline -> incumbent ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffEntry:
+    key: str
+    baseline: Any
+    incumbent: Any
+
+
+@dataclass(frozen=True)
+class AcceptedStep:
+    iteration: int
+    hypothesis: str
+    patch: dict[str, Any]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecipeDiff:
+    incumbent_iteration: int | None
+    entries: list[DiffEntry]
+    path: list[AcceptedStep]  # the accepted proposals that led there, in order
+
+    def as_patch(self) -> dict[str, Any]:
+        return {e.key: e.incumbent for e in self.entries}
+
+
+def recipe_diff(view: RunView) -> RecipeDiff:
+    steps = incumbent_steps(view)
+    final = steps[-1].incumbent_iteration if steps else None
+    baseline = view.baseline
+    if final is None:
+        return RecipeDiff(None, [], [])
+    incumbent = view.recipe_of(final)
+    before = baseline.model_dump()
+    entries = [DiffEntry(k, before[k], v) for k, v in baseline.diff(incumbent).items()]
+    path = [
+        AcceptedStep(d.iteration or 0, d.hypothesis or "", dict(d.patch or {}), d.reason or "")
+        for d in view.decisions
+        if d.decision == "ACCEPT" and not is_failed(d)
+    ]
+    return RecipeDiff(final, entries, path)
+
+
+# --- the table of iterations --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableRow:
+    iteration: int
+    hypothesis: str
+    changed: dict[str, Any]
+    metrics: dict[str, float]  # the TABLE_METRICS present
+    feasible: bool | None
+    composite: float | None
+    violation: float | None
+    decision: str
+    failed: bool
+    reason: str
+
+
+def iteration_table(view: RunView) -> list[TableRow]:
+    return [
+        TableRow(
+            iteration=d.iteration or 0,
+            hypothesis=d.hypothesis or "",
+            changed=dict(d.patch or {}),
+            metrics={k: d.metrics[k] for k in TABLE_METRICS if d.metrics and k in d.metrics},
+            feasible=d.feasible,
+            composite=d.composite,
+            violation=d.violation,
+            decision=d.decision or "?",
+            failed=is_failed(d),
+            reason=d.reason or "",
+        )
+        for d in view.decisions
+    ]

@@ -1,0 +1,200 @@
+"""The report's figures, drawn with matplotlib (Agg, no display) from the data in ``data``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from mlipilot.report.data import (
+    DECISION_COLORS,
+    ConstraintFigure,
+    DecisionFigure,
+    MDFigure,
+    ScoreFigure,
+)
+
+DPI = 130
+# Incumbent replicas: no red, which marks failed replicas.
+INCUMBENT_COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:cyan", "tab:olive")
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _iteration_axis(ax: plt.Axes, iterations: list[int]) -> None:
+    if iterations:
+        ax.set_xticks(iterations)
+        ax.set_xlim(min(iterations) - 0.6, max(iterations) + 0.6)
+    ax.grid(True, alpha=0.3)
+
+
+def draw_score(data: ScoreFigure) -> Figure:
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True)
+    its = [p.iteration for p in data.points]
+    for p in data.points:
+        if p.failed:
+            for ax in (top, bottom):
+                ax.axvspan(p.iteration - 0.3, p.iteration + 0.3, color="0.85", hatch="//")
+            continue
+        color = DECISION_COLORS.get(p.decision, "#bbbbbb")
+        if p.feasible:
+            top.scatter(p.iteration, _nan(p.composite), color=color, s=40, zorder=3)
+        else:
+            bottom.scatter(p.iteration, _nan(p.violation), color=color, s=40, zorder=3)
+    # The incumbent after each decision: on the composite panel while it is feasible, on the
+    # violation panel while it is not.
+    xs = [s.iteration for s in data.incumbent]
+    top.step(
+        xs,
+        [_nan(s.composite) if s.feasible else math.nan for s in data.incumbent],
+        where="post",
+        color="black",
+        lw=1.5,
+        label="incumbent",
+    )
+    bottom.step(
+        xs,
+        [_nan(s.violation) if s.feasible is False else math.nan for s in data.incumbent],
+        where="post",
+        color="black",
+        lw=1.5,
+        label="incumbent",
+    )
+    bottom.axhline(
+        data.feasibility_threshold, color="tab:blue", ls="--", lw=1, label="feasible (violation 0)"
+    )
+    bottom.set_yscale("symlog", linthresh=0.1)
+    top_v = max((_nan(p.violation) for p in data.points if p.feasible is False), default=1.0)
+    bottom.set_ylim(-0.02, max(1.0, top_v if math.isfinite(top_v) else 1.0) * 2)
+    top.set_ylabel("composite (feasible)\nlower is better")
+    bottom.set_ylabel("total violation\n(infeasible)")
+    bottom.set_xlabel("iteration")
+    _iteration_axis(top, its)
+    _iteration_axis(bottom, its)
+    handles = [Patch(color=DECISION_COLORS[k], label=k) for k in ("BASELINE", "ACCEPT", "REVERT")]
+    handles.append(Patch(facecolor="0.85", hatch="//", label="failed"))
+    top.legend(handles=[*handles, *top.get_legend_handles_labels()[0]], fontsize=8, ncol=3)
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def draw_decisions(data: DecisionFigure) -> Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 1.9))
+    for bar in data.bars:
+        ax.bar(
+            bar.iteration,
+            1.0,
+            width=0.8,
+            color=bar.color,
+            hatch="//" if bar.failed else None,
+            edgecolor="white" if bar.failed else bar.color,
+        )
+        ax.text(
+            bar.iteration, 0.5, bar.category[0], ha="center", va="center", color="white", size=9
+        )
+    ax.set_yticks([])
+    ax.set_xlabel("iteration")
+    _iteration_axis(ax, [b.iteration for b in data.bars])
+    ax.grid(False)
+    handles = [Patch(color=DECISION_COLORS[k], label=k) for k in ("BASELINE", "ACCEPT", "REVERT")]
+    handles.append(Patch(facecolor="black", edgecolor="white", hatch="//", label="failed"))
+    ax.legend(handles=handles, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, 1.45))
+    fig.tight_layout()
+    return fig
+
+
+def draw_constraints(data: ConstraintFigure) -> Figure:
+    n = max(1, len(data.panels))
+    cols = min(2, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 2.6 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, data.panels, strict=False):
+        its = [p.iteration for p in panel.points]
+        ax.plot(its, [p.value for p in panel.points], "o-", color="tab:blue", ms=4, lw=1)
+        acc = [p for p in panel.points if p.accepted]
+        ax.scatter(
+            [p.iteration for p in acc],
+            [p.value for p in acc],
+            marker="*",
+            s=120,
+            color=DECISION_COLORS["ACCEPT"],
+            zorder=3,
+            label="became incumbent",
+        )
+        ax.axhline(panel.threshold, color="tab:red", ls="--", lw=1, label=f"{panel.op} threshold")
+        ax.set_title(f"{panel.metric} {panel.op} {panel.threshold:g}", fontsize=9)
+        ax.set_ylabel(panel.unit, fontsize=8)
+        ax.set_xlabel("iteration", fontsize=8)
+        _iteration_axis(ax, its)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(data.panels) :]:
+        ax.set_visible(False)
+    if data.panels:
+        axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def draw_md(data: MDFigure) -> Figure:
+    fig, (t_ax, e_ax, d_ax) = plt.subplots(3, 1, figsize=(7.5, 7.5), sharex=True)
+    n_incumbent = 0
+    for trace in data.traces:
+        incumbent = trace.role == "incumbent"
+        style = {"lw": 1.6 if incumbent else 0.8, "alpha": 1.0 if incumbent else 0.5}
+        color = "tab:red"
+        if incumbent:
+            color = INCUMBENT_COLORS[n_incumbent % len(INCUMBENT_COLORS)]
+            n_incumbent += 1
+        label = (
+            f"incumbent it{trace.iteration:03d} {trace.replica} ({trace.status})"
+            if incumbent
+            else None
+        )
+        (line,) = t_ax.plot(trace.time_ps, trace.temperature_K, color=color, label=label, **style)
+        e0 = trace.total_eV[0] if trace.total_eV else 0.0
+        e_ax.plot(trace.time_ps, [e - e0 for e in trace.total_eV], color=line.get_color(), **style)
+        d_ax.plot(trace.time_ps, trace.min_distance_A, color=line.get_color(), **style)
+        if not incumbent and trace.time_ps:
+            for ax, ys in ((t_ax, trace.temperature_K), (d_ax, trace.min_distance_A)):
+                ax.plot(trace.time_ps[-1], ys[-1], "x", color="tab:red", ms=6)
+    for temp in data.target_temperatures_K:
+        t_ax.axhline(temp * data.runaway_factor, color="0.5", ls=":", lw=0.8)
+    d_ax.axhline(
+        data.min_distance_threshold_A,
+        color="black",
+        ls="--",
+        lw=1,
+        label=f"collapse below {data.min_distance_threshold_A:g} Å",
+    )
+    if any(t.role == "failed" for t in data.traces):
+        t_ax.plot([], [], color="tab:red", lw=0.8, label="failed replicas (x: failure)")
+    t_ax.set_ylabel("temperature (K)")
+    e_ax.set_ylabel("E_total − E_total(0) (eV)")
+    d_ax.set_ylabel("min distance (Å)")
+    d_ax.set_xlabel("time (ps)")
+    for ax in (t_ax, e_ax, d_ax):
+        ax.grid(True, alpha=0.3)
+    if t_ax.get_legend_handles_labels()[0]:
+        t_ax.legend(fontsize=6, loc="upper left")
+    d_ax.legend(fontsize=7, loc="lower left")
+    if not data.traces:
+        t_ax.text(0.5, 0.5, "no MD traces found", ha="center", transform=t_ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

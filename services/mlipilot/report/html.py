@@ -1,0 +1,166 @@
+"""The report page: static HTML, no JavaScript, nothing fetched; every text escaped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+from mlipilot.report.data import TABLE_METRICS, Header, RecipeDiff, TableRow
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; text-align: left; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, .hash { font-family: ui-monospace, monospace; font-size: 0.9em; }
+tr.ACCEPT td.decision { background: #d8f0d8; }
+tr.REVERT td.decision { background: #f6d6d6; }
+tr.BASELINE td.decision { background: #e6e6e6; }
+tr.FAILED td.decision { background: #333; color: #fff; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; }
+"""
+
+
+@dataclass(frozen=True)
+class FigureRef:
+    src: str  # relative to the report page
+    title: str
+    caption: str
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) >= 1e4 or abs(value) < 1e-3 else f"{value:.3f}"
+    return str(value)
+
+
+def _value(value: Any) -> str:
+    return escape(json.dumps(value) if not isinstance(value, str) else value)
+
+
+def _header(h: Header) -> str:
+    if h.best_iteration is None:
+        best = "none (no candidate was scored)"
+    elif h.best_feasible:
+        best = f"iteration {h.best_iteration}, feasible, composite {_fmt(h.best_composite)}"
+    else:
+        best = f"iteration {h.best_iteration}, infeasible, violation {_fmt(h.best_violation)}"
+    planned = f" of {h.iterations_planned}" if h.iterations_planned is not None else ""
+    wall = f"{h.wall_s:.0f} s" if h.wall_s is not None else "–"
+    rows = [
+        ("campaign", f"{escape(h.campaign)} <span class='hash'>({escape(h.run)})</span>"),
+        ("agent", escape(h.agent)),
+        (
+            "scorecard",
+            f"{escape(h.spec_name)} v{h.spec_version} "
+            f"<span class='hash'>sha256 {escape(h.spec_hash)}</span>",
+        ),
+        ("train split", f"<span class='hash'>{escape(h.train_hash)}</span>"),
+        ("test split", f"<span class='hash'>{escape(h.test_hash)}</span>"),
+        (
+            "iterations",
+            f"{h.iterations_done}{planned} after the baseline"
+            + (f", {h.epochs} epochs each" if h.epochs is not None else ""),
+        ),
+        ("status", escape(h.status)),
+        ("wall time", wall),
+        ("best", escape(best)),
+    ]
+    body = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f"<table class='header'>\n{body}\n</table>"
+
+
+def _recipe(diff: RecipeDiff) -> str:
+    if diff.incumbent_iteration is None:
+        return "<p>No candidate was scored, so there is no incumbent recipe.</p>"
+    parts = [f"<p>Incumbent: iteration {diff.incumbent_iteration}.</p>"]
+    if diff.entries:
+        rows = "\n".join(
+            f"<tr><td><code>{escape(e.key)}</code></td><td><code>{_value(e.baseline)}</code>"
+            f"</td><td>→</td><td><code>{_value(e.incumbent)}</code></td></tr>"
+            for e in diff.entries
+        )
+        parts.append(
+            "<table class='diff'><tr><th>key</th><th>baseline</th><th></th><th>incumbent</th>"
+            f"</tr>\n{rows}\n</table>"
+        )
+    else:
+        parts.append("<p>The incumbent is the baseline recipe: no proposal was accepted.</p>")
+    if diff.path:
+        items = "\n".join(
+            f"<li><b>iteration {s.iteration}</b> "
+            f"<code>{escape(json.dumps(s.patch, sort_keys=True))}</code>: "
+            f"{escape(s.hypothesis)} <i>({escape(s.reason)})</i></li>"
+            for s in diff.path
+        )
+        parts.append(f"<p>Accepted hypotheses, in order:</p>\n<ol class='path'>\n{items}\n</ol>")
+    return "\n".join(parts)
+
+
+def _table(rows: Sequence[TableRow]) -> str:
+    head = ["it", "hypothesis", "changed"]
+    head += [escape(v) for v in TABLE_METRICS.values()]
+    head += ["feasible", "composite", "violation", "decision", "reason"]
+    lines = [
+        "<table class='iterations'>",
+        "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
+    ]
+    for r in rows:
+        category = "FAILED" if r.failed else r.decision
+        changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(r.changed.items()))
+        cells = [
+            f"<td class='num'>{r.iteration}</td>",
+            f"<td>{escape(r.hypothesis)}</td>",
+            f"<td><code>{escape(changed)}</code></td>",
+        ]
+        cells += [f"<td class='num'>{_fmt(r.metrics.get(k))}</td>" for k in TABLE_METRICS]
+        cells += [
+            f"<td>{_fmt(r.feasible)}</td>",
+            f"<td class='num'>{_fmt(r.composite)}</td>",
+            f"<td class='num'>{_fmt(r.violation)}</td>",
+            f"<td class='decision'>{escape(category)}</td>",
+            f"<td class='reason'>{escape(r.reason)}</td>",
+        ]
+        lines.append(f"<tr class='{escape(category)}'>" + "".join(cells) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _figure(ref: FigureRef) -> str:
+    return (
+        f"<figure><img src='{escape(ref.src)}' alt='{escape(ref.title)}'>"
+        f"<figcaption><b>{escape(ref.title)}.</b> {escape(ref.caption)}</figcaption></figure>"
+    )
+
+
+def render_page(
+    header: Header, figures: Sequence[FigureRef], diff: RecipeDiff, rows: Sequence[TableRow]
+) -> str:
+    title = f"mlipilot campaign report: {header.campaign}"
+    body = [
+        f"<h1>{escape(title)}</h1>",
+        _header(header),
+        "<h2>Results</h2>",
+        *(_figure(f) for f in figures),
+        "<h2>Incumbent recipe (baseline → incumbent)</h2>",
+        _recipe(diff),
+        "<h2>Iterations</h2>",
+        _table(rows),
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )

@@ -1,0 +1,104 @@
+"""A campaign's run folder read back: the ledger's events, grouped, and the scorecard as run.
+
+Everything the report shows comes from here, so the report needs nothing but the run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlipilot.campaign.ledger import Ledger, LedgerEvent
+from mlipilot.errors import MlipilotError
+from mlipilot.recipe import Recipe
+from mlipilot.scoring.spec import ScorecardSpec, load_spec
+
+
+@dataclass(frozen=True)
+class RunView:
+    run_dir: Path
+    spec: ScorecardSpec
+    spec_hash: str
+    started: LedgerEvent | None
+    finished: LedgerEvent | None
+    decisions: list[LedgerEvent]  # in ledger order, one per iteration
+    proposals: dict[int, LedgerEvent]  # the last proposal recorded for each iteration
+    evaluations: dict[int, LedgerEvent]  # successful scorings by iteration
+
+    @property
+    def baseline(self) -> Recipe:
+        if self.started is not None and self.started.recipe is not None:
+            return Recipe.model_validate(self.started.recipe)
+        return self.recipe_of(0)
+
+    def recipe_of(self, iteration: int) -> Recipe:
+        proposal = self.proposals.get(iteration)
+        if proposal is None or proposal.recipe is None:
+            raise MlipilotError(
+                f"{self.run_dir}: the ledger has no recipe for iteration {iteration}"
+            )
+        return Recipe.model_validate(proposal.recipe)
+
+    def trained_candidate(self, iteration: int) -> str:
+        """The candidate folder that holds this iteration's model and MD traces: a duplicate
+        proposal was answered from an earlier training and has none of its own."""
+        proposal = self.proposals.get(iteration)
+        if proposal is not None and proposal.status == "duplicate" and proposal.detail:
+            return str(proposal.detail.get("duplicate_of", f"it{iteration:03d}"))
+        return f"it{iteration:03d}"
+
+    def evaluation_of(self, iteration: int) -> LedgerEvent | None:
+        candidate = self.trained_candidate(iteration)
+        for event in self.evaluations.values():
+            if event.candidate == candidate:
+                return event
+        return None
+
+    def campaign_setting(self, *keys: str) -> Any:
+        """A value from the campaign as recorded at the start, e.g. ``("budget", "epochs")``."""
+        node: Any = (self.started.detail or {}).get("campaign") if self.started else None
+        for key in keys:
+            if not isinstance(node, dict):
+                return None
+            node = node.get(key)
+        return node
+
+
+def load_run(run_dir: Path) -> RunView:
+    """Read a run folder; a folder without a ledger, scorecard or decisions is an error."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MlipilotError(f"{run_dir}: not a folder (expected a campaign run folder)")
+    ledger_path = run_dir / "ledger.sqlite"
+    if not ledger_path.is_file():
+        raise MlipilotError(f"{run_dir}: no ledger.sqlite there, so no campaign to report on")
+    spec_path = run_dir / "scorecard.yaml"
+    if not spec_path.is_file():
+        raise MlipilotError(f"{run_dir}: no scorecard.yaml there (the scorecard as run)")
+    spec, spec_hash = load_spec(spec_path)
+    with Ledger(ledger_path) as ledger:
+        events = ledger.events()
+    decisions = [e for e in events if e.event == "decision" and e.iteration is not None]
+    if not decisions:
+        raise MlipilotError(f"{run_dir}: ledger.sqlite has no decisions yet, nothing to report")
+    started = next((e for e in events if e.event == "campaign_started"), None)
+    finished = next((e for e in reversed(events) if e.event == "campaign_finished"), None)
+    proposals = {
+        e.iteration: e for e in events if e.event == "proposal" and e.iteration is not None
+    }
+    evaluations = {
+        e.iteration: e
+        for e in events
+        if e.event == "evaluation" and e.iteration is not None and e.metrics is not None
+    }
+    return RunView(
+        run_dir=run_dir,
+        spec=spec,
+        spec_hash=spec_hash,
+        started=started,
+        finished=finished,
+        decisions=decisions,
+        proposals=proposals,
+        evaluations=evaluations,
+    )
