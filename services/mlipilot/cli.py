@@ -145,5 +145,20 @@ def report(run_dir: Path) -> None:
     typer.echo(str(path))
 
 
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="campaign run folders to rank")],
+    out: Annotated[Path, typer.Option(help="HTML page to write")] = Path("compare.html"),
+) -> None:
+    """Rank campaigns side by side (same scorecard and test split) on one HTML page."""
+    from mlipilot.report.compare import build_comparison
+
+    try:
+        path = build_comparison(run_dirs, out)
+    except MlipilotError as exc:
+        _fail(exc)
+    typer.echo(str(path))
+
+
 if __name__ == "__main__":
     app()

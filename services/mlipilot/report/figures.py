@@ -26,11 +26,11 @@ DPI = 130
 INCUMBENT_COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:cyan", "tab:olive")
 
 
-def _nan(value: float | None) -> float:
+def nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _iteration_axis(ax: plt.Axes, iterations: list[int]) -> None:
+def iteration_axis(ax: plt.Axes, iterations: list[int]) -> None:
     if iterations:
         ax.set_xticks(iterations)
         ax.set_xlim(min(iterations) - 0.6, max(iterations) + 0.6)
@@ -47,15 +47,15 @@ def draw_score(data: ScoreFigure) -> Figure:
             continue
         color = DECISION_COLORS.get(p.decision, "#bbbbbb")
         if p.feasible:
-            top.scatter(p.iteration, _nan(p.composite), color=color, s=40, zorder=3)
+            top.scatter(p.iteration, nan_if_none(p.composite), color=color, s=40, zorder=3)
         else:
-            bottom.scatter(p.iteration, _nan(p.violation), color=color, s=40, zorder=3)
+            bottom.scatter(p.iteration, nan_if_none(p.violation), color=color, s=40, zorder=3)
     # The incumbent after each decision: on the composite panel while it is feasible, on the
     # violation panel while it is not.
     xs = [s.iteration for s in data.incumbent]
     top.step(
         xs,
-        [_nan(s.composite) if s.feasible else math.nan for s in data.incumbent],
+        [nan_if_none(s.composite) if s.feasible else math.nan for s in data.incumbent],
         where="post",
         color="black",
         lw=1.5,
@@ -63,7 +63,7 @@ def draw_score(data: ScoreFigure) -> Figure:
     )
     bottom.step(
         xs,
-        [_nan(s.violation) if s.feasible is False else math.nan for s in data.incumbent],
+        [nan_if_none(s.violation) if s.feasible is False else math.nan for s in data.incumbent],
         where="post",
         color="black",
         lw=1.5,
@@ -73,13 +73,13 @@ def draw_score(data: ScoreFigure) -> Figure:
         data.feasibility_threshold, color="tab:blue", ls="--", lw=1, label="feasible (violation 0)"
     )
     bottom.set_yscale("symlog", linthresh=0.1)
-    top_v = max((_nan(p.violation) for p in data.points if p.feasible is False), default=1.0)
+    top_v = max((nan_if_none(p.violation) for p in data.points if p.feasible is False), default=1.0)
     bottom.set_ylim(-0.02, max(1.0, top_v if math.isfinite(top_v) else 1.0) * 2)
     top.set_ylabel("composite (feasible)\nlower is better")
     bottom.set_ylabel("total violation\n(infeasible)")
     bottom.set_xlabel("iteration")
-    _iteration_axis(top, its)
-    _iteration_axis(bottom, its)
+    iteration_axis(top, its)
+    iteration_axis(bottom, its)
     handles = [Patch(color=DECISION_COLORS[k], label=k) for k in ("BASELINE", "ACCEPT", "REVERT")]
     handles.append(Patch(facecolor="0.85", hatch="//", label="failed"))
     top.legend(handles=[*handles, *top.get_legend_handles_labels()[0]], fontsize=8, ncol=3)
@@ -104,7 +104,7 @@ def draw_decisions(data: DecisionFigure) -> Figure:
         )
     ax.set_yticks([])
     ax.set_xlabel("iteration")
-    _iteration_axis(ax, [b.iteration for b in data.bars])
+    iteration_axis(ax, [b.iteration for b in data.bars])
     ax.grid(False)
     handles = [Patch(color=DECISION_COLORS[k], label=k) for k in ("BASELINE", "ACCEPT", "REVERT")]
     handles.append(Patch(facecolor="black", edgecolor="white", hatch="//", label="failed"))
@@ -135,7 +135,7 @@ def draw_constraints(data: ConstraintFigure) -> Figure:
         ax.set_title(f"{panel.metric} {panel.op} {panel.threshold:g}", fontsize=9)
         ax.set_ylabel(panel.unit, fontsize=8)
         ax.set_xlabel("iteration", fontsize=8)
-        _iteration_axis(ax, its)
+        iteration_axis(ax, its)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(data.panels) :]:
         ax.set_visible(False)

@@ -35,7 +35,7 @@ class FigureRef:
     caption: str
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -53,9 +53,9 @@ def _header(h: Header) -> str:
     if h.best_iteration is None:
         best = "none (no candidate was scored)"
     elif h.best_feasible:
-        best = f"iteration {h.best_iteration}, feasible, composite {_fmt(h.best_composite)}"
+        best = f"iteration {h.best_iteration}, feasible, composite {fmt(h.best_composite)}"
     else:
-        best = f"iteration {h.best_iteration}, infeasible, violation {_fmt(h.best_violation)}"
+        best = f"iteration {h.best_iteration}, infeasible, violation {fmt(h.best_violation)}"
     planned = f" of {h.iterations_planned}" if h.iterations_planned is not None else ""
     wall = f"{h.wall_s:.0f} s" if h.wall_s is not None else "–"
     rows = [
@@ -124,11 +124,11 @@ def _table(rows: Sequence[TableRow]) -> str:
             f"<td>{escape(r.hypothesis)}</td>",
             f"<td><code>{escape(changed)}</code></td>",
         ]
-        cells += [f"<td class='num'>{_fmt(r.metrics.get(k))}</td>" for k in TABLE_METRICS]
+        cells += [f"<td class='num'>{fmt(r.metrics.get(k))}</td>" for k in TABLE_METRICS]
         cells += [
-            f"<td>{_fmt(r.feasible)}</td>",
-            f"<td class='num'>{_fmt(r.composite)}</td>",
-            f"<td class='num'>{_fmt(r.violation)}</td>",
+            f"<td>{fmt(r.feasible)}</td>",
+            f"<td class='num'>{fmt(r.composite)}</td>",
+            f"<td class='num'>{fmt(r.violation)}</td>",
             f"<td class='decision'>{escape(category)}</td>",
             f"<td class='reason'>{escape(r.reason)}</td>",
         ]
@@ -137,7 +137,7 @@ def _table(rows: Sequence[TableRow]) -> str:
     return "\n".join(lines)
 
 
-def _figure(ref: FigureRef) -> str:
+def figure_html(ref: FigureRef) -> str:
     return (
         f"<figure><img src='{escape(ref.src)}' alt='{escape(ref.title)}'>"
         f"<figcaption><b>{escape(ref.title)}.</b> {escape(ref.caption)}</figcaption></figure>"
@@ -152,7 +152,7 @@ def render_page(
         f"<h1>{escape(title)}</h1>",
         _header(header),
         "<h2>Results</h2>",
-        *(_figure(f) for f in figures),
+        *(figure_html(f) for f in figures),
         "<h2>Incumbent recipe (baseline → incumbent)</h2>",
         _recipe(diff),
         "<h2>Iterations</h2>",

@@ -1,0 +1,225 @@
+"""Rank several campaigns side by side (typically one per agent) on one static offline page.
+
+Built from the run folders alone, through the single-campaign report's ``load_run`` and data
+functions. Campaigns are only ranked against the same scorecard and the same test split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from mlipilot.errors import MlipilotError
+from mlipilot.report import data, figures
+from mlipilot.report.html import CSS, FigureRef, figure_html, fmt
+from mlipilot.report.ledger_view import RunView, load_run
+
+FIGURE = "incumbents.png"
+
+
+@dataclass(frozen=True)
+class RankRow:
+    rank: int
+    campaign: str  # the run folder's name
+    agent: str
+    spec_name: str
+    spec_hash: str
+    feasible: bool | None  # of the final incumbent; None when nothing was ever scored
+    composite: float | None
+    violation: float | None
+    first_feasible_iteration: int | None  # where the incumbent first became feasible
+    iterations_done: int
+    accepted: int
+    wall_s: float | None
+
+    @property
+    def score(self) -> float | None:
+        """The number the rank is decided on: composite if feasible, else violation."""
+        return self.composite if self.feasible else self.violation
+
+
+def check_comparable(views: Sequence[RunView]) -> None:
+    """Refuse campaigns scored against different scorecards or different test splits."""
+    if not views:
+        raise MlipilotError("nothing to compare: give at least one run folder")
+    first = views[0]
+    first_test = data.header(first).test_hash
+    for other in views[1:]:
+        if other.spec_hash != first.spec_hash:
+            raise MlipilotError(
+                f"cannot rank {first.run_dir} and {other.run_dir}: different scorecards "
+                f"(spec sha256 {first.spec_hash} vs {other.spec_hash})"
+            )
+        other_test = data.header(other).test_hash
+        if other_test != first_test:
+            raise MlipilotError(
+                f"cannot rank {first.run_dir} and {other.run_dir}: different test splits "
+                f"(test hash {first_test} vs {other_test})"
+            )
+
+
+def _sort_key(row: RankRow) -> tuple[int, float, str]:
+    # The decision rule across campaigns: feasible before infeasible, then the lower composite
+    # (feasible) or violation (infeasible); a campaign with nothing scored comes last.
+    score = row.score
+    return (0 if row.feasible else 1, math.inf if score is None else score, row.campaign)
+
+
+def ranking(views: Sequence[RunView]) -> list[RankRow]:
+    """One row per campaign, best first; raises ``MlipilotError`` if they are not comparable."""
+    check_comparable(views)
+    rows = []
+    for view in views:
+        h = data.header(view)
+        steps = data.incumbent_steps(view)
+        first_feasible = next((s.iteration for s in steps if s.feasible), None)
+        accepted = sum(
+            1 for d in view.decisions if d.decision == "ACCEPT" and data.is_incumbent_change(d)
+        )
+        rows.append(
+            RankRow(
+                rank=0,
+                campaign=h.run,
+                agent=h.agent,
+                spec_name=h.spec_name,
+                spec_hash=h.spec_hash,
+                feasible=h.best_feasible,
+                composite=h.best_composite,
+                violation=h.best_violation,
+                first_feasible_iteration=first_feasible,
+                iterations_done=h.iterations_done,
+                accepted=accepted,
+                wall_s=h.wall_s,
+            )
+        )
+    rows.sort(key=_sort_key)
+    return [RankRow(**{**row.__dict__, "rank": i}) for i, row in enumerate(rows, start=1)]
+
+
+def draw_incumbents(views: Sequence[RunView]) -> Figure:
+    """The incumbent after each decision, one line per campaign: composite while feasible
+    (top), violation while infeasible (bottom), as in the report's score figure."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True)
+    its: set[int] = set()
+    for view in views:
+        h = data.header(view)
+        steps = data.incumbent_steps(view)
+        xs = [s.iteration for s in steps]
+        its.update(xs)
+        label = f"{h.run} ({h.agent})"
+        (line,) = top.step(
+            xs,
+            [figures.nan_if_none(s.composite) if s.feasible else math.nan for s in steps],
+            where="post",
+            lw=1.5,
+            label=label,
+        )
+        bottom.step(
+            xs,
+            [figures.nan_if_none(s.violation) if s.feasible is False else math.nan for s in steps],
+            where="post",
+            lw=1.5,
+            color=line.get_color(),
+            label=label,
+        )
+    if not any(s.feasible for view in views for s in data.incumbent_steps(view)):
+        top.text(0.5, 0.5, "no feasible incumbent yet", ha="center", transform=top.transAxes)
+    bottom.axhline(0.0, color="0.5", ls="--", lw=1, label="feasible (violation 0)")
+    bottom.set_yscale("symlog", linthresh=0.1)
+    top.set_ylabel("incumbent composite\n(feasible, lower is better)")
+    bottom.set_ylabel("incumbent total violation\n(infeasible)")
+    bottom.set_xlabel("iteration")
+    for ax in (top, bottom):
+        figures.iteration_axis(ax, sorted(its))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _rank_table(rows: Sequence[RankRow]) -> str:
+    head = [
+        "rank",
+        "campaign",
+        "agent",
+        "scorecard",
+        "feasible",
+        "composite / violation",
+        "first feasible at",
+        "iterations",
+        "accepted",
+        "wall time",
+    ]
+    lines = ["<table class='ranking'>", "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        if r.feasible is None:
+            score = "nothing scored"
+        else:
+            kind = "composite" if r.feasible else "violation"
+            score = f"{kind} {fmt(r.score)}"
+        first = "—" if r.first_feasible_iteration is None else str(r.first_feasible_iteration)
+        wall = "—" if r.wall_s is None else f"{r.wall_s:.0f} s"
+        cells = [
+            f"<td class='num'>{r.rank}</td>",
+            f"<td>{escape(r.campaign)}</td>",
+            f"<td>{escape(r.agent)}</td>",
+            f"<td>{escape(r.spec_name)} <span class='hash'>{escape(r.spec_hash[:12])}</span></td>",
+            f"<td>{fmt(r.feasible)}</td>",
+            f"<td class='num'>{escape(score)}</td>",
+            f"<td class='num'>{first}</td>",
+            f"<td class='num'>{r.iterations_done}</td>",
+            f"<td class='num'>{r.accepted}</td>",
+            f"<td class='num'>{wall}</td>",
+        ]
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def render_comparison(rows: Sequence[RankRow], figure: FigureRef, test_hash: str) -> str:
+    title = f"mlipilot comparison of {len(rows)} campaign(s)"
+    spec = f"{rows[0].spec_name} (sha256 {rows[0].spec_hash})" if rows else "–"
+    body = [
+        f"<h1>{escape(title)}</h1>",
+        f"<p>Scorecard {escape(spec)}; test split <span class='hash'>{escape(test_hash)}"
+        "</span>. Ranked by the decision rule: feasible before infeasible, then the lower "
+        "composite (feasible) or total violation (infeasible) of the final incumbent; ties "
+        "by campaign name.</p>",
+        _rank_table(rows),
+        figure_html(figure),
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def build_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
+    """Write the comparison page ``out`` (figure in ``<out stem>_files/``); return its path.
+
+    Raises ``MlipilotError`` for no run folder, an unreadable one, or campaigns scored against
+    different scorecards or test splits.
+    """
+    if not run_dirs:
+        raise MlipilotError("nothing to compare: give at least one run folder")
+    views = [load_run(Path(d)) for d in run_dirs]
+    rows = ranking(views)
+    out = Path(out)
+    files = f"{out.stem}_files"
+    figures.save(draw_incumbents(views), out.parent / files / FIGURE)
+    ref = FigureRef(
+        f"{files}/{FIGURE}",
+        "Incumbent per iteration",
+        "One line per campaign: the incumbent after each decision. Top: its composite score "
+        "while feasible (lower is better); bottom: its total normalized violation while "
+        "infeasible (symlog axis; 0 = feasible, dashed).",
+    )
+    out.write_text(render_comparison(rows, ref, data.header(views[0]).test_hash), encoding="utf-8")
+    return out
