@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from tiny_campaign import tiny_spec, write_tiny_campaign
 
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.campaign.decision import decide
@@ -26,47 +26,6 @@ from mlipilot.scoring.result import ScoreResult
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-
-# Short MD so that a test campaign scores in seconds; thresholds loose enough that a
-# sensible recipe passes after a few epochs and the untuned baseline does not.
-TINY_SPEC = {
-    "name": "cu-emt-tiny",
-    "version": 1,
-    "md": {
-        "start_frames": [0],
-        "temperatures_K": [600],
-        "seeds": [0],
-        "nvt_steps": 30,
-        "nve_steps": 10,
-        "timestep_fs": 2.0,
-        "friction_per_fs": 0.01,
-        "min_distance_A": 1.8,
-        "max_temperature_factor": 2.5,
-        "max_energy_drift_meV_per_atom_per_ps": 200.0,
-        "trace_every": 5,
-    },
-    "throughput": {"md_steps": 5, "repeats": 1},
-    "constraints": [
-        {"metric": "energy_mae_meV_per_atom", "max": 40.0, "unit": "meV/atom"},
-        {"metric": "force_mae_meV_per_A", "max": 150.0, "unit": "meV/Å"},
-        {"metric": "md_survival_fraction", "min": 1.0, "unit": "fraction"},
-        {"metric": "relative_throughput", "min": 0.05, "unit": "x baseline"},
-    ],
-    "composite_weights": {"energy_mae_meV_per_atom": 1.0, "force_mae_meV_per_A": 1.0},
-}
-
-BAD_BASELINE = {
-    "e0s": "zero",
-    "scaling": "no_scaling",
-    "energy_weight": 1.0,
-    "forces_weight": 1.0,
-    "lr": 0.001,
-    "num_channels": 8,
-    "num_interactions": 1,
-    "correlation": 2,
-    "r_max": 4.0,
-    "batch_size": 4,
-}
 
 
 class ScriptedAgent:
@@ -104,20 +63,16 @@ def kill_next_trainer(timeout_s: float = 120.0) -> None:
 
 
 def write_campaign(tmp: Path, data_dir: Path, **budget: object) -> Path:
-    (tmp / "spec.yaml").write_text(yaml.safe_dump(TINY_SPEC))
-    campaign = {
-        "name": "tiny",
-        "data": {"kind": "cu-emt", "path": str(data_dir), "seed": 0, "n_train": 48, "n_test": 8},
-        "scorecard": "spec.yaml",
-        "baseline": BAD_BASELINE,
-        "agent": {"kind": "rule-based"},
-        # The default campaign's training budget: at fewer epochs or frames an untrained
-        # model can beat a trained one on energy, and the decisions below stop meaning much.
-        "budget": {"iterations": 2, "epochs": 10, "max_train_seconds": 300, **budget},
-    }
-    path = tmp / "campaign.yaml"
-    path.write_text(yaml.safe_dump(campaign))
-    return path
+    # The default campaign's training budget: at fewer epochs or frames an untrained
+    # model can beat a trained one on energy, and the decisions below stop meaning much.
+    return write_tiny_campaign(
+        tmp,
+        name="tiny",
+        data_path=data_dir,
+        n_train=48,
+        spec=tiny_spec(md_seeds=(0,)),
+        **{"epochs": 10, **budget},
+    )
 
 
 @pytest.fixture(scope="module")

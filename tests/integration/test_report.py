@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_campaign import BAD_BASELINE, TINY_SPEC, write_tiny_campaign
 
 from mlipilot.campaign.decision import decide
 from mlipilot.campaign.ledger import Ledger, LedgerEvent
@@ -24,66 +25,11 @@ from mlipilot.scoring.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
-# Short MD and loose thresholds, as in test_campaign.py, on an even smaller budget.
-TINY_SPEC = {
-    "name": "cu-emt-tiny",
-    "version": 1,
-    "md": {
-        "start_frames": [0],
-        "temperatures_K": [600],
-        "seeds": [0, 1],
-        "nvt_steps": 30,
-        "nve_steps": 10,
-        "timestep_fs": 2.0,
-        "friction_per_fs": 0.01,
-        "min_distance_A": 1.8,
-        "max_temperature_factor": 2.5,
-        "max_energy_drift_meV_per_atom_per_ps": 200.0,
-        "trace_every": 5,
-    },
-    "throughput": {"md_steps": 5, "repeats": 1},
-    "constraints": [
-        {"metric": "energy_mae_meV_per_atom", "max": 40.0, "unit": "meV/atom"},
-        {"metric": "force_mae_meV_per_A", "max": 150.0, "unit": "meV/Å"},
-        {"metric": "md_survival_fraction", "min": 1.0, "unit": "fraction"},
-        {"metric": "relative_throughput", "min": 0.05, "unit": "x baseline"},
-    ],
-    "composite_weights": {"energy_mae_meV_per_atom": 1.0, "force_mae_meV_per_A": 1.0},
-}
-
-BAD_BASELINE = {
-    "e0s": "zero",
-    "scaling": "no_scaling",
-    "energy_weight": 1.0,
-    "forces_weight": 1.0,
-    "lr": 0.001,
-    "num_channels": 8,
-    "num_interactions": 1,
-    "correlation": 2,
-    "r_max": 4.0,
-    "batch_size": 4,
-}
-
-
-def write_campaign(tmp: Path) -> Path:
-    (tmp / "spec.yaml").write_text(yaml.safe_dump(TINY_SPEC))
-    campaign = {
-        "name": "tiny-report",
-        "data": {"kind": "cu-emt", "path": "data", "seed": 0, "n_train": 16, "n_test": 8},
-        "scorecard": "spec.yaml",
-        "baseline": BAD_BASELINE,
-        "agent": {"kind": "rule-based"},
-        "budget": {"iterations": 2, "epochs": 3, "max_train_seconds": 300},
-    }
-    path = tmp / "campaign.yaml"
-    path.write_text(yaml.safe_dump(campaign))
-    return path
-
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Campaign, CampaignOutcome, Path]:
     tmp = tmp_path_factory.mktemp("report")
-    path = write_campaign(tmp)
+    path = write_tiny_campaign(tmp, name="tiny-report")
     campaign, _ = load_campaign(path)
     outcome = run_campaign(campaign, path, tmp / "runs")
     page = build_report(outcome.layout.root)
