@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # `mlipilot` is linked here so a fresh shell finds it without activating the venv.
 LINK_DIR ?= $(shell if [ -w /usr/local/bin ]; then echo /usr/local/bin; else echo $$HOME/.local/bin; fi)
 
-.PHONY: install test test-fast lint format run clean
+.PHONY: install test test-fast lint format run protos clean
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ format:
 
 run:
 	$(BIN)/mlipilot run
+
+# Regenerate services/mlipilot/v1/ from protos/mlipilot/v1/*.proto (committed; a test checks).
+protos:
+	$(BIN)/python -m mlipilot.rpc.codegen
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""gRPC services: the orchestrator and the scorecard, their clients and shared serving plumbing."""
