@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlipilot.errors import MlipilotError, format_validation_error
 from mlipilot.recipe import Recipe, describe_recipe_error
-from mlipilot.yaml_files import load_yaml_model
+from mlipilot.yaml_files import load_yaml_model, parse_yaml_model
 
 
 class _Strict(BaseModel):
@@ -79,14 +79,28 @@ def load_campaign(path: str | Path) -> tuple[Campaign, str]:
     """Load and validate a campaign file; return it (paths made absolute) and its sha256."""
     path = Path(path)
     campaign, digest = load_yaml_model(path, Campaign, "campaign file")
-    root = path.resolve().parent
-    campaign = campaign.model_copy(
+    return _resolved(campaign, path.resolve().parent), digest
+
+
+def parse_campaign(text: str, source_name: str, base_dir: Path) -> tuple[Campaign, str]:
+    """A campaign file sent as text (e.g. over gRPC); relative paths resolve against base_dir."""
+    where = f"campaign file {source_name or '(unnamed)'}"
+    campaign, digest = parse_yaml_model(text.encode(), Campaign, where)
+    campaign = _resolved(campaign, base_dir.resolve())
+    if not campaign.scorecard.is_file():
+        raise MlipilotError(
+            f"{where}: scorecard: no such file {campaign.scorecard}", fields=("scorecard",)
+        )
+    return campaign, digest
+
+
+def _resolved(campaign: Campaign, root: Path) -> Campaign:
+    return campaign.model_copy(
         update={
             "scorecard": root / campaign.scorecard,
             "data": campaign.data.model_copy(update={"path": root / campaign.data.path}),
         }
     )
-    return campaign, digest
 
 
 def override(

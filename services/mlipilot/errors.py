@@ -6,7 +6,21 @@ from pydantic import ValidationError
 
 
 class MlipilotError(ValueError):
-    """An error the user can fix; the CLI prints it without a traceback."""
+    """An error the user can fix; the CLI prints it without a traceback.
+
+    ``fields`` names the offending keys (dotted paths, e.g. ``budget.epochs``) when the error
+    is about a document's content, so a gRPC server can report them as field violations.
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+def error_fields(exc: ValidationError) -> tuple[str, ...]:
+    """The dotted key path of every problem in ``exc``, in order, without repeats."""
+    paths = (".".join(str(p) for p in err["loc"]) or "(top level)" for err in exc.errors())
+    return tuple(dict.fromkeys(paths))
 
 
 def format_validation_error(exc: ValidationError, where: str) -> str:

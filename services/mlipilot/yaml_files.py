@@ -9,7 +9,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mlipilot.errors import MlipilotError, format_validation_error
+from mlipilot.errors import MlipilotError, error_fields, format_validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -25,6 +25,11 @@ def load_yaml_model(path: str | Path, model: type[M], what: str) -> tuple[M, str
         raw = path.read_bytes()
     except OSError as exc:
         raise MlipilotError(f"{where}: cannot read it ({exc.strerror})") from exc
+    return parse_yaml_model(raw, model, where)
+
+
+def parse_yaml_model(raw: bytes, model: type[M], where: str) -> tuple[M, str]:
+    """``model`` validated from YAML bytes (a file, or a document sent over the wire)."""
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
@@ -34,4 +39,5 @@ def load_yaml_model(path: str | Path, model: type[M], what: str) -> tuple[M, str
     try:
         return model.model_validate(data), hashlib.sha256(raw).hexdigest()
     except ValidationError as exc:
-        raise MlipilotError(format_validation_error(exc, where)) from exc
+        message = format_validation_error(exc, where)
+        raise MlipilotError(message, fields=error_fields(exc)) from exc

@@ -19,8 +19,10 @@ from pydantic import BaseModel, Field
 
 EventKind = Literal[
     "campaign_started",
+    "iteration_started",
     "proposal",
     "agent_failure",
+    "progress",  # training epochs and scorecard stages, so a watcher sees work in flight
     "training",
     "evaluation",
     "decision",
@@ -144,6 +146,23 @@ class Ledger:
             writer.writerow(columns)
             for e in self.events("decision"):
                 writer.writerow([_tsv_cell(getattr(e, c)) for c in columns])
+
+
+def read_events(path: Path, after_id: int = 0) -> list[LedgerEvent]:
+    """The events of the ledger at ``path`` with id > ``after_id``, read-only.
+
+    For readers beside the writer (a watcher streaming a live campaign): WAL lets them read
+    while the campaign appends, and a read-only connection can never change the history.
+    """
+    if not path.exists():
+        raise FileNotFoundError(path)
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id", (after_id,))
+        return [_from_row(r) for r in rows.fetchall()]
+    finally:
+        conn.close()
 
 
 def _tsv_cell(value: object) -> str:

@@ -4,6 +4,9 @@ Every step is written to the ledger before the next begins. A candidate that fai
 crash, NaN loss, time-out, scoring error) is a recorded REVERT with its cause; the campaign
 goes on. Only a baseline that cannot be trained or scored stops the campaign, since every
 later decision and the throughput yardstick depend on it.
+
+The same loop runs for ``mlipilot run`` (in one process, scorecard in process) and inside the
+orchestrator service (scorecard over gRPC, stoppable by a cancel or a shutdown).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +28,23 @@ from mlipilot.campaign.decision import Decision, decide
 from mlipilot.campaign.layout import RunLayout
 from mlipilot.campaign.ledger import Ledger, LedgerEvent, utc_now
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
+from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import Campaign
 from mlipilot.data.dataset import Dataset, ensure_cu_emt
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
-from mlipilot.scoring.scorecard import Scorecard, hardware
-from mlipilot.scoring.spec import load_spec
+from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
+from mlipilot.scoring.spec import ScorecardSpec, load_spec
 from mlipilot.training.mace_args import training_key
-from mlipilot.training.trainer import TrainingBudget, train_recipe
+from mlipilot.training.trainer import EpochRecord, TrainingBudget, train_recipe
+
+# Builds the scorer for a campaign: (spec, spec sha256, dataset) -> Scorer.
+ScorerFactory = Callable[[ScorecardSpec, str, Dataset], Scorer]
+
+
+def local_scorer(spec: ScorecardSpec, spec_hash: str, dataset: Dataset) -> Scorer:
+    return Scorecard(spec, spec_hash, dataset.load("test"), dataset.hash("test"))
 
 
 @dataclass
@@ -67,16 +79,38 @@ class _Run:
     campaign: Campaign
     layout: RunLayout
     ledger: Ledger
-    scorecard: Scorecard
+    scorecard: Scorer
     dataset: Dataset
     reporter: Reporter
     agent_name: str
+    stop: StopRequest
     history: list[HistoryEntry] = field(default_factory=list)
     rows: list[IterationRow] = field(default_factory=list)
     trained: dict[str, _Trained] = field(default_factory=dict)  # by training_key
 
     def record(self, **fields: Any) -> int:
         return self.ledger.append(LedgerEvent(campaign=self.layout.root.name, **fields))
+
+    def stage_progress(self, candidate: str, iteration: int) -> Callable[[str, int, int], None]:
+        """A progress callback that shows, records about every tenth step, and stops."""
+        last_tenth: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            self.stop.check()
+            self.reporter.stage(candidate, stage, done, total)
+            tenth = done * 10 // max(total, 1)
+            if tenth == last_tenth.get(stage):
+                return
+            last_tenth[stage] = tenth
+            self.record(
+                event="progress",
+                iteration=iteration,
+                candidate=candidate,
+                status=stage,
+                detail={"stage": stage, "done": done, "total": total},
+            )
+
+        return report
 
 
 def run_campaign(
@@ -86,43 +120,53 @@ def run_campaign(
     reporter: Reporter | None = None,
     agent: Agent | None = None,
 ) -> CampaignOutcome:
-    reporter = reporter or NullReporter()
-    start = time.monotonic()
-    if campaign.compute.torch_threads:
-        torch.set_num_threads(campaign.compute.torch_threads)
-    spec, spec_hash = load_spec(campaign.scorecard)
-    dataset = ensure_cu_emt(
-        campaign.data.path,
-        seed=campaign.data.seed,
-        n_train=campaign.data.n_train,
-        n_test=campaign.data.n_test,
-    )
-    scorecard = Scorecard(spec, spec_hash, dataset.load("test"), dataset.hash("test"))
-    agent = agent or make_agent(campaign.agent)
+    """Run a campaign in this process: ``mlipilot run``."""
+    layout = create_run(campaign, Path(campaign_file).read_text(), out_root)
+    return run_in_layout(campaign, layout, reporter=reporter, agent=agent)
+
+
+def create_run(campaign: Campaign, campaign_yaml: str, out_root: Path) -> RunLayout:
+    """The campaign's run folder, with the campaign file and scorecard spec as run.
+
+    The ledger is created here, empty, so readers (a watcher) can open it from the start.
+    """
     layout = RunLayout.create(out_root, campaign.name)
-    shutil.copyfile(campaign_file, layout.root / "campaign.yaml")
+    (layout.root / "campaign.yaml").write_text(campaign_yaml)
     shutil.copyfile(campaign.scorecard, layout.root / "scorecard.yaml")
+    Ledger(layout.ledger).close()
+    return layout
+
+
+def run_in_layout(
+    campaign: Campaign,
+    layout: RunLayout,
+    *,
+    reporter: Reporter | None = None,
+    agent: Agent | None = None,
+    scorer_factory: ScorerFactory = local_scorer,
+    stop: StopRequest | None = None,
+) -> CampaignOutcome:
+    """Run ``campaign`` into ``layout``; every step goes to its ledger, also how it ended."""
+    reporter = reporter or NullReporter()
+    stop = stop or StopRequest()
+    start = time.monotonic()
     with Ledger(layout.ledger) as ledger:
-        run = _Run(campaign, layout, ledger, scorecard, dataset, reporter, agent.name)
-        reporter.campaign_started(campaign, layout, agent.name)
-        run.record(
-            event="campaign_started",
-            agent=agent.name,
-            spec_hash=spec_hash,
-            train_hash=dataset.hash("train"),
-            test_hash=dataset.hash("test"),
-            recipe=campaign.baseline.model_dump(),
-            detail={"campaign": campaign.model_dump(mode="json"), "hardware": hardware()},
-        )
         try:
+            run, agent = _start(campaign, layout, ledger, reporter, agent, scorer_factory, stop)
             incumbent = _run_iterations(run, agent)
         except BaseException as exc:  # the ledger says how a campaign ended, whatever ended it
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            run.record(
-                event="campaign_finished",
-                status=status,
-                reason=str(exc) or repr(exc),
-                duration_s=time.monotonic() - start,
+            if isinstance(exc, CampaignStopped):
+                status: str = exc.status
+            else:
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            ledger.append(
+                LedgerEvent(
+                    campaign=layout.root.name,
+                    event="campaign_finished",
+                    status=status,
+                    reason=str(exc) or repr(exc),
+                    duration_s=time.monotonic() - start,
+                )
             )
             ledger.export_tsv(layout.results_tsv)
             raise
@@ -143,10 +187,52 @@ def run_campaign(
     return outcome
 
 
+def _start(
+    campaign: Campaign,
+    layout: RunLayout,
+    ledger: Ledger,
+    reporter: Reporter,
+    agent: Agent | None,
+    scorer_factory: ScorerFactory,
+    stop: StopRequest,
+) -> tuple[_Run, Agent]:
+    """Data, scorer and agent ready, and the campaign's start recorded."""
+    if campaign.compute.torch_threads:
+        torch.set_num_threads(campaign.compute.torch_threads)
+    spec, spec_hash = load_spec(campaign.scorecard)
+    dataset = ensure_cu_emt(
+        campaign.data.path,
+        seed=campaign.data.seed,
+        n_train=campaign.data.n_train,
+        n_test=campaign.data.n_test,
+    )
+    scorecard = scorer_factory(spec, spec_hash, dataset)
+    agent = agent or make_agent(campaign.agent)
+    run = _Run(campaign, layout, ledger, scorecard, dataset, reporter, agent.name, stop)
+    reporter.campaign_started(campaign, layout, agent.name)
+    run.record(
+        event="campaign_started",
+        agent=agent.name,
+        spec_hash=spec_hash,
+        train_hash=dataset.hash("train"),
+        test_hash=dataset.hash("test"),
+        recipe=campaign.baseline.model_dump(),
+        detail={"campaign": campaign.model_dump(mode="json"), "hardware": hardware()},
+    )
+    return run, agent
+
+
 def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
     incumbent = _run_baseline(run)
     baseline_model = incumbent.model
     for iteration in range(1, run.campaign.budget.iterations + 1):
+        run.stop.check()
+        run.record(
+            event="iteration_started",
+            iteration=iteration,
+            candidate=f"it{iteration:03d}",
+            detail={"iterations_budget": run.campaign.budget.iterations},
+        )
         proposal = _ask_agent(run, agent, iteration, incumbent)
         if proposal is None:
             break
@@ -157,6 +243,12 @@ def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
 def _run_baseline(run: _Run) -> _Incumbent:
     recipe = run.campaign.baseline
     proposal = Proposal(hypothesis="baseline recipe from the campaign file", patch={"-": "-"})
+    run.record(
+        event="iteration_started",
+        iteration=0,
+        candidate="it000",
+        detail={"iterations_budget": run.campaign.budget.iterations},
+    )
     model, result, failure = _train_and_score(run, 0, recipe, proposal, baseline_model=None)
     run.trained[training_key(recipe, run.campaign.budget.epochs)] = _Trained(
         0, model, result, failure
@@ -266,6 +358,7 @@ def _train_and_score(
         recipe_hash=recipe.digest(),
     )
     budget = run.campaign.budget
+    progress = run.stage_progress(name, iteration)
     started = utc_now()
     outcome = train_recipe(
         recipe,
@@ -273,9 +366,10 @@ def _train_and_score(
         atomic_numbers=[29],
         work_dir=cdir,
         budget=TrainingBudget(epochs=budget.epochs, max_seconds=budget.max_train_seconds),
-        progress=lambda done, total, rec: run.reporter.stage(name, "train", done, total),
+        progress=lambda done, total, rec: _train_progress(run, name, iteration, done, total, rec),
         device=run.campaign.compute.device,
         threads=run.campaign.compute.torch_threads,
+        cancel=run.stop.event,
     )
     run.record(
         event="training",
@@ -294,6 +388,7 @@ def _train_and_score(
             "model": outcome.model_path.as_uri() if outcome.model_path else None,
         },
     )
+    run.stop.check()
     if outcome.model_path is None:
         return None, None, f"training {outcome.status}: {outcome.cause}"
     started = utc_now()
@@ -303,8 +398,10 @@ def _train_and_score(
             outcome.model_path,
             baseline_model_path=baseline_model or outcome.model_path,
             out_dir=cdir,
-            progress=lambda stage, done, total: run.reporter.stage(name, stage, done, total),
+            progress=progress,
         )
+    except CampaignStopped:
+        raise
     except Exception as exc:  # a model the scorecard cannot run is a failed candidate
         run.record(
             event="evaluation",
@@ -339,6 +436,26 @@ def _train_and_score(
         },
     )
     return outcome.model_path, result, None
+
+
+def _train_progress(
+    run: _Run, candidate: str, iteration: int, done: int, total: int, record: EpochRecord
+) -> None:
+    """Every epoch is shown and recorded with its loss; a stop kills the trainer itself."""
+    run.reporter.stage(candidate, "train", done, total)
+    run.record(
+        event="progress",
+        iteration=iteration,
+        candidate=candidate,
+        status="train",
+        detail={
+            "stage": "train",
+            "done": done,
+            "total": total,
+            "loss": record.loss,
+            "valid": record.valid,
+        },
+    )
 
 
 def _record_decision(

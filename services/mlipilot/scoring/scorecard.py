@@ -11,6 +11,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import ase
 import torch
@@ -23,6 +24,23 @@ from mlipilot.scoring.spec import ScorecardSpec
 from mlipilot.scoring.throughput import measure_throughput
 
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class Scorer(Protocol):
+    """What the campaign loop needs from a scorecard: in process, or a gRPC service."""
+
+    spec: ScorecardSpec
+    spec_hash: str
+    test_hash: str
+
+    def evaluate(
+        self,
+        model_path: Path,
+        *,
+        baseline_model_path: Path,
+        out_dir: Path,
+        progress: StageProgress | None = None,
+    ) -> ScoreResult: ...
 
 
 def hardware() -> dict[str, str | int]:
