@@ -160,5 +160,13 @@ def compare(
     typer.echo(str(path))
 
 
+def _register_service_commands() -> None:
+    from mlipilot.cli_services import register
+
+    register(app)
+
+
+_register_service_commands()
+
 if __name__ == "__main__":
     app()

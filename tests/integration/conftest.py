@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from ase import Atoms
+from service_stack import ServiceStack, start_stack
 
 from mlipilot.data.dataset import Dataset, ensure_cu_emt
 from mlipilot.recipe import Recipe
@@ -56,3 +57,11 @@ def torch_one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStack]:
+    """The orchestrator and scorecard services on loopback ports, one pair per test module."""
+    running = start_stack(tmp_path_factory.mktemp("services"))
+    yield running
+    running.stop()

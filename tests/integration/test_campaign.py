@@ -124,6 +124,10 @@ def test_ledger_records_every_step(scripted_run) -> None:
         kinds = [e.event for e in events]
         assert kinds[0] == "campaign_started" and kinds[-1] == "campaign_finished"
         assert kinds.count("proposal") == 5
+        assert kinds.count("iteration_started") == 5  # the baseline and four proposals
+        train_progress = [e for e in events if e.event == "progress" and e.candidate == "it000"]
+        epochs = [e.detail["done"] for e in train_progress if e.detail["stage"] == "train"]
+        assert epochs == list(range(1, campaign.budget.epochs + 1))
         assert kinds.count("training") == 4  # the duplicate was not trained again
         assert kinds.count("decision") == 5
         duplicate = ledger.events("proposal")[4]

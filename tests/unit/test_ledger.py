@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent
+from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
 
 
 def decision(iteration: int, verdict: str, **fields: object) -> LedgerEvent:
@@ -232,3 +232,20 @@ def test_export_tsv_keeps_one_line_per_decision_for_multiline_reasons(tmp_path: 
     lines = out.read_text().splitlines()
     assert len(lines) == 2
     assert len(lines[1].split("\t")) == 9
+
+
+def test_read_events_after_a_position_while_the_writer_is_open(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ids = [ledger.append(LedgerEvent(campaign="c", event="proposal")) for _ in range(3)]
+        assert [e.id for e in read_events(path)] == ids
+        assert [e.id for e in read_events(path, after_id=ids[0])] == ids[1:]
+        assert read_events(path, after_id=ids[-1]) == []
+        ledger.append(LedgerEvent(campaign="c", event="decision", decision="ACCEPT"))
+        later = read_events(path, after_id=ids[-1])
+        assert [e.decision for e in later] == ["ACCEPT"]
+
+
+def test_read_events_of_a_missing_ledger_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_events(tmp_path / "absent.sqlite")

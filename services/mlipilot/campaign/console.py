@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from mlipilot.config import Campaign
 
 _VERDICT_STYLE = {"ACCEPT": "bold green", "REVERT": "red", "BASELINE": "cyan"}
-_STAGE_NAMES = {"train": "training (epochs)", "md": "MD stability (steps)"}
+_STAGE_NAMES = {
+    "train": "training (epochs)",
+    "queued": "waiting for the scorecard (s)",
+    "accuracy": "held-out accuracy",
+    "md": "MD stability (steps)",
+    "throughput": "throughput vs baseline",
+}
 
 
 class RichReporter:

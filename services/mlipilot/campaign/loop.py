@@ -34,7 +34,7 @@ from mlipilot.data.dataset import Dataset, ensure_cu_emt
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
-from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
+from mlipilot.scoring.scorecard import Scorecard, Scorer, ScorerUnavailable, hardware
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
 from mlipilot.training.mace_args import training_key
 from mlipilot.training.trainer import EpochRecord, TrainingBudget, train_recipe
@@ -400,8 +400,8 @@ def _train_and_score(
             out_dir=cdir,
             progress=progress,
         )
-    except CampaignStopped:
-        raise
+    except (CampaignStopped, ScorerUnavailable):
+        raise  # not the candidate's doing: the campaign ends with it
     except Exception as exc:  # a model the scorecard cannot run is a failed candidate
         run.record(
             event="evaluation",
@@ -429,6 +429,7 @@ def _train_and_score(
         finished_at=utc_now(),
         duration_s=time.monotonic() - t0,
         detail={
+            "scorecard": result.spec_name,
             "constraints": [c.model_dump() for c in result.constraints],
             "hardware": result.hardware,
             "timings_s": result.timings_s,

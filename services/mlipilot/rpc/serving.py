@@ -52,7 +52,9 @@ class ServerOptions:
     tls_cert: Path | None = None  # PEM cert + key: serve TLS; both or neither
     tls_key: Path | None = None
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
-    max_workers: int = 16
+    # Each WatchCampaign or Evaluate stream holds a worker for its whole length; health
+    # checks queue behind them when all are busy, so keep plenty.
+    max_workers: int = 64
 
     def __post_init__(self) -> None:
         if self.tls_cert is not None and self.tls_key is None:

@@ -26,6 +26,13 @@ from mlipilot.scoring.throughput import measure_throughput
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
+class ScorerUnavailable(RuntimeError):
+    """The scorer itself cannot work (a service down, refusing us): not the candidate's fault.
+
+    The campaign stops with this as its cause instead of failing candidate after candidate.
+    """
+
+
 class Scorer(Protocol):
     """What the campaign loop needs from a scorecard: in process, or a gRPC service."""
 
@@ -79,9 +86,13 @@ class Scorecard:
     ) -> ScoreResult:
         spec = self.spec
         timings: dict[str, float] = {}
+        # Stage boundaries are progress too: a caller may stop the evaluation at each one.
+        report = progress or (lambda stage, done, total: None)
+        report("accuracy", 0, 1)
         t0 = time.monotonic()
         metrics = dict(evaluate_accuracy(model_path, self.test_frames, spec.accuracy))
         timings["accuracy"] = time.monotonic() - t0
+        report("accuracy", 1, 1)
 
         t0 = time.monotonic()
         starts = [self.test_frames[i] for i in spec.md.start_frames]
@@ -95,11 +106,13 @@ class Scorecard:
         metrics.update(md.metrics)
         timings["md"] = time.monotonic() - t0
 
+        report("throughput", 0, 1)
         t0 = time.monotonic()
         metrics.update(
             measure_throughput(model_path, baseline_model_path, starts[0], spec.throughput)
         )
         timings["throughput"] = time.monotonic() - t0
+        report("throughput", 1, 1)
 
         return ScoreResult.judged(
             spec,

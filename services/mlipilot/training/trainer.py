@@ -127,6 +127,9 @@ def train_recipe(
             proc.wait()
         finally:
             timer.cancel()
+            if proc.poll() is None:  # something raised while reading: never leave an orphan
+                proc.kill()
+                proc.wait()
     wall = time.monotonic() - start
     status, cause, model = _judge(proc.returncode, curve, work_dir / "mace", wall, budget)
     if cancel is not None and cancel.is_set() and status != "ok":

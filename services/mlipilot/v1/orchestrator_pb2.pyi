@@ -20,12 +20,56 @@ class CampaignStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAMPAIGN_STATUS_FAILED: _ClassVar[CampaignStatus]
     CAMPAIGN_STATUS_CANCELLED: _ClassVar[CampaignStatus]
     CAMPAIGN_STATUS_INTERRUPTED: _ClassVar[CampaignStatus]
+
+class AgentFailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGENT_FAILURE_KIND_UNSPECIFIED: _ClassVar[AgentFailureKind]
+    AGENT_FAILURE_KIND_INVALID_PATCH: _ClassVar[AgentFailureKind]
+    AGENT_FAILURE_KIND_GAVE_UP: _ClassVar[AgentFailureKind]
+
+class TrainingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRAINING_STATUS_UNSPECIFIED: _ClassVar[TrainingStatus]
+    TRAINING_STATUS_OK: _ClassVar[TrainingStatus]
+    TRAINING_STATUS_FAILED: _ClassVar[TrainingStatus]
+    TRAINING_STATUS_TIMEOUT: _ClassVar[TrainingStatus]
+    TRAINING_STATUS_CANCELLED: _ClassVar[TrainingStatus]
+
+class EvaluationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVALUATION_STATUS_UNSPECIFIED: _ClassVar[EvaluationStatus]
+    EVALUATION_STATUS_FEASIBLE: _ClassVar[EvaluationStatus]
+    EVALUATION_STATUS_INFEASIBLE: _ClassVar[EvaluationStatus]
+    EVALUATION_STATUS_FAILED: _ClassVar[EvaluationStatus]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_BASELINE: _ClassVar[Verdict]
+    VERDICT_ACCEPT: _ClassVar[Verdict]
+    VERDICT_REVERT: _ClassVar[Verdict]
 CAMPAIGN_STATUS_UNSPECIFIED: CampaignStatus
 CAMPAIGN_STATUS_RUNNING: CampaignStatus
 CAMPAIGN_STATUS_FINISHED: CampaignStatus
 CAMPAIGN_STATUS_FAILED: CampaignStatus
 CAMPAIGN_STATUS_CANCELLED: CampaignStatus
 CAMPAIGN_STATUS_INTERRUPTED: CampaignStatus
+AGENT_FAILURE_KIND_UNSPECIFIED: AgentFailureKind
+AGENT_FAILURE_KIND_INVALID_PATCH: AgentFailureKind
+AGENT_FAILURE_KIND_GAVE_UP: AgentFailureKind
+TRAINING_STATUS_UNSPECIFIED: TrainingStatus
+TRAINING_STATUS_OK: TrainingStatus
+TRAINING_STATUS_FAILED: TrainingStatus
+TRAINING_STATUS_TIMEOUT: TrainingStatus
+TRAINING_STATUS_CANCELLED: TrainingStatus
+EVALUATION_STATUS_UNSPECIFIED: EvaluationStatus
+EVALUATION_STATUS_FEASIBLE: EvaluationStatus
+EVALUATION_STATUS_INFEASIBLE: EvaluationStatus
+EVALUATION_STATUS_FAILED: EvaluationStatus
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_BASELINE: Verdict
+VERDICT_ACCEPT: Verdict
+VERDICT_REVERT: Verdict
 
 class Campaign(_message.Message):
     __slots__ = ("id", "name", "status", "status_reason", "created_time", "finished_time", "agent", "iterations_decided", "iterations_budget", "incumbent_iteration", "incumbent_result", "run_uri", "last_sequence")
@@ -152,20 +196,20 @@ class IterationStarted(_message.Message):
     def __init__(self, iterations_budget: _Optional[int] = ...) -> None: ...
 
 class ProposalMade(_message.Message):
-    __slots__ = ("agent", "hypothesis", "patch", "recipe", "recipe_sha256", "status")
+    __slots__ = ("agent", "hypothesis", "patch", "recipe", "recipe_sha256", "duplicate")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     HYPOTHESIS_FIELD_NUMBER: _ClassVar[int]
     PATCH_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     RECIPE_SHA256_FIELD_NUMBER: _ClassVar[int]
-    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     agent: str
     hypothesis: str
     patch: _struct_pb2.Struct
     recipe: _struct_pb2.Struct
     recipe_sha256: str
-    status: str
-    def __init__(self, agent: _Optional[str] = ..., hypothesis: _Optional[str] = ..., patch: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recipe: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recipe_sha256: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, agent: _Optional[str] = ..., hypothesis: _Optional[str] = ..., patch: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recipe: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recipe_sha256: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class AgentFailure(_message.Message):
     __slots__ = ("agent", "kind", "reason")
@@ -173,9 +217,9 @@ class AgentFailure(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     agent: str
-    kind: str
+    kind: AgentFailureKind
     reason: str
-    def __init__(self, agent: _Optional[str] = ..., kind: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, agent: _Optional[str] = ..., kind: _Optional[_Union[AgentFailureKind, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
     __slots__ = ("epoch", "epochs_budget", "loss", "validation")
@@ -203,12 +247,12 @@ class TrainingFinished(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     LOG_URI_FIELD_NUMBER: _ClassVar[int]
-    status: str
+    status: TrainingStatus
     cause: str
     duration_seconds: float
     model_uri: str
     log_uri: str
-    def __init__(self, status: _Optional[str] = ..., cause: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., model_uri: _Optional[str] = ..., log_uri: _Optional[str] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[TrainingStatus, str]] = ..., cause: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., model_uri: _Optional[str] = ..., log_uri: _Optional[str] = ...) -> None: ...
 
 class ScorecardProgress(_message.Message):
     __slots__ = ("stage", "done", "total")
@@ -226,11 +270,11 @@ class EvaluationFinished(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
-    status: str
+    status: EvaluationStatus
     reason: str
     duration_seconds: float
     result: _common_pb2.ScoreResult
-    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., result: _Optional[_Union[_common_pb2.ScoreResult, _Mapping]] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[EvaluationStatus, str]] = ..., reason: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., result: _Optional[_Union[_common_pb2.ScoreResult, _Mapping]] = ...) -> None: ...
 
 class DecisionMade(_message.Message):
     __slots__ = ("verdict", "reason", "hypothesis", "patch", "recipe_sha256", "feasible", "total_violation", "composite", "metrics")
@@ -250,7 +294,7 @@ class DecisionMade(_message.Message):
     TOTAL_VIOLATION_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
-    verdict: str
+    verdict: Verdict
     reason: str
     hypothesis: str
     patch: _struct_pb2.Struct
@@ -259,7 +303,7 @@ class DecisionMade(_message.Message):
     total_violation: float
     composite: float
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, verdict: _Optional[str] = ..., reason: _Optional[str] = ..., hypothesis: _Optional[str] = ..., patch: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recipe_sha256: _Optional[str] = ..., feasible: _Optional[bool] = ..., total_violation: _Optional[float] = ..., composite: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., reason: _Optional[str] = ..., hypothesis: _Optional[str] = ..., patch: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recipe_sha256: _Optional[str] = ..., feasible: _Optional[bool] = ..., total_violation: _Optional[float] = ..., composite: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class CampaignFinished(_message.Message):
     __slots__ = ("status", "reason", "duration_seconds", "feasible", "composite")

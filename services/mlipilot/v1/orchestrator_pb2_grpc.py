@@ -79,8 +79,9 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCampaigns(self, request, context):
-        """Every campaign under the server's runs folder, newest first, also those of earlier
-        server lifetimes and of `mlipilot run`.
+        """Every campaign under the server's runs folder, newest first, read from their ledgers: also
+        those of earlier server lifetimes and of `mlipilot run` (one that this server is not
+        running and whose ledger has no end shows as INTERRUPTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

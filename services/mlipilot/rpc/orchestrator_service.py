@@ -1,0 +1,275 @@
+"""The orchestrator service: ``mlipilot serve orchestrator``.
+
+Each created campaign runs the same loop as ``mlipilot run``, in its own thread, into a run
+folder under ``--runs``; the folder's name is the campaign id. Everything a client reads (get,
+list, watch) comes from the campaign's ledger, so it also covers campaigns of earlier server
+lifetimes and of ``mlipilot run``, and a watcher can resume from any event.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from mlipilot.campaign.layout import RunLayout
+from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
+from mlipilot.campaign.loop import ScorerFactory, create_run, local_scorer, run_in_layout
+from mlipilot.campaign.reporting import IterationRow, NullReporter
+from mlipilot.campaign.stopping import CampaignStopped, StopRequest
+from mlipilot.config import Campaign, parse_campaign
+from mlipilot.errors import MlipilotError
+from mlipilot.rpc.convert import STATUS_BY_NAME, event_to_proto, timestamp
+from mlipilot.rpc.metrics import ACTIVE_CAMPAIGNS, CAMPAIGNS, DECISIONS, ITERATIONS
+from mlipilot.scoring.scorecard import ScorerUnavailable
+from mlipilot.scoring.spec import load_spec
+from mlipilot.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a run folder's name, never a path
+WATCH_POLL_S = 0.2
+
+
+class MetricsReporter(NullReporter):
+    """Counts iterations and decisions for Prometheus as the loop makes them."""
+
+    def decision(self, row: IterationRow) -> None:
+        ITERATIONS.inc()
+        DECISIONS.labels(verdict=row.verdict).inc()
+
+
+@dataclass
+class _Live:
+    thread: threading.Thread
+    stop: StopRequest
+    layout: RunLayout
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(
+        self,
+        runs_root: Path,
+        scorer_factory: ScorerFactory = local_scorer,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.runs_root = runs_root.resolve()
+        self.runs_root.mkdir(parents=True, exist_ok=True)
+        self.scorer_factory = scorer_factory
+        self.base_dir = (base_dir or Path.cwd()).resolve()
+        self._live: dict[str, _Live] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+
+    # --- RPCs -----------------------------------------------------------------------------
+
+    def CreateCampaign(self, request, context):
+        campaign = self._validated(request, context)
+        with self._lock:
+            if self._closing:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the orchestrator is shutting down")
+            try:
+                layout = create_run(campaign, request.campaign_yaml, self.runs_root)
+            except OSError as exc:
+                context.abort(grpc.StatusCode.INTERNAL, f"cannot create the run folder: {exc}")
+            stop = StopRequest()
+            # Daemon: a campaign still winding down when the shutdown grace is over must not
+            # keep the process alive; its ledger gets the interruption recorded instead.
+            thread = threading.Thread(
+                target=self._run, args=(campaign, layout, stop), name=layout.root.name, daemon=True
+            )
+            self._live[layout.root.name] = _Live(thread, stop, layout)
+            CAMPAIGNS.labels(status="created").inc()
+            ACTIVE_CAMPAIGNS.inc()
+            thread.start()
+        log.info("campaign %s created from %s", layout.root.name, request.source_name)
+        return self._summary(layout.root.name, context)
+
+    def GetCampaign(self, request, context):
+        return self._summary(request.id, context)
+
+    def ListCampaigns(self, request, context):
+        ids = [p.parent.name for p in self.runs_root.glob("*/ledger.sqlite")]
+        ids.sort(key=lambda i: (self.runs_root / i).stat().st_mtime, reverse=True)
+        campaigns = []
+        for campaign_id in ids:
+            if not _ID.match(campaign_id):
+                continue
+            try:
+                campaigns.append(self._summary(campaign_id, context))
+            except sqlite3.Error as exc:  # one unreadable ledger must not hide the others
+                log.warning("skipping %s: unreadable ledger: %s", campaign_id, exc)
+        return orchestrator_pb2.ListCampaignsResponse(campaigns=campaigns)
+
+    def WatchCampaign(self, request, context) -> Iterator[orchestrator_pb2.CampaignEvent]:
+        ledger = self._ledger_path(request.id, context)
+        after = request.after_sequence
+        while context.is_active():
+            live = request.id in self._live  # read before the ledger: no end can be missed
+            events = read_events(ledger, after) if ledger.exists() else []
+            for event in events:
+                yield event_to_proto(event, request.id)
+                after = event.id or after
+                if event.event == "campaign_finished":
+                    return
+            if not live and not events:
+                return  # not running here and nothing new: an interrupted campaign's end
+            time.sleep(WATCH_POLL_S)
+
+    def CancelCampaign(self, request, context):
+        self._ledger_path(request.id, context)
+        live = self._live.get(request.id)
+        if live is None:
+            current = self._summary(request.id, context)
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"campaign {request.id} is not running here "
+                f"(status {orchestrator_pb2.CampaignStatus.Name(current.status)})",
+            )
+        live.stop.request("cancelled", "cancelled by a client request")
+        remaining = context.time_remaining()
+        live.thread.join(timeout=min(60.0, remaining if remaining is not None else 60.0))
+        return self._summary(request.id, context)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def shutdown(self, grace_s: float = 30.0) -> None:
+        """Stop every running campaign as INTERRUPTED (recorded in its ledger), then wait."""
+        with self._lock:
+            self._closing = True
+            live = list(self._live.values())
+        for item in live:
+            item.stop.request("interrupted", "the orchestrator shut down (SIGTERM)")
+        deadline = time.monotonic() + grace_s
+        for item in live:
+            item.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if item.thread.is_alive():  # stuck past the grace period: record it ourselves
+                with Ledger(item.layout.ledger) as ledger:
+                    ledger.append(
+                        LedgerEvent(
+                            campaign=item.layout.root.name,
+                            event="campaign_finished",
+                            status="interrupted",
+                            reason=f"the orchestrator shut down; still busy after {grace_s:g} s",
+                        )
+                    )
+
+    def _run(self, campaign: Campaign, layout: RunLayout, stop: StopRequest) -> None:
+        status = "failed"
+        try:
+            run_in_layout(
+                campaign,
+                layout,
+                reporter=MetricsReporter(),
+                scorer_factory=self.scorer_factory,
+                stop=stop,
+            )
+            status = "finished"
+        except CampaignStopped as exc:
+            status = exc.status
+        except BaseException:
+            log.exception("campaign %s failed", layout.root.name)
+        finally:
+            CAMPAIGNS.labels(status=status).inc()
+            ACTIVE_CAMPAIGNS.dec()
+            with self._lock:
+                self._live.pop(layout.root.name, None)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _validated(self, request, context: grpc.ServicerContext) -> Campaign:
+        base = Path(request.base_dir) if request.base_dir else self.base_dir
+        try:
+            campaign, _ = parse_campaign(request.campaign_yaml, request.source_name, base)
+            try:
+                spec, spec_hash = load_spec(campaign.scorecard)
+            except MlipilotError as exc:
+                raise MlipilotError(str(exc), fields=("scorecard",)) from exc
+            preflight = getattr(self.scorer_factory, "preflight", None)
+            if preflight is not None:
+                preflight(spec, spec_hash)
+        except MlipilotError as exc:
+            _abort_invalid(context, exc)
+        except ScorerUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return campaign
+
+    def _ledger_path(self, campaign_id: str, context: grpc.ServicerContext) -> Path:
+        path = self.runs_root / campaign_id / "ledger.sqlite"
+        if not _ID.match(campaign_id) or not (path.exists() or campaign_id in self._live):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"campaign {campaign_id!r}: no such campaign")
+        return path
+
+    def _summary(
+        self, campaign_id: str, context: grpc.ServicerContext
+    ) -> orchestrator_pb2.Campaign:
+        path = self._ledger_path(campaign_id, context)
+        running = campaign_id in self._live  # before reading: an end is never missed
+        events = read_events(path) if path.exists() else []
+        return summarize(campaign_id, events, running=running, run_dir=path.parent)
+
+
+def _abort_invalid(context: grpc.ServicerContext, exc: MlipilotError) -> None:
+    """INVALID_ARGUMENT with the message, and the fields as google.rpc.BadRequest details."""
+    bad = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=str(exc))
+            for f in exc.fields or ("campaign_yaml",)
+        ]
+    )
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc))
+    status.details.add().Pack(bad)
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def summarize(
+    campaign_id: str, events: list[LedgerEvent], *, running: bool, run_dir: Path
+) -> orchestrator_pb2.Campaign:
+    """A campaign's state as its ledger tells it."""
+    msg = orchestrator_pb2.Campaign(id=campaign_id, name=campaign_id, run_uri=run_dir.as_uri())
+    started = next((e for e in events if e.event == "campaign_started"), None)
+    finished = next((e for e in reversed(events) if e.event == "campaign_finished"), None)
+    if events:
+        msg.last_sequence = events[-1].id or 0
+        msg.created_time.CopyFrom(timestamp(events[0].ts))
+    if started is not None:
+        config = (started.detail or {}).get("campaign", {})
+        msg.name = config.get("name", campaign_id)
+        msg.agent = started.agent or ""
+        msg.iterations_budget = int(config.get("budget", {}).get("iterations", 0))
+    decisions = [e for e in events if e.event == "decision"]
+    msg.iterations_decided = len(decisions)
+    # The baseline is the first incumbent; each accepted candidate replaces it.
+    kept = [e for e in decisions if e.decision in ("BASELINE", "ACCEPT") and e.metrics]
+    if kept:
+        incumbent = kept[-1]
+        msg.incumbent_iteration = incumbent.iteration or 0
+        evaluation = next(
+            (
+                e
+                for e in reversed(events)
+                if e.event == "evaluation" and e.candidate == incumbent.candidate and e.metrics
+            ),
+            incumbent,  # a duplicate has no evaluation of its own: its decision has the result
+        )
+        evaluated = evaluation.model_copy(update={"event": "evaluation"})
+        msg.incumbent_result.CopyFrom(event_to_proto(evaluated, campaign_id).result.result)
+    if finished is not None:
+        msg.status = STATUS_BY_NAME.get(finished.status or "", 0)
+        msg.status_reason = finished.reason or ""
+        msg.finished_time.CopyFrom(timestamp(finished.ts))
+    elif running:
+        msg.status = orchestrator_pb2.CAMPAIGN_STATUS_RUNNING
+    else:
+        msg.status = orchestrator_pb2.CAMPAIGN_STATUS_INTERRUPTED
+        msg.status_reason = "no end in the ledger and not running here: the server stopped"
+    return msg

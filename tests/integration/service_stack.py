@@ -1,0 +1,105 @@
+"""Both mlipilot services, real, on loopback ports, wired as in a deployment.
+
+The scorecard service holds the tiny scorecard; the orchestrator scores through it over gRPC;
+both demand the same bearer token and serve Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import yaml
+from tiny_campaign import BAD_BASELINE, TINY_SPEC
+
+from mlipilot.rpc.channel import open_channel
+from mlipilot.rpc.orchestrator_client import OrchestratorClient
+from mlipilot.rpc.orchestrator_service import SERVICE_NAME as ORCHESTRATOR
+from mlipilot.rpc.orchestrator_service import OrchestratorServicer
+from mlipilot.rpc.scorecard_client import RemoteScorerFactory
+from mlipilot.rpc.scorecard_service import SERVICE_NAME as SCORECARD
+from mlipilot.rpc.scorecard_service import ScorecardServicer, load_catalog
+from mlipilot.rpc.serving import RunningServer, ServerOptions, start_server
+from mlipilot.v1 import orchestrator_pb2_grpc, scorecard_pb2_grpc
+
+TOKEN = "campaign-token"
+
+
+@dataclass
+class ServiceStack:
+    root: Path
+    scorecard: RunningServer
+    orchestrator: RunningServer
+    servicer: OrchestratorServicer
+
+    @property
+    def runs(self) -> Path:
+        return self.servicer.runs_root
+
+    def address(self, server: RunningServer) -> str:
+        return f"127.0.0.1:{server.port}"
+
+    def channel(self, server: RunningServer, token: str | None = TOKEN) -> grpc.Channel:
+        return open_channel(self.address(server), token=token)
+
+    def channel_to(self, address: str, token: str | None = TOKEN) -> grpc.Channel:
+        return open_channel(address, token=token)
+
+    def client(self, token: str | None = TOKEN) -> OrchestratorClient:
+        server = self.address(self.orchestrator)
+        return OrchestratorClient(self.channel(self.orchestrator, token), server)
+
+    def scorecard_stub(self, token: str | None = TOKEN) -> scorecard_pb2_grpc.ScorecardServiceStub:
+        return scorecard_pb2_grpc.ScorecardServiceStub(self.channel(self.scorecard, token))
+
+    def metric(self, server: RunningServer, sample: str) -> float:
+        """The value of one Prometheus sample line (e.g. 'x_total{a="b"}'), 0 when absent."""
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(sample + " "):
+                    return float(line.split()[-1])
+        return 0.0
+
+    def write_campaign(self, name: str, **budget: object) -> Path:
+        """A tiny campaign file beside the shared data folder, scored by the service's spec."""
+        campaign = {
+            "name": name,
+            "data": {"kind": "cu-emt", "path": "data", "seed": 0, "n_train": 16, "n_test": 8},
+            "scorecard": "specs/cu-emt-tiny.yaml",
+            "baseline": BAD_BASELINE,
+            "agent": {"kind": "rule-based"},
+            "budget": {"iterations": 2, "epochs": 3, "max_train_seconds": 300, **budget},
+            "compute": {"torch_threads": 1},
+        }
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(campaign))
+        return path
+
+    def stop(self) -> None:
+        self.servicer.shutdown(grace_s=30)
+        self.orchestrator.stop(grace_s=1)
+        self.scorecard.stop(grace_s=1)
+
+
+def start_stack(root: Path) -> ServiceStack:
+    specs = root / "specs"
+    specs.mkdir(parents=True)
+    (specs / "cu-emt-tiny.yaml").write_text(yaml.safe_dump(TINY_SPEC))
+    catalog = load_catalog(specs)
+    scoring = ScorecardServicer(catalog)
+    scorecard = start_server(
+        ServerOptions(token=TOKEN, metrics_port=0),
+        lambda s: scorecard_pb2_grpc.add_ScorecardServiceServicer_to_server(scoring, s),
+        [SCORECARD],
+    )
+    remote = RemoteScorerFactory(open_channel(f"127.0.0.1:{scorecard.port}", token=TOKEN))
+    servicer = OrchestratorServicer(root / "runs", scorer_factory=remote, base_dir=root)
+    orchestrator = start_server(
+        ServerOptions(token=TOKEN, metrics_port=0),
+        lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, s),
+        [ORCHESTRATOR],
+    )
+    return ServiceStack(root, scorecard, orchestrator, servicer)
