@@ -40,6 +40,16 @@ class BudgetConfig(_Strict):
         900, gt=0, description="wall-clock guard per candidate; over it the candidate fails"
     )
     agent_retries: int = Field(2, ge=0, le=10, description="refused proposals before giving up")
+    candidates_per_iteration: int = Field(
+        1, ge=1, le=64, description="proposals trained and scored side by side each iteration"
+    )
+
+
+class RayResources(_Strict):
+    """What one Ray trainer actor or MD task asks the cluster for."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
 
 
 class ComputeConfig(_Strict):
@@ -47,6 +57,20 @@ class ComputeConfig(_Strict):
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads for training and scoring (default: all cores)"
     )
+    ray_address: str | None = Field(
+        None,
+        pattern=r"^(local|auto|ray://\S+|[A-Za-z0-9_.-]+:\d+)$",
+        description=(
+            "where candidates train: 'local' (start Ray here), 'auto' (the cluster this machine "
+            "is in), 'ray://host:10001', or host:port. Unset: in this process when one "
+            "candidate per iteration, a local Ray instance when more"
+        ),
+    )
+    trainer: RayResources = RayResources()
+    md: RayResources = RayResources()
+
+    def uses_ray(self, candidates_per_iteration: int) -> bool:
+        return self.ray_address is not None or candidates_per_iteration > 1
 
 
 class Campaign(_Strict):

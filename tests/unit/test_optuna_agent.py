@@ -131,16 +131,37 @@ def test_objective_orders_feasible_infeasible_failed() -> None:
     assert objective(None) == 1e6
 
 
-def test_a_refused_proposal_is_told_as_failed() -> None:
+def test_a_proposal_that_never_reached_history_is_told_as_failed() -> None:
     agent = OptunaAgent(seed=0)
     st = state([entry(0, BASELINE, scored(1.0, 1.0))])
     first = agent.propose(st)
     number = int(first.hypothesis.removeprefix("optuna TPE trial ").split(":")[0])
-    agent.propose(st)  # the same iteration again: the first proposal never made it to history
+    # The next iteration's state has no outcome for it (refused, or lost): TPE must not wait.
+    agent.propose(st.model_copy(update={"iteration": st.iteration + 1}))
     trials = agent.study.trials
     assert trials[0].state == TrialState.COMPLETE  # the baseline
     assert trials[number].state == TrialState.FAIL
     assert trials[-1].state == TrialState.RUNNING
+
+
+def test_candidates_of_one_iteration_are_distinct_and_wait_for_their_outcomes() -> None:
+    agent = OptunaAgent(seed=0)
+    st = state([entry(0, BASELINE, scored(1.0, 1.0))])
+    first = agent.propose(st)
+    sibling = st.model_copy(update={"pending": [BASELINE.patched(first.patch)]})
+    second = agent.propose(sibling)
+    assert BASELINE.patched(second.patch) != BASELINE.patched(first.patch)
+    running = [t for t in agent.study.trials if t.state == TrialState.RUNNING]
+    assert len(running) == 2  # neither is failed while the iteration is under way
+    # Both outcomes arrive; the next iteration's proposal tells them to the study.
+    history = [
+        entry(0, BASELINE, scored(1.0, 1.0)),
+        entry(1, BASELINE.patched(first.patch), scored(0.9, 0.9)),
+        entry(1, BASELINE.patched(second.patch), scored(2.0, 2.0)),
+    ]
+    agent.propose(state(history))
+    complete = [t for t in agent.study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.value for t in complete) == pytest.approx([1.8, 2.0, 4.0])
 
 
 def test_history_not_proposed_by_the_agent_is_added_once() -> None:

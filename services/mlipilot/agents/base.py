@@ -41,10 +41,13 @@ class CampaignState(BaseModel):
     incumbent: Recipe
     incumbent_result: ScoreResult | None
     history: list[HistoryEntry]
+    # Recipes already proposed this iteration (several candidates per iteration), not yet tried.
+    pending: list[Recipe] = []
     last_error: str | None = None  # why the previous proposal was refused, if it was
 
     def tried(self, recipe: Recipe) -> bool:
-        return any(h.recipe == recipe for h in self.history)
+        """Tried before, or already proposed for this iteration."""
+        return any(h.recipe == recipe for h in self.history) or recipe in self.pending
 
 
 class Agent(Protocol):

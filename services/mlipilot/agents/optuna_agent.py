@@ -89,11 +89,12 @@ class OptunaAgent:
         self.distributions = distributions()
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
         self.study = optuna.create_study(direction="minimize", sampler=sampler)
-        self._pending: dict[int, tuple[int, Recipe]] = {}  # iteration -> (trial number, recipe)
-        self._seen: set[int] = set()  # history iterations already known to the study
+        # (iteration, recipe digest) -> (trial number, recipe): asked, outcome not yet known
+        self._pending: dict[tuple[int, str], tuple[int, Recipe]] = {}
+        self._seen: set[tuple[int, str]] = set()  # history entries already known to the study
 
     def propose(self, state: CampaignState) -> Proposal:
-        self._learn(state.history)
+        self._learn(state.history, before=state.iteration)
         for _ in range(self.max_asks):
             trial = self.study.ask(self.distributions)
             try:
@@ -101,32 +102,43 @@ class OptunaAgent:
             except RecipeError:  # an inconsistent pair (stage two with forces_only): fail it
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue
+            if recipe in state.pending:  # a sibling candidate trains it already
+                self.study.tell(trial, state=TrialState.FAIL)
+                continue
             known = [h.result for h in state.history if h.recipe == recipe]
             if known or recipe == state.incumbent:
                 result = known[-1] if known else state.incumbent_result
                 self.study.tell(trial, objective(result))
                 continue
-            self._pending[state.iteration] = (trial.number, recipe)
+            self._pending[(state.iteration, recipe.digest())] = (trial.number, recipe)
             patch = state.incumbent.diff(recipe)
             changes = ", ".join(f"{k}={_short(v)}" for k, v in patch.items())
             return Proposal(hypothesis=f"optuna TPE trial {trial.number}: {changes}", patch=patch)
         raise AgentGaveUp(f"no untried recipe in {self.max_asks} TPE asks")
 
-    def _learn(self, history: list[HistoryEntry]) -> None:
-        """Tell the study every outcome in ``history`` it does not know yet."""
-        by_iteration = {h.iteration: h for h in history}
-        for iteration, (number, recipe) in sorted(self._pending.items()):
-            entry = by_iteration.get(iteration)
-            if entry is not None and entry.recipe == recipe:
-                self.study.tell(number, objective(entry.result))
-                self._seen.add(iteration)
-            else:  # refused (or replaced): the outcome is unknown, so TPE ignores the trial
-                self.study.tell(number, state=TrialState.FAIL)
-        self._pending.clear()
-        for entry in history:
-            if entry.iteration in self._seen:
+    def _learn(self, history: list[HistoryEntry], before: int) -> None:
+        """Tell the study every outcome in ``history`` it does not know yet.
+
+        Trials asked in iterations before ``before`` are settled: with their result when the
+        history has it, as failed otherwise (refused or replaced: TPE ignores them). Trials of
+        the current iteration wait, since several candidates are asked for before any trains.
+        """
+        outcomes = {(h.iteration, h.recipe.digest()): h for h in history}
+        for key, (number, _recipe) in sorted(self._pending.items()):
+            if key[0] >= before:
                 continue
-            self._seen.add(entry.iteration)
+            entry = outcomes.get(key)
+            if entry is not None:
+                self.study.tell(number, objective(entry.result))
+                self._seen.add(key)
+            else:
+                self.study.tell(number, state=TrialState.FAIL)
+            del self._pending[key]
+        for entry in history:
+            key = (entry.iteration, entry.recipe.digest())
+            if key in self._seen:
+                continue
+            self._seen.add(key)
             trial = optuna.trial.create_trial(
                 params=_params(entry.recipe, self.distributions),
                 distributions=self.distributions,

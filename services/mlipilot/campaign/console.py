@@ -60,7 +60,7 @@ class RichReporter:
 
     def decision(self, row: IterationRow) -> None:
         # The candidate's bars are done: drop them so the live view stays one screen.
-        name = f"it{row.iteration:03d}"
+        name = row.candidate or f"it{row.iteration:03d}"
         for key in [k for k in self._tasks if k[0] == name]:
             self.progress.remove_task(self._tasks.pop(key))
         style = _VERDICT_STYLE.get(row.verdict, "")

@@ -56,4 +56,8 @@ class RunLayout:
         return self.root / "best.model"
 
     def candidate(self, iteration: int) -> Path:
-        return self.root / "candidates" / f"it{iteration:03d}"
+        return self.candidate_dir(f"it{iteration:03d}")
+
+    def candidate_dir(self, name: str) -> Path:
+        """``it003``, or ``it003-2`` for the second of several candidates in an iteration."""
+        return self.root / "candidates" / name

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,22 @@ import yaml
 
 from mlipilot.agents import make_agent
 from mlipilot.agents.base import Agent, AgentGaveUp, CampaignState, HistoryEntry, Proposal
+from mlipilot.campaign.candidates import (
+    CandidateJob,
+    Evaluated,
+    Event,
+    Finished,
+    LocalTrainer,
+    Progress,
+    Trained,
+    Trainer,
+    candidate_name,
+    rank,
+    run_candidates,
+)
 from mlipilot.campaign.decision import Decision, decide
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, utc_now
+from mlipilot.campaign.ledger import Ledger, LedgerEvent
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import Campaign
@@ -34,10 +48,10 @@ from mlipilot.data.dataset import Dataset, ensure_cu_emt
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
-from mlipilot.scoring.scorecard import Scorecard, Scorer, ScorerUnavailable, hardware
+from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
 from mlipilot.training.mace_args import training_key
-from mlipilot.training.trainer import EpochRecord, TrainingBudget, train_recipe
+from mlipilot.training.trainer import TrainingBudget
 
 # Builds the scorer for a campaign: (spec, spec sha256, dataset) -> Scorer.
 ScorerFactory = Callable[[ScorecardSpec, str, Dataset], Scorer]
@@ -68,7 +82,7 @@ class _Incumbent:
 class _Trained:
     """What one training of a recipe gave: reused when a later proposal trains the same."""
 
-    iteration: int
+    candidate: str
     model: Path | None
     result: ScoreResult | None
     failure: str | None
@@ -84,33 +98,112 @@ class _Run:
     reporter: Reporter
     agent_name: str
     stop: StopRequest
+    trainer: Trainer
+    started_ray: bool = False
     history: list[HistoryEntry] = field(default_factory=list)
     rows: list[IterationRow] = field(default_factory=list)
     trained: dict[str, _Trained] = field(default_factory=dict)  # by training_key
+    _progress_marks: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def per_iteration(self) -> int:
+        return self.campaign.budget.candidates_per_iteration
 
     def record(self, **fields: Any) -> int:
         return self.ledger.append(LedgerEvent(campaign=self.layout.root.name, **fields))
 
-    def stage_progress(self, candidate: str, iteration: int) -> Callable[[str, int, int], None]:
-        """A progress callback that shows, records about every tenth step, and stops."""
-        last_tenth: dict[str, int] = {}
+    def release_compute(self) -> None:
+        self.trainer.close()
+        if self.started_ray:
+            from mlipilot import ray_runtime
 
-        def report(stage: str, done: int, total: int) -> None:
-            self.stop.check()
-            self.reporter.stage(candidate, stage, done, total)
-            tenth = done * 10 // max(total, 1)
-            if tenth == last_tenth.get(stage):
+            ray_runtime.shutdown()
+
+    def handle(self, event: Event) -> None:
+        """What a candidate's worker reported, shown and recorded (in this thread only)."""
+        if isinstance(event, Progress):
+            self._progress(event)
+        elif isinstance(event, Trained):
+            self._training(event)
+        elif isinstance(event, Evaluated):
+            self._evaluation(event)
+
+    def _progress(self, p: Progress) -> None:
+        self.reporter.stage(p.job.name, p.stage, p.done, p.total)
+        detail: dict[str, Any] = {"stage": p.stage, "done": p.done, "total": p.total}
+        if p.record is not None:  # every epoch, with its loss
+            detail |= {"loss": p.record.loss, "valid": p.record.valid}
+        else:  # other stages: about every tenth of the way
+            tenth = p.done * 10 // max(p.total, 1)
+            if self._progress_marks.get((p.job.name, p.stage)) == tenth:
                 return
-            last_tenth[stage] = tenth
-            self.record(
-                event="progress",
-                iteration=iteration,
-                candidate=candidate,
-                status=stage,
-                detail={"stage": stage, "done": done, "total": total},
-            )
+            self._progress_marks[(p.job.name, p.stage)] = tenth
+        self.record(
+            event="progress",
+            iteration=p.job.iteration,
+            candidate=p.job.name,
+            status=p.stage,
+            detail=detail,
+        )
 
-        return report
+    def _training(self, t: Trained) -> None:
+        outcome = t.trained.outcome
+        overhead = _seconds_between(t.trained.dispatched_at, t.trained.started_at)
+        self.record(
+            event="training",
+            iteration=t.job.iteration,
+            candidate=t.job.name,
+            status=outcome.status,
+            reason=outcome.cause,
+            recipe_hash=t.job.recipe.digest(),
+            train_hash=self.dataset.hash("train"),
+            started_at=t.trained.started_at,
+            finished_at=t.trained.finished_at,
+            duration_s=outcome.wall_s,
+            detail={
+                "curve": [e.model_dump() for e in outcome.curve],
+                "log": outcome.log_path.as_uri(),
+                "model": outcome.model_path.as_uri() if outcome.model_path else None,
+                "dispatched_at": t.trained.dispatched_at,
+                "dispatch_overhead_s": overhead,
+                **t.trained.detail,
+            },
+        )
+
+    def _evaluation(self, e: Evaluated) -> None:
+        common = {
+            "iteration": e.job.iteration,
+            "candidate": e.job.name,
+            "started_at": e.started_at,
+            "finished_at": e.finished_at,
+            "duration_s": e.duration_s,
+        }
+        result = e.result
+        if result is None:
+            self.record(event="evaluation", status="failed", reason=e.failure, **common)
+            return
+        self.record(
+            event="evaluation",
+            status="feasible" if result.feasible else "infeasible",
+            metrics=result.metrics,
+            feasible=result.feasible,
+            violation=result.violation,
+            composite=result.composite,
+            spec_hash=result.spec_hash,
+            test_hash=result.test_hash,
+            detail={
+                "scorecard": result.spec_name,
+                "constraints": [c.model_dump() for c in result.constraints],
+                "hardware": result.hardware,
+                "timings_s": result.timings_s,
+                "md_replicas": result.details.get("md_replicas", []),
+            },
+            **common,
+        )
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
 def run_campaign(
@@ -150,6 +243,7 @@ def run_in_layout(
     reporter = reporter or NullReporter()
     stop = stop or StopRequest()
     start = time.monotonic()
+    run: _Run | None = None
     with Ledger(layout.ledger) as ledger:
         try:
             run, agent = _start(campaign, layout, ledger, reporter, agent, scorer_factory, stop)
@@ -170,6 +264,9 @@ def run_in_layout(
             )
             ledger.export_tsv(layout.results_tsv)
             raise
+        finally:
+            if run is not None:
+                run.release_compute()
         ledger.export_tsv(layout.results_tsv)
         wall = time.monotonic() - start
         run.record(
@@ -196,9 +293,10 @@ def _start(
     scorer_factory: ScorerFactory,
     stop: StopRequest,
 ) -> tuple[_Run, Agent]:
-    """Data, scorer and agent ready, and the campaign's start recorded."""
-    if campaign.compute.torch_threads:
-        torch.set_num_threads(campaign.compute.torch_threads)
+    """Data, scorer, trainers and agent ready, and the campaign's start recorded."""
+    compute = campaign.compute
+    if compute.torch_threads:
+        torch.set_num_threads(compute.torch_threads)
     spec, spec_hash = load_spec(campaign.scorecard)
     dataset = ensure_cu_emt(
         campaign.data.path,
@@ -208,7 +306,19 @@ def _start(
     )
     scorecard = scorer_factory(spec, spec_hash, dataset)
     agent = agent or make_agent(campaign.agent)
-    run = _Run(campaign, layout, ledger, scorecard, dataset, reporter, agent.name, stop)
+    trainer, started_ray = _trainer(campaign, layout, dataset, scorecard, stop)
+    run = _Run(
+        campaign,
+        layout,
+        ledger,
+        scorecard,
+        dataset,
+        reporter,
+        agent.name,
+        stop,
+        trainer,
+        started_ray,
+    )
     reporter.campaign_started(campaign, layout, agent.name)
     run.record(
         event="campaign_started",
@@ -222,6 +332,28 @@ def _start(
     return run, agent
 
 
+def _trainer(
+    campaign: Campaign, layout: RunLayout, dataset: Dataset, scorer: Scorer, stop: StopRequest
+) -> tuple[Trainer, bool]:
+    """Trainers here (one candidate at a time), or Ray actors with MD as Ray tasks."""
+    compute = campaign.compute
+    train_file = dataset.path("train")
+    if not compute.uses_ray(campaign.budget.candidates_per_iteration):
+        local = LocalTrainer(train_file, [29], compute.device, compute.torch_threads, stop)
+        return local, False
+    from mlipilot import ray_runtime
+    from mlipilot.scoring.ray_md import RayReplicaRunner
+    from mlipilot.training.ray_trainer import RayTrainerPool
+
+    started = ray_runtime.connect(compute.ray_address)
+    pool = RayTrainerPool(
+        layout.root.name, train_file, [29], compute.trainer, compute.torch_threads
+    )
+    if isinstance(scorer, Scorecard):  # scored here: fan its MD replicas out to Ray
+        scorer.md_runner = RayReplicaRunner(compute.md)
+    return pool, started
+
+
 def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
     incumbent = _run_baseline(run)
     baseline_model = incumbent.model
@@ -230,13 +362,15 @@ def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
         run.record(
             event="iteration_started",
             iteration=iteration,
-            candidate=f"it{iteration:03d}",
-            detail={"iterations_budget": run.campaign.budget.iterations},
+            detail={
+                "iterations_budget": run.campaign.budget.iterations,
+                "candidates": run.per_iteration,
+            },
         )
-        proposal = _ask_agent(run, agent, iteration, incumbent)
-        if proposal is None:
+        proposals = _ask_agent_batch(run, agent, iteration, incumbent)
+        if not proposals:
             break
-        incumbent = _try_candidate(run, iteration, proposal, incumbent, baseline_model)
+        incumbent = _try_candidates(run, iteration, proposals, incumbent, baseline_model)
     return incumbent
 
 
@@ -247,21 +381,36 @@ def _run_baseline(run: _Run) -> _Incumbent:
         event="iteration_started",
         iteration=0,
         candidate="it000",
-        detail={"iterations_budget": run.campaign.budget.iterations},
+        detail={"iterations_budget": run.campaign.budget.iterations, "candidates": 1},
     )
-    model, result, failure = _train_and_score(run, 0, recipe, proposal, baseline_model=None)
-    run.trained[training_key(recipe, run.campaign.budget.epochs)] = _Trained(
-        0, model, result, failure
-    )
-    decision = decide(result, None, failure=failure)
-    _record_decision(run, 0, recipe, proposal, {}, result, decision)
-    if result is None or model is None:
-        raise MlipilotError(f"the baseline could not be trained and scored: {failure}")
-    shutil.copyfile(model, run.layout.best_model)
-    return _Incumbent(0, recipe, result, model)
+    job = CandidateJob(0, 0, "it000", recipe, proposal, run.layout.candidate(0))
+    [done] = _train_and_score(run, [job], baseline_model=None)
+    key = training_key(recipe, run.campaign.budget.epochs)
+    run.trained[key] = _Trained("it000", done.model, done.result, done.failure)
+    decision = decide(done.result, None, failure=done.failure)
+    _record_decision(run, job, {}, done.result, decision)
+    if done.result is None or done.model is None:
+        raise MlipilotError(f"the baseline could not be trained and scored: {done.failure}")
+    shutil.copyfile(done.model, run.layout.best_model)
+    return _Incumbent(0, recipe, done.result, done.model)
 
 
-def _ask_agent(run: _Run, agent: Agent, iteration: int, inc: _Incumbent) -> Proposal | None:
+def _ask_agent_batch(run: _Run, agent: Agent, iteration: int, inc: _Incumbent) -> list[Proposal]:
+    """Up to ``candidates_per_iteration`` proposals, each told about those before it."""
+    proposals: list[Proposal] = []
+    pending: list[Recipe] = []
+    for _ in range(run.per_iteration):
+        proposal = _ask_agent(run, agent, iteration, inc, pending)
+        if proposal is None:
+            break
+        proposals.append(proposal)
+        pending.append(inc.recipe.patched(proposal.patch))
+    return proposals
+
+
+def _ask_agent(
+    run: _Run, agent: Agent, iteration: int, inc: _Incumbent, pending: list[Recipe]
+) -> Proposal | None:
     """A validated proposal, or None when the agent gives up; refusals are recorded."""
     last_error = None
     for attempt in range(run.campaign.budget.agent_retries + 1):
@@ -273,6 +422,7 @@ def _ask_agent(run: _Run, agent: Agent, iteration: int, inc: _Incumbent) -> Prop
             incumbent=inc.recipe,
             incumbent_result=inc.result,
             history=run.history,
+            pending=pending,
             last_error=last_error,
         )
         try:
@@ -303,180 +453,121 @@ def _ask_agent(run: _Run, agent: Agent, iteration: int, inc: _Incumbent) -> Prop
     return None
 
 
-def _try_candidate(
-    run: _Run, iteration: int, proposal: Proposal, inc: _Incumbent, baseline_model: Path
+def _try_candidates(
+    run: _Run,
+    iteration: int,
+    proposals: list[Proposal],
+    inc: _Incumbent,
+    baseline_model: Path,
 ) -> _Incumbent:
-    recipe = inc.recipe.patched(proposal.patch)
-    key = training_key(recipe, run.campaign.budget.epochs)
-    prior = run.trained.get(key)
-    if prior is None:
-        model, result, failure = _train_and_score(run, iteration, recipe, proposal, baseline_model)
-        run.trained[key] = _Trained(iteration, model, result, failure)
-    else:  # the same training ran already: answer from the ledger, do not retrain
-        model, result, failure = prior.model, prior.result, prior.failure
-        run.record(
-            event="proposal",
-            iteration=iteration,
-            candidate=f"it{iteration:03d}",
-            agent=run.agent_name,
-            hypothesis=proposal.hypothesis,
-            patch=proposal.patch,
-            recipe=recipe.model_dump(),
-            recipe_hash=recipe.digest(),
-            status="duplicate",
-            detail={"duplicate_of": f"it{prior.iteration:03d}"},
+    """Train and score the iteration's candidates side by side; the best may replace ``inc``.
+
+    The best is the first of ``rank`` (feasible first, then lower composite or violation, then
+    the earlier proposal); only it can be accepted, by the same rule as a lone candidate.
+    Every candidate gets its own decision row.
+    """
+    epochs = run.campaign.budget.epochs
+    jobs, to_train, same_as = [], [], {}
+    for index, proposal in enumerate(proposals):
+        name = candidate_name(iteration, index, run.per_iteration)
+        recipe = inc.recipe.patched(proposal.patch)
+        job = CandidateJob(iteration, index, name, recipe, proposal, run.layout.candidate_dir(name))
+        jobs.append(job)
+        key = training_key(recipe, epochs)
+        first = next((j for j in to_train if training_key(j.recipe, epochs) == key), None)
+        if key in run.trained or first is not None:
+            same_as[name] = run.trained[key].candidate if key in run.trained else first.name
+        else:
+            to_train.append(job)
+    for job in jobs:
+        if job.name in same_as:  # the same training ran (or runs now): answer, do not retrain
+            _record_proposal(run, job, duplicate_of=same_as[job.name])
+    done = {f.job.name: f for f in _train_and_score(run, to_train, baseline_model)}
+    for job in to_train:
+        f = done[job.name]
+        run.trained[training_key(job.recipe, epochs)] = _Trained(
+            job.name, f.model, f.result, f.failure
         )
-    decision = decide(
-        result, inc.result, failure=failure, min_improvement=run.campaign.min_improvement
+    finished = []
+    for job in jobs:
+        if job.name in done:
+            finished.append(done[job.name])
+        else:
+            prior = run.trained[training_key(job.recipe, epochs)]
+            finished.append(Finished(job, prior.model, prior.result, prior.failure))
+    ranked = rank(finished)
+    best = ranked[0] if ranked else None
+    new_incumbent = inc
+    for f in finished:
+        decision = decide(
+            f.result, inc.result, failure=f.failure, min_improvement=run.campaign.min_improvement
+        )
+        if best is not None and f is not best and decision.verdict == "ACCEPT":
+            reason = f"{best.job.name} ranked first this iteration; alone: {decision.reason}"
+            decision = Decision(verdict="REVERT", reason=reason)
+        if f.job.name in same_as:
+            reason = f"same training as {same_as[f.job.name]}, not retrained; {decision.reason}"
+            decision = Decision(verdict=decision.verdict, reason=reason)
+        _record_decision(run, f.job, f.job.proposal.patch, f.result, decision)
+        if decision.verdict == "ACCEPT" and f.model is not None and f.result is not None:
+            shutil.copyfile(f.model, run.layout.best_model)
+            new_incumbent = _Incumbent(iteration, f.job.recipe, f.result, f.model)
+    return new_incumbent
+
+
+def _record_proposal(run: _Run, job: CandidateJob, duplicate_of: str | None = None) -> None:
+    run.record(
+        event="proposal",
+        iteration=job.iteration,
+        candidate=job.name,
+        agent=run.agent_name,
+        hypothesis=job.proposal.hypothesis,
+        patch=None if job.iteration == 0 else job.proposal.patch,
+        recipe=job.recipe.model_dump(),
+        recipe_hash=job.recipe.digest(),
+        status="duplicate" if duplicate_of else None,
+        detail={"duplicate_of": duplicate_of} if duplicate_of else None,
     )
-    if prior is not None:
-        reason = f"same training as it{prior.iteration:03d}, not retrained; {decision.reason}"
-        decision = Decision(verdict=decision.verdict, reason=reason)
-    _record_decision(run, iteration, recipe, proposal, proposal.patch, result, decision)
-    if decision.verdict == "ACCEPT" and model is not None and result is not None:
-        shutil.copyfile(model, run.layout.best_model)
-        return _Incumbent(iteration, recipe, result, model)
-    return inc
 
 
 def _train_and_score(
-    run: _Run, iteration: int, recipe: Recipe, proposal: Proposal, baseline_model: Path | None
-) -> tuple[Path | None, ScoreResult | None, str | None]:
-    name = f"it{iteration:03d}"
-    cdir = run.layout.candidate(iteration)
-    cdir.mkdir(parents=True, exist_ok=True)
-    (cdir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(), sort_keys=True))
-    patch = None if iteration == 0 else proposal.patch
-    run.record(
-        event="proposal",
-        iteration=iteration,
-        candidate=name,
-        agent=run.agent_name,
-        hypothesis=proposal.hypothesis,
-        patch=patch,
-        recipe=recipe.model_dump(),
-        recipe_hash=recipe.digest(),
-    )
+    run: _Run, jobs: list[CandidateJob], baseline_model: Path | None
+) -> list[Finished]:
+    for job in jobs:
+        job.work_dir.mkdir(parents=True, exist_ok=True)
+        (job.work_dir / "recipe.yaml").write_text(
+            yaml.safe_dump(job.recipe.model_dump(), sort_keys=True)
+        )
+        _record_proposal(run, job)
+    if not jobs:
+        return []
     budget = run.campaign.budget
-    progress = run.stage_progress(name, iteration)
-    started = utc_now()
-    outcome = train_recipe(
-        recipe,
-        train_file=run.dataset.path("train"),
-        atomic_numbers=[29],
-        work_dir=cdir,
+    return run_candidates(
+        jobs,
+        trainer=run.trainer,
+        scorer=run.scorecard,
         budget=TrainingBudget(epochs=budget.epochs, max_seconds=budget.max_train_seconds),
-        progress=lambda done, total, rec: _train_progress(run, name, iteration, done, total, rec),
-        device=run.campaign.compute.device,
-        threads=run.campaign.compute.torch_threads,
-        cancel=run.stop.event,
-    )
-    run.record(
-        event="training",
-        iteration=iteration,
-        candidate=name,
-        status=outcome.status,
-        reason=outcome.cause,
-        recipe_hash=recipe.digest(),
-        train_hash=run.dataset.hash("train"),
-        started_at=started,
-        finished_at=utc_now(),
-        duration_s=outcome.wall_s,
-        detail={
-            "curve": [e.model_dump() for e in outcome.curve],
-            "log": outcome.log_path.as_uri(),
-            "model": outcome.model_path.as_uri() if outcome.model_path else None,
-        },
-    )
-    run.stop.check()
-    if outcome.model_path is None:
-        return None, None, f"training {outcome.status}: {outcome.cause}"
-    started = utc_now()
-    t0 = time.monotonic()
-    try:
-        result = run.scorecard.evaluate(
-            outcome.model_path,
-            baseline_model_path=baseline_model or outcome.model_path,
-            out_dir=cdir,
-            progress=progress,
-        )
-    except (CampaignStopped, ScorerUnavailable):
-        raise  # not the candidate's doing: the campaign ends with it
-    except Exception as exc:  # a model the scorecard cannot run is a failed candidate
-        run.record(
-            event="evaluation",
-            iteration=iteration,
-            candidate=name,
-            status="failed",
-            reason=f"{type(exc).__name__}: {exc}",
-            started_at=started,
-            finished_at=utc_now(),
-        )
-        return outcome.model_path, None, f"scoring failed: {type(exc).__name__}: {exc}"
-    (cdir / "result.json").write_text(result.model_dump_json(indent=2))
-    run.record(
-        event="evaluation",
-        iteration=iteration,
-        candidate=name,
-        status="feasible" if result.feasible else "infeasible",
-        metrics=result.metrics,
-        feasible=result.feasible,
-        violation=result.violation,
-        composite=result.composite,
-        spec_hash=result.spec_hash,
-        test_hash=result.test_hash,
-        started_at=started,
-        finished_at=utc_now(),
-        duration_s=time.monotonic() - t0,
-        detail={
-            "scorecard": result.spec_name,
-            "constraints": [c.model_dump() for c in result.constraints],
-            "hardware": result.hardware,
-            "timings_s": result.timings_s,
-            "md_replicas": result.details.get("md_replicas", []),
-        },
-    )
-    return outcome.model_path, result, None
-
-
-def _train_progress(
-    run: _Run, candidate: str, iteration: int, done: int, total: int, record: EpochRecord
-) -> None:
-    """Every epoch is shown and recorded with its loss; a stop kills the trainer itself."""
-    run.reporter.stage(candidate, "train", done, total)
-    run.record(
-        event="progress",
-        iteration=iteration,
-        candidate=candidate,
-        status="train",
-        detail={
-            "stage": "train",
-            "done": done,
-            "total": total,
-            "loss": record.loss,
-            "valid": record.valid,
-        },
+        baseline_model=baseline_model,
+        stop=run.stop,
+        handle=run.handle,
     )
 
 
 def _record_decision(
     run: _Run,
-    iteration: int,
-    recipe: Recipe,
-    proposal: Proposal,
+    job: CandidateJob,
     patch: dict[str, Any],
     result: ScoreResult | None,
     decision: Decision,
 ) -> None:
-    name = f"it{iteration:03d}"
     run.record(
         event="decision",
-        iteration=iteration,
-        candidate=name,
+        iteration=job.iteration,
+        candidate=job.name,
         agent=run.agent_name,
-        hypothesis=proposal.hypothesis,
+        hypothesis=job.proposal.hypothesis,
         patch=patch or None,
-        recipe_hash=recipe.digest(),
+        recipe_hash=job.recipe.digest(),
         metrics=result.metrics if result else None,
         feasible=result.feasible if result else None,
         violation=result.violation if result else None,
@@ -486,19 +577,21 @@ def _record_decision(
         spec_hash=run.scorecard.spec_hash,
         test_hash=run.scorecard.test_hash,
     )
-    verdict = decision.verdict if result is not None or iteration == 0 else "FAILED"
+    verdict = decision.verdict if result is not None or job.iteration == 0 else "FAILED"
     run.history.append(
         HistoryEntry(
-            iteration=iteration,
-            hypothesis=proposal.hypothesis,
+            iteration=job.iteration,
+            hypothesis=job.proposal.hypothesis,
             patch=patch,
-            recipe=recipe,
+            recipe=job.recipe,
             verdict=verdict,
             reason=decision.reason,
             result=result,
         )
     )
-    row = IterationRow.build(iteration, proposal.hypothesis, patch, result, decision)
+    row = IterationRow.build(
+        job.iteration, job.proposal.hypothesis, patch, result, decision, candidate=job.name
+    )
     run.rows.append(row)
     run.reporter.decision(row)
 

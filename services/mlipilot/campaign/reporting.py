@@ -25,6 +25,7 @@ TABLE_METRICS = {
 
 class IterationRow(BaseModel):
     iteration: int
+    candidate: str = ""  # it003, or it003-2 with several candidates per iteration
     hypothesis: str
     changed: dict[str, Any]
     metrics: dict[str, float]
@@ -42,9 +43,11 @@ class IterationRow(BaseModel):
         patch: dict[str, Any],
         result: ScoreResult | None,
         decision: Decision,
+        candidate: str = "",
     ) -> IterationRow:
         return cls(
             iteration=iteration,
+            candidate=candidate or f"it{iteration:03d}",
             hypothesis=hypothesis,
             changed=patch,
             metrics=result.metrics if result else {},

@@ -11,6 +11,7 @@ import csv
 import math
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -228,17 +229,49 @@ def _run_replica(
     )
 
 
+@dataclass(frozen=True)
+class ReplicaJob:
+    """One MD replica: a start frame at one temperature with one seed, traced to a file."""
+
+    frame_idx: int
+    frame: Atoms
+    temperature_K: float
+    seed: int
+    trace_path: Path
+
+
+# Runs replicas of one model and returns their outcomes in order: here one after another, or
+# as parallel Ray tasks (scoring/ray_md.py). ``on_steps`` counts integration steps done.
+ReplicaRunner = Callable[
+    [Path, list[ReplicaJob], MDSettings, Callable[[int], None]], list[ReplicaOutcome]
+]
+
+
+def run_replicas_here(
+    model_path: Path, jobs: list[ReplicaJob], settings: MDSettings, on_steps: Callable[[int], None]
+) -> list[ReplicaOutcome]:
+    calc = load_md_calculator(model_path)
+    return [run_replica(calc, job, settings, on_steps) for job in jobs]
+
+
+def run_replica(
+    calc: ForcesOnlyMACE, job: ReplicaJob, settings: MDSettings, on_steps: Callable[[int], None]
+) -> ReplicaOutcome:
+    names = (job.frame_idx, float(job.temperature_K), job.seed)
+    return _run_replica(calc, job.frame, names, settings, job.trace_path, on_steps)
+
+
 def run_md_stability(
     model_path: Path,
     start_frames: list[Atoms],
     settings: MDSettings,
     out_dir: Path,
     progress: Callable[[int, int], None] | None = None,
+    runner: ReplicaRunner = run_replicas_here,
 ) -> MDReport:
     """Run every start frame x temperature x seed replica; write one trace CSV per replica."""
     if not start_frames:
         raise MlipilotError("MD stability: no start frames given")
-    calc = load_md_calculator(model_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_replica = settings.nvt_steps + settings.nve_steps
@@ -251,13 +284,19 @@ def run_md_stability(
         if progress is not None and n:
             progress(done, n_total)
 
-    outcomes = []
-    for frame_idx, frame in enumerate(start_frames):
-        for temp in settings.temperatures_K:
-            for seed in settings.seeds:
-                trace = out_dir / f"replica-{frame_idx}-{temp:g}K-s{seed}.csv"
-                names = (frame_idx, float(temp), seed)
-                outcomes.append(_run_replica(calc, frame, names, settings, trace, on_steps))
+    jobs = [
+        ReplicaJob(
+            frame_idx,
+            frame,
+            float(temp),
+            seed,
+            out_dir / f"replica-{frame_idx}-{temp:g}K-s{seed}.csv",
+        )
+        for frame_idx, frame in enumerate(start_frames)
+        for temp in settings.temperatures_K
+        for seed in settings.seeds
+    ]
+    outcomes = runner(model_path, jobs, settings, on_steps)
     return MDReport(replicas=outcomes, metrics=_metrics(outcomes, settings))
 
 

@@ -18,7 +18,7 @@ import torch
 
 from mlipilot.errors import MlipilotError
 from mlipilot.scoring.accuracy import evaluate_accuracy
-from mlipilot.scoring.md_stability import run_md_stability
+from mlipilot.scoring.md_stability import ReplicaRunner, run_md_stability, run_replicas_here
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.spec import ScorecardSpec
 from mlipilot.scoring.throughput import measure_throughput
@@ -63,7 +63,12 @@ def hardware() -> dict[str, str | int]:
 
 class Scorecard:
     def __init__(
-        self, spec: ScorecardSpec, spec_hash: str, test_frames: list[ase.Atoms], test_hash: str
+        self,
+        spec: ScorecardSpec,
+        spec_hash: str,
+        test_frames: list[ase.Atoms],
+        test_hash: str,
+        md_runner: ReplicaRunner = run_replicas_here,
     ) -> None:
         bad = [i for i in spec.md.start_frames if not 0 <= i < len(test_frames)]
         if bad:
@@ -75,6 +80,7 @@ class Scorecard:
         self.spec_hash = spec_hash
         self.test_frames = test_frames
         self.test_hash = test_hash
+        self.md_runner = md_runner  # MD replicas here, or fanned out as Ray tasks
 
     def evaluate(
         self,
@@ -102,6 +108,7 @@ class Scorecard:
             spec.md,
             out_dir / "md",
             progress=(lambda d, t: progress("md", d, t)) if progress else None,
+            runner=self.md_runner,
         )
         metrics.update(md.metrics)
         timings["md"] = time.monotonic() - t0

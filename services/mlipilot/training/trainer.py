@@ -8,9 +8,11 @@ curve are known while it runs.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -103,7 +105,13 @@ def train_recipe(
         if threads is not None:  # two busy 2-thread torch processes on 2 cores crawl
             env["OMP_NUM_THREADS"] = str(threads)
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         timer = threading.Timer(budget.max_seconds, proc.kill)
         timer.start()
@@ -148,6 +156,12 @@ def train_recipe(
         log_path=log_path,
         command=cmd,
     )
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when its parent dies (a killed Ray actor, a crashed server),
+    so no orphaned training keeps a GPU or cores busy."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _kill_on(cancel: threading.Event, proc: subprocess.Popen[str]) -> None:

@@ -1,0 +1,291 @@
+"""Training and scoring one iteration's candidates side by side.
+
+Each candidate gets a worker thread that trains it (in a child process here, or on a Ray actor)
+and then scores it. Workers never touch the ledger or the console: they post what happens to
+a queue, and the calling thread records it, so the ledger keeps one writer and one order.
+A stop (cancel, shutdown) kills the trainers at once and ends the iteration.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mlipilot.agents.base import Proposal
+from mlipilot.campaign.ledger import utc_now
+from mlipilot.campaign.stopping import CampaignStopped, StopRequest
+from mlipilot.recipe import Recipe
+from mlipilot.scoring.result import ScoreResult
+from mlipilot.scoring.scorecard import Scorer, ScorerUnavailable
+from mlipilot.training.trainer import EpochRecord, TrainingBudget, TrainingOutcome, train_recipe
+
+TrainProgress = Callable[[int, int, EpochRecord], None]
+
+
+def candidate_name(iteration: int, index: int, per_iteration: int) -> str:
+    """``it003`` with one candidate per iteration; ``it003-1``, ``it003-2``, ... with more."""
+    base = f"it{iteration:03d}"
+    return base if per_iteration == 1 else f"{base}-{index + 1}"
+
+
+@dataclass(frozen=True)
+class CandidateJob:
+    iteration: int
+    index: int  # its place among the iteration's proposals: the tie-breaker
+    name: str
+    recipe: Recipe
+    proposal: Proposal
+    work_dir: Path
+
+
+@dataclass
+class TrainedModel:
+    """A trainer's answer, with when the work was handed out and when training ran."""
+
+    outcome: TrainingOutcome
+    dispatched_at: str
+    started_at: str
+    finished_at: str
+    detail: dict[str, Any] = field(default_factory=dict)  # device, node, retried, ...
+
+
+class Trainer(Protocol):
+    def train(
+        self, job: CandidateJob, budget: TrainingBudget, progress: TrainProgress
+    ) -> TrainedModel: ...
+
+    def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
+        """Progress posted from elsewhere (Ray actors): (candidate, done, total, record)."""
+        ...
+
+    def cancel_all(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalTrainer:
+    """mace_run_train in a child process of this one; a stop kills the child."""
+
+    def __init__(
+        self,
+        train_file: Path,
+        atomic_numbers: list[int],
+        device: str,
+        threads: int | None,
+        stop: StopRequest,
+    ) -> None:
+        self.train_file = train_file
+        self.atomic_numbers = atomic_numbers
+        self.device = device
+        self.threads = threads
+        self.stop = stop
+
+    def train(
+        self, job: CandidateJob, budget: TrainingBudget, progress: TrainProgress
+    ) -> TrainedModel:
+        dispatched = utc_now()
+        outcome = train_recipe(
+            job.recipe,
+            train_file=self.train_file,
+            atomic_numbers=self.atomic_numbers,
+            work_dir=job.work_dir,
+            budget=budget,
+            progress=progress,
+            device=self.device,
+            threads=self.threads,
+            cancel=self.stop.event,
+        )
+        return TrainedModel(outcome, dispatched, dispatched, utc_now(), {"device": self.device})
+
+    def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
+        return []
+
+    def cancel_all(self) -> None:
+        pass  # the trainer watches the stop event itself
+
+    def close(self) -> None:
+        pass
+
+
+# --- what workers post ------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    job: CandidateJob
+    stage: str
+    done: int
+    total: int
+    record: EpochRecord | None = None
+
+
+@dataclass
+class Trained:
+    job: CandidateJob
+    trained: TrainedModel
+
+
+@dataclass
+class Evaluated:
+    job: CandidateJob
+    result: ScoreResult | None
+    failure: str | None
+    started_at: str
+    finished_at: str
+    duration_s: float
+
+
+@dataclass
+class Finished:
+    """The worker is done: the candidate's model, result and failure, whatever happened."""
+
+    job: CandidateJob
+    model: Path | None
+    result: ScoreResult | None
+    failure: str | None
+
+
+@dataclass
+class _Fatal:
+    error: BaseException
+
+
+Event = Progress | Trained | Evaluated | Finished
+
+
+def run_candidates(
+    jobs: list[CandidateJob],
+    *,
+    trainer: Trainer,
+    scorer: Scorer,
+    budget: TrainingBudget,
+    baseline_model: Path | None,
+    stop: StopRequest,
+    handle: Callable[[Event], None],
+) -> list[Finished]:
+    """Train and score ``jobs`` concurrently; ``handle`` sees every event in this thread.
+
+    Raises CampaignStopped after a stop, and ScorerUnavailable when scoring itself broke.
+    """
+    posted: queue.Queue[Event | _Fatal] = queue.Queue()
+    workers = [
+        threading.Thread(
+            target=_work,
+            args=(job, trainer, scorer, budget, baseline_model, stop, posted),
+            name=f"candidate {job.name}",
+            daemon=True,
+        )
+        for job in jobs
+    ]
+    for w in workers:
+        w.start()
+    finished: dict[str, Finished] = {}
+    fatal: BaseException | None = None
+    cancelled = False
+    while len(finished) < len(jobs):
+        if stop.is_set() and not cancelled:
+            trainer.cancel_all()
+            cancelled = True
+        for name, done, total, record in trainer.poll():
+            job = next(j for j in jobs if j.name == name)
+            handle(Progress(job, "train", done, total, record))
+        try:
+            item = posted.get(timeout=0.25)
+        except queue.Empty:
+            continue
+        if isinstance(item, _Fatal):
+            fatal = fatal or item.error
+            stop.request("interrupted", f"scoring is unavailable: {item.error}")
+            continue
+        if isinstance(item, Finished):
+            finished[item.job.name] = item
+        handle(item)
+    for w in workers:
+        w.join()
+    if fatal is not None:
+        raise fatal
+    stop.check()
+    return [finished[j.name] for j in jobs]
+
+
+def _work(
+    job: CandidateJob,
+    trainer: Trainer,
+    scorer: Scorer,
+    budget: TrainingBudget,
+    baseline_model: Path | None,
+    stop: StopRequest,
+    posted: queue.Queue,
+) -> None:
+    try:
+        trained = trainer.train(
+            job,
+            budget,
+            lambda done, total, rec: posted.put(Progress(job, "train", done, total, rec)),
+        )
+        posted.put(Trained(job, trained))
+        outcome = trained.outcome
+        if outcome.model_path is None or stop.is_set():
+            failure = f"training {outcome.status}: {outcome.cause}"
+            posted.put(Finished(job, None, None, failure))
+            return
+        model = outcome.model_path
+        posted.put(
+            Finished(job, model, *_evaluate(job, model, scorer, baseline_model, stop, posted))
+        )
+    except ScorerUnavailable as exc:
+        posted.put(_Fatal(exc))
+        posted.put(Finished(job, None, None, f"scoring unavailable: {exc}"))
+    except CampaignStopped as exc:
+        posted.put(Finished(job, None, None, f"stopped: {exc}"))
+    except Exception as exc:  # a worker must always finish, whatever broke
+        posted.put(Finished(job, None, None, f"{type(exc).__name__}: {exc}"))
+
+
+def _evaluate(
+    job: CandidateJob,
+    model: Path,
+    scorer: Scorer,
+    baseline_model: Path | None,
+    stop: StopRequest,
+    posted: queue.Queue,
+) -> tuple[ScoreResult | None, str | None]:
+    def progress(stage: str, done: int, total: int) -> None:
+        stop.check()
+        posted.put(Progress(job, stage, done, total))
+
+    started, t0 = utc_now(), time.monotonic()
+    try:
+        result = scorer.evaluate(
+            model,
+            baseline_model_path=baseline_model or model,
+            out_dir=job.work_dir,
+            progress=progress,
+        )
+    except (CampaignStopped, ScorerUnavailable):
+        raise
+    except Exception as exc:  # a model the scorecard cannot run is a failed candidate
+        failure = f"scoring failed: {type(exc).__name__}: {exc}"
+        posted.put(Evaluated(job, None, failure, started, utc_now(), time.monotonic() - t0))
+        return None, failure
+    (job.work_dir / "result.json").write_text(result.model_dump_json(indent=2))
+    posted.put(Evaluated(job, result, None, started, utc_now(), time.monotonic() - t0))
+    return result, None
+
+
+def rank(finished: list[Finished]) -> list[Finished]:
+    """Scored candidates best first: feasible before infeasible, then lower composite (feasible)
+    or lower violation (infeasible); ties go to the earlier proposal. Failed ones are left out."""
+    scored = [f for f in finished if f.result is not None]
+
+    def key(f: Finished) -> tuple[bool, float, int]:
+        r = f.result
+        assert r is not None
+        return (not r.feasible, r.composite if r.feasible else r.violation, f.job.index)
+
+    return sorted(scored, key=key)

@@ -1,0 +1,151 @@
+"""Training candidates on Ray actors, one actor per concurrent candidate.
+
+An actor trains with the same ``train_recipe`` as a local run (mace_run_train in a child of
+the actor's worker), on a GPU when Ray gave it one. Only small things cross the wire: the
+recipe, paths in the shared run folder, and a summary back; the model stays on the shared
+folder. A worker lost once is restarted and the training retried (``max_restarts``,
+``max_task_retries``); a second loss, or a killed actor, fails the candidate with its cause.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+from ray.util.queue import Empty, Queue
+
+from mlipilot.campaign.candidates import CandidateJob, TrainedModel, TrainProgress
+from mlipilot.campaign.ledger import utc_now
+from mlipilot.config import RayResources
+from mlipilot.ray_runtime import NAMESPACE
+from mlipilot.recipe import Recipe
+from mlipilot.training.trainer import EpochRecord, TrainingBudget, TrainingOutcome, train_recipe
+
+
+@ray.remote(max_restarts=1, max_task_retries=1)
+class TrainerActor:
+    """Trains one recipe at a time; its progress goes to a shared Ray queue."""
+
+    def train(self, request: dict[str, Any], progress: Queue) -> dict[str, Any]:
+        work_dir = Path(request["work_dir"])
+        retried = (work_dir / "train.log").exists()  # a lost worker's attempt left its log
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        name = request["candidate"]
+
+        def report(done: int, total: int, record: EpochRecord) -> None:
+            progress.put_nowait((name, done, total, record.model_dump()))
+
+        started = utc_now()
+        outcome = train_recipe(
+            Recipe.model_validate(request["recipe"]),
+            train_file=Path(request["train_file"]),
+            atomic_numbers=request["atomic_numbers"],
+            work_dir=work_dir,
+            budget=TrainingBudget.model_validate(request["budget"]),
+            progress=report,
+            device=device,
+            threads=request["threads"],
+        )
+        return {
+            "outcome": outcome.model_dump(mode="json"),
+            "started_at": started,
+            "finished_at": utc_now(),
+            "detail": {
+                "device": device,
+                "node": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(),
+                "retried": retried,
+            },
+        }
+
+
+class RayTrainerPool:
+    """The campaign's trainer actors: slot i trains the i-th candidate of every iteration."""
+
+    def __init__(
+        self,
+        campaign_id: str,
+        train_file: Path,
+        atomic_numbers: list[int],
+        resources: RayResources,
+        threads: int | None,
+    ) -> None:
+        self.campaign_id = campaign_id
+        self.train_file = train_file
+        self.atomic_numbers = atomic_numbers
+        self.resources = resources
+        self.threads = threads
+        self.progress = Queue(actor_options={"num_cpus": 0, "namespace": NAMESPACE})
+        self._actors: dict[int, Any] = {}
+
+    def actor_name(self, slot: int) -> str:
+        return f"trainer-{self.campaign_id}-{slot}"
+
+    def _actor(self, slot: int) -> Any:
+        if slot not in self._actors:
+            self._actors[slot] = TrainerActor.options(
+                name=self.actor_name(slot),
+                namespace=NAMESPACE,
+                num_cpus=self.resources.num_cpus,
+                num_gpus=self.resources.num_gpus,
+            ).remote()
+        return self._actors[slot]
+
+    def train(
+        self, job: CandidateJob, budget: TrainingBudget, progress: TrainProgress
+    ) -> TrainedModel:
+        del progress  # actors post progress to the shared queue; poll() hands it on
+        request = {
+            "candidate": job.name,
+            "recipe": job.recipe.model_dump(),
+            "train_file": str(self.train_file),
+            "atomic_numbers": self.atomic_numbers,
+            "work_dir": str(job.work_dir),
+            "budget": budget.model_dump(),
+            "threads": self.threads,
+        }
+        dispatched, t0 = utc_now(), time.monotonic()
+        try:
+            reply = ray.get(self._actor(job.index).train.remote(request, self.progress))
+        except RayError as exc:
+            self._actors.pop(job.index, None)  # dead: the next iteration gets a new actor
+            return _lost(job, dispatched, time.monotonic() - t0, exc)
+        return TrainedModel(
+            outcome=TrainingOutcome.model_validate(reply["outcome"]),
+            dispatched_at=dispatched,
+            started_at=reply["started_at"],
+            finished_at=reply["finished_at"],
+            detail=reply["detail"],
+        )
+
+    def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
+        try:
+            items = self.progress.get_nowait_batch(self.progress.qsize())
+        except Empty:
+            return []
+        return [(n, d, t, EpochRecord.model_validate(r)) for n, d, t, r in items]
+
+    def cancel_all(self) -> None:
+        for actor in self._actors.values():
+            ray.kill(actor, no_restart=True)  # the training child dies with it (PDEATHSIG)
+        self._actors.clear()
+
+    def close(self) -> None:
+        self.cancel_all()
+        ray.kill(self.progress.actor)
+
+
+def _lost(job: CandidateJob, dispatched: str, wall: float, exc: RayError) -> TrainedModel:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    outcome = TrainingOutcome(
+        status="failed",
+        cause=f"the trainer actor died ({type(exc).__name__}): {first_line}",
+        wall_s=wall,
+        log_path=job.work_dir / "train.log",
+        command=[],
+    )
+    return TrainedModel(outcome, dispatched, dispatched, utc_now(), {"lost": True})
