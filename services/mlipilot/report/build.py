@@ -49,7 +49,8 @@ def build_report(run_dir: Path) -> Path:
             "md.png",
             figures.draw_md(md),
             "MD stability traces",
-            f"Replicas of the final incumbent (iteration {md.incumbent_iteration}) and every "
+            "Replicas of the final incumbent "
+            f"({data.iteration_label(md.incumbent_iteration, md.incumbent_candidate)}) and every "
             "failed replica of the campaign (red, x at the failure). Dotted: temperature "
             "runaway limits; dashed: the collapse distance."
             + (f" Traces not found: {', '.join(md.missing)}." if md.missing else ""),

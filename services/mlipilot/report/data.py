@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlipilot.campaign.ledger import LedgerEvent
-from mlipilot.report.ledger_view import RunView
+from mlipilot.report.ledger_view import RunView, candidate_of
 
 DECISION_COLORS = {
     "ACCEPT": "#2ca02c",
@@ -41,6 +41,14 @@ def is_incumbent_change(decision: LedgerEvent) -> bool:
     return not is_failed(decision) and decision.decision in ("BASELINE", "ACCEPT")
 
 
+def iteration_label(iteration: int | None, candidate: str | None) -> str:
+    """``iteration 3``, or ``iteration 3 (it003-2)`` where the iteration had several
+    candidates."""
+    if candidate is None or iteration is None or candidate == f"it{iteration:03d}":
+        return f"iteration {iteration}"
+    return f"iteration {iteration} ({candidate})"
+
+
 # --- header -------------------------------------------------------------------------------
 
 
@@ -54,12 +62,14 @@ class Header:
     spec_hash: str
     train_hash: str
     test_hash: str
-    iterations_done: int  # proposals decided, the baseline not counted
+    iterations_done: int  # iterations with a decision, the baseline not counted
+    candidates_done: int  # candidates decided (several per iteration), the baseline not counted
     iterations_planned: int | None
     epochs: int | None
     status: str  # finished | failed | interrupted | running
     wall_s: float | None
     best_iteration: int | None
+    best_candidate: str | None
     best_feasible: bool | None
     best_composite: float | None
     best_violation: float | None
@@ -78,12 +88,14 @@ def header(view: RunView) -> Header:
         spec_hash=view.spec_hash,
         train_hash=(started.train_hash if started else None) or "?",
         test_hash=(started.test_hash if started else None) or view.decisions[0].test_hash or "?",
-        iterations_done=sum(1 for d in view.decisions if d.iteration),
+        iterations_done=len({d.iteration for d in view.decisions if d.iteration}),
+        candidates_done=sum(1 for d in view.decisions if d.iteration),
         iterations_planned=view.campaign_setting("budget", "iterations"),
         epochs=view.campaign_setting("budget", "epochs"),
         status=(finished.status if finished else None) or "running",
         wall_s=finished.duration_s if finished else None,
         best_iteration=best.incumbent_iteration if best else None,
+        best_candidate=best.incumbent_candidate if best else None,
         best_feasible=best.feasible if best else None,
         best_composite=best.composite if best else None,
         best_violation=best.violation if best else None,
@@ -105,10 +117,12 @@ class ScorePoint:
 
 @dataclass(frozen=True)
 class IncumbentStep:
-    """The incumbent after the decision of ``iteration``."""
+    """The incumbent after the decision of ``candidate`` (of ``iteration``)."""
 
     iteration: int
+    candidate: str
     incumbent_iteration: int | None  # None while there is no scored incumbent
+    incumbent_candidate: str | None  # its candidate name, e.g. it003-2
     feasible: bool | None
     composite: float | None
     violation: float | None
@@ -131,7 +145,9 @@ def incumbent_steps(view: RunView) -> list[IncumbentStep]:
         steps.append(
             IncumbentStep(
                 iteration=d.iteration,
+                candidate=candidate_of(d),
                 incumbent_iteration=current.iteration if current else None,
+                incumbent_candidate=candidate_of(current) if current else None,
                 feasible=current.feasible if current else None,
                 composite=current.composite if current else None,
                 violation=current.violation if current else None,
@@ -236,6 +252,7 @@ def constraint_figure(view: RunView) -> ConstraintFigure:
 @dataclass(frozen=True)
 class MDTrace:
     iteration: int
+    name: str  # the candidate the trace is shown for (its decision row), e.g. it003-2
     candidate: str  # the folder that holds the trace (a duplicate points at the original)
     replica: str  # the trace file name
     role: str  # "incumbent" or "failed"
@@ -254,6 +271,7 @@ class MDFigure:
     target_temperatures_K: list[float]
     runaway_factor: float
     missing: list[str] = field(default_factory=list)  # trace files named but not found
+    incumbent_candidate: str | None = None  # the final incumbent's candidate name
 
 
 def _replicas(evaluation: LedgerEvent | None) -> list[dict[str, Any]]:
@@ -281,35 +299,40 @@ def read_trace(path: Path) -> dict[str, list[float]]:
 
 def md_figure(view: RunView) -> MDFigure:
     steps = incumbent_steps(view)
-    final = steps[-1].incumbent_iteration if steps else None
-    wanted: list[tuple[int, str, dict[str, Any], str]] = []
+    last = steps[-1] if steps else None
+    final = last.incumbent_candidate if last else None
+    final_iteration = last.incumbent_iteration if last else None
+    # (iteration, candidate name, folder, replica, role)
+    wanted: list[tuple[int, str, str, dict[str, Any], str]] = []
+    seen: set[str] = set()
     if final is not None:
-        candidate = view.trained_candidate(final)
+        folder = view.trained_candidate(final)
+        seen.add(folder)
         for replica in _replicas(view.evaluation_of(final)):
-            wanted.append((final, candidate, replica, "incumbent"))
-    seen = {view.trained_candidate(final)} if final is not None else set()
+            wanted.append((final_iteration or 0, final, folder, replica, "incumbent"))
     for d in view.decisions:
-        iteration = d.iteration or 0
-        candidate = view.trained_candidate(iteration)
-        if candidate in seen:
+        name = candidate_of(d)
+        folder = view.trained_candidate(name)
+        if folder in seen:
             continue
-        seen.add(candidate)
-        for replica in _replicas(view.evaluation_of(iteration)):
+        seen.add(folder)
+        for replica in _replicas(view.evaluation_of(name)):
             if replica.get("status") != "stable":
-                wanted.append((iteration, candidate, replica, "failed"))
+                wanted.append((d.iteration or 0, name, folder, replica, "failed"))
     traces, missing = [], []
-    for iteration, candidate, replica, role in wanted:
-        name = str(replica.get("trace_file", ""))
-        path = view.run_dir / "candidates" / candidate / "md" / name
-        if not name or not path.is_file():
-            missing.append(f"candidates/{candidate}/md/{name}")
+    for iteration, name, folder, replica, role in wanted:
+        file = str(replica.get("trace_file", ""))
+        path = view.run_dir / "candidates" / folder / "md" / file
+        if not file or not path.is_file():
+            missing.append(f"candidates/{folder}/md/{file}")
             continue
         cols = read_trace(path)
         traces.append(
             MDTrace(
                 iteration=iteration,
-                candidate=candidate,
-                replica=name,
+                name=name,
+                candidate=folder,
+                replica=file,
                 role=role,
                 status=str(replica.get("status", "?")),
                 **cols,
@@ -317,12 +340,13 @@ def md_figure(view: RunView) -> MDFigure:
         )
     md = view.spec.md
     return MDFigure(
-        incumbent_iteration=final,
+        incumbent_iteration=final_iteration,
         traces=traces,
         min_distance_threshold_A=md.min_distance_A,
         target_temperatures_K=[float(t) for t in md.temperatures_K],
         runaway_factor=md.max_temperature_factor,
         missing=missing,
+        incumbent_candidate=final,
     )
 
 
@@ -342,6 +366,7 @@ class AcceptedStep:
     hypothesis: str
     patch: dict[str, Any]
     reason: str
+    candidate: str = ""  # e.g. it003-2
 
 
 @dataclass(frozen=True)
@@ -349,6 +374,7 @@ class RecipeDiff:
     incumbent_iteration: int | None
     entries: list[DiffEntry]
     path: list[AcceptedStep]  # the accepted proposals that led there, in order
+    incumbent_candidate: str | None = None  # e.g. it003-2
 
     def as_patch(self) -> dict[str, Any]:
         return {e.key: e.incumbent for e in self.entries}
@@ -356,19 +382,30 @@ class RecipeDiff:
 
 def recipe_diff(view: RunView) -> RecipeDiff:
     steps = incumbent_steps(view)
-    final = steps[-1].incumbent_iteration if steps else None
+    last = steps[-1] if steps else None
     baseline = view.baseline
-    if final is None:
+    if last is None or last.incumbent_candidate is None:
         return RecipeDiff(None, [], [])
-    incumbent = view.recipe_of(final)
+    incumbent = view.recipe_of(last.incumbent_candidate)
     before = baseline.model_dump()
     entries = [DiffEntry(k, before[k], v) for k, v in baseline.diff(incumbent).items()]
     path = [
-        AcceptedStep(d.iteration or 0, d.hypothesis or "", dict(d.patch or {}), d.reason or "")
+        AcceptedStep(
+            iteration=d.iteration or 0,
+            hypothesis=d.hypothesis or "",
+            patch=dict(d.patch or {}),
+            reason=d.reason or "",
+            candidate=candidate_of(d),
+        )
         for d in view.decisions
         if d.decision == "ACCEPT" and not is_failed(d)
     ]
-    return RecipeDiff(final, entries, path)
+    return RecipeDiff(
+        incumbent_iteration=last.incumbent_iteration,
+        entries=entries,
+        path=path,
+        incumbent_candidate=last.incumbent_candidate,
+    )
 
 
 # --- the table of iterations --------------------------------------------------------------
@@ -377,6 +414,7 @@ def recipe_diff(view: RunView) -> RecipeDiff:
 @dataclass(frozen=True)
 class TableRow:
     iteration: int
+    candidate: str  # it003, or it003-2 with several candidates per iteration
     hypothesis: str
     changed: dict[str, Any]
     metrics: dict[str, float]  # the TABLE_METRICS present
@@ -392,6 +430,7 @@ def iteration_table(view: RunView) -> list[TableRow]:
     return [
         TableRow(
             iteration=d.iteration or 0,
+            candidate=candidate_of(d),
             hypothesis=d.hypothesis or "",
             changed=dict(d.patch or {}),
             metrics={k: d.metrics[k] for k in TABLE_METRICS if d.metrics and k in d.metrics},

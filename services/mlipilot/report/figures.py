@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -90,18 +91,23 @@ def draw_score(data: ScoreFigure) -> Figure:
 
 def draw_decisions(data: DecisionFigure) -> Figure:
     fig, ax = plt.subplots(figsize=(7.5, 1.9))
+    # Several candidates in one iteration share its column, side by side in ledger order.
+    per_iteration = Counter(bar.iteration for bar in data.bars)
+    placed: Counter[int] = Counter()
     for bar in data.bars:
+        n, i = per_iteration[bar.iteration], placed[bar.iteration]
+        placed[bar.iteration] += 1
+        width = 0.8 / n
+        x = bar.iteration + width * (i - (n - 1) / 2)
         ax.bar(
-            bar.iteration,
+            x,
             1.0,
-            width=0.8,
+            width=width,
             color=bar.color,
             hatch="//" if bar.failed else None,
             edgecolor="white" if bar.failed else bar.color,
         )
-        ax.text(
-            bar.iteration, 0.5, bar.category[0], ha="center", va="center", color="white", size=9
-        )
+        ax.text(x, 0.5, bar.category[0], ha="center", va="center", color="white", size=9)
     ax.set_yticks([])
     ax.set_xlabel("iteration")
     iteration_axis(ax, [b.iteration for b in data.bars])
@@ -155,11 +161,7 @@ def draw_md(data: MDFigure) -> Figure:
         if incumbent:
             color = INCUMBENT_COLORS[n_incumbent % len(INCUMBENT_COLORS)]
             n_incumbent += 1
-        label = (
-            f"incumbent it{trace.iteration:03d} {trace.replica} ({trace.status})"
-            if incumbent
-            else None
-        )
+        label = f"incumbent {trace.name} {trace.replica} ({trace.status})" if incumbent else None
         (line,) = t_ax.plot(trace.time_ps, trace.temperature_K, color=color, label=label, **style)
         e0 = trace.total_eV[0] if trace.total_eV else 0.0
         e_ax.plot(trace.time_ps, [e - e0 for e in trace.total_eV], color=line.get_color(), **style)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from mlipilot.report.data import TABLE_METRICS, Header, RecipeDiff, TableRow
+from mlipilot.report.data import TABLE_METRICS, Header, RecipeDiff, TableRow, iteration_label
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -50,12 +50,13 @@ def _value(value: Any) -> str:
 
 
 def _header(h: Header) -> str:
+    where = iteration_label(h.best_iteration, h.best_candidate)
     if h.best_iteration is None:
         best = "none (no candidate was scored)"
     elif h.best_feasible:
-        best = f"iteration {h.best_iteration}, feasible, composite {fmt(h.best_composite)}"
+        best = f"{where}, feasible, composite {fmt(h.best_composite)}"
     else:
-        best = f"iteration {h.best_iteration}, infeasible, violation {fmt(h.best_violation)}"
+        best = f"{where}, infeasible, violation {fmt(h.best_violation)}"
     planned = f" of {h.iterations_planned}" if h.iterations_planned is not None else ""
     wall = f"{h.wall_s:.0f} s" if h.wall_s is not None else "–"
     rows = [
@@ -71,6 +72,11 @@ def _header(h: Header) -> str:
         (
             "iterations",
             f"{h.iterations_done}{planned} after the baseline"
+            + (
+                f" ({h.candidates_done} candidates)"
+                if h.candidates_done != h.iterations_done
+                else ""
+            )
             + (f", {h.epochs} epochs each" if h.epochs is not None else ""),
         ),
         ("status", escape(h.status)),
@@ -84,7 +90,8 @@ def _header(h: Header) -> str:
 def _recipe(diff: RecipeDiff) -> str:
     if diff.incumbent_iteration is None:
         return "<p>No candidate was scored, so there is no incumbent recipe.</p>"
-    parts = [f"<p>Incumbent: iteration {diff.incumbent_iteration}.</p>"]
+    where = iteration_label(diff.incumbent_iteration, diff.incumbent_candidate)
+    parts = [f"<p>Incumbent: {escape(where)}.</p>"]
     if diff.entries:
         rows = "\n".join(
             f"<tr><td><code>{escape(e.key)}</code></td><td><code>{_value(e.baseline)}</code>"
@@ -99,7 +106,7 @@ def _recipe(diff: RecipeDiff) -> str:
         parts.append("<p>The incumbent is the baseline recipe: no proposal was accepted.</p>")
     if diff.path:
         items = "\n".join(
-            f"<li><b>iteration {s.iteration}</b> "
+            f"<li><b>{escape(iteration_label(s.iteration, s.candidate or None))}</b> "
             f"<code>{escape(json.dumps(s.patch, sort_keys=True))}</code>: "
             f"{escape(s.hypothesis)} <i>({escape(s.reason)})</i></li>"
             for s in diff.path
@@ -109,7 +116,7 @@ def _recipe(diff: RecipeDiff) -> str:
 
 
 def _table(rows: Sequence[TableRow]) -> str:
-    head = ["it", "hypothesis", "changed"]
+    head = ["candidate", "hypothesis", "changed"]
     head += [escape(v) for v in TABLE_METRICS.values()]
     head += ["feasible", "composite", "violation", "decision", "reason"]
     lines = [
@@ -120,7 +127,7 @@ def _table(rows: Sequence[TableRow]) -> str:
         category = "FAILED" if r.failed else r.decision
         changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(r.changed.items()))
         cells = [
-            f"<td class='num'>{r.iteration}</td>",
+            f"<td>{escape(r.candidate)}</td>",
             f"<td>{escape(r.hypothesis)}</td>",
             f"<td><code>{escape(changed)}</code></td>",
         ]

@@ -14,6 +14,18 @@ from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
 
+BASELINE_CANDIDATE = "it000"
+
+
+def candidate_of(event: LedgerEvent) -> str:
+    """The candidate a row belongs to: ``it003``, or ``it003-2`` with several per iteration.
+
+    Rows written before candidates were named fall back to ``it{iteration:03d}``.
+    """
+    if event.candidate:
+        return event.candidate
+    return f"it{event.iteration or 0:03d}"
+
 
 @dataclass(frozen=True)
 class RunView:
@@ -22,38 +34,35 @@ class RunView:
     spec_hash: str
     started: LedgerEvent | None
     finished: LedgerEvent | None
-    decisions: list[LedgerEvent]  # in ledger order, one per iteration
-    proposals: dict[int, LedgerEvent]  # the last proposal recorded for each iteration
-    evaluations: dict[int, LedgerEvent]  # successful scorings by iteration
+    decisions: list[LedgerEvent]  # in ledger order, one per candidate (several per iteration)
+    proposals: dict[str, LedgerEvent]  # the last proposal recorded for each candidate name
+    evaluations: dict[str, LedgerEvent]  # successful scorings by candidate name
 
     @property
     def baseline(self) -> Recipe:
         if self.started is not None and self.started.recipe is not None:
             return Recipe.model_validate(self.started.recipe)
-        return self.recipe_of(0)
+        return self.recipe_of(BASELINE_CANDIDATE)
 
-    def recipe_of(self, iteration: int) -> Recipe:
-        proposal = self.proposals.get(iteration)
+    def recipe_of(self, candidate: str) -> Recipe:
+        proposal = self.proposals.get(candidate)
         if proposal is None or proposal.recipe is None:
             raise MlipilotError(
-                f"{self.run_dir}: the ledger has no recipe for iteration {iteration}"
+                f"{self.run_dir}: the ledger has no recipe for candidate {candidate}"
             )
         return Recipe.model_validate(proposal.recipe)
 
-    def trained_candidate(self, iteration: int) -> str:
-        """The candidate folder that holds this iteration's model and MD traces: a duplicate
+    def trained_candidate(self, candidate: str) -> str:
+        """The candidate folder that holds this candidate's model and MD traces: a duplicate
         proposal was answered from an earlier training and has none of its own."""
-        proposal = self.proposals.get(iteration)
+        proposal = self.proposals.get(candidate)
         if proposal is not None and proposal.status == "duplicate" and proposal.detail:
-            return str(proposal.detail.get("duplicate_of", f"it{iteration:03d}"))
-        return f"it{iteration:03d}"
+            return str(proposal.detail.get("duplicate_of") or candidate)
+        return candidate
 
-    def evaluation_of(self, iteration: int) -> LedgerEvent | None:
-        candidate = self.trained_candidate(iteration)
-        for event in self.evaluations.values():
-            if event.candidate == candidate:
-                return event
-        return None
+    def evaluation_of(self, candidate: str) -> LedgerEvent | None:
+        """The scoring of this candidate (of the training it reused, for a duplicate)."""
+        return self.evaluations.get(self.trained_candidate(candidate))
 
     def campaign_setting(self, *keys: str) -> Any:
         """A value from the campaign as recorded at the start, e.g. ``("budget", "epochs")``."""
@@ -85,12 +94,16 @@ def load_run(run_dir: Path) -> RunView:
     started = next((e for e in events if e.event == "campaign_started"), None)
     finished = next((e for e in reversed(events) if e.event == "campaign_finished"), None)
     proposals = {
-        e.iteration: e for e in events if e.event == "proposal" and e.iteration is not None
+        candidate_of(e): e
+        for e in events
+        if e.event == "proposal" and (e.candidate or e.iteration is not None)
     }
     evaluations = {
-        e.iteration: e
+        candidate_of(e): e
         for e in events
-        if e.event == "evaluation" and e.iteration is not None and e.metrics is not None
+        if e.event == "evaluation"
+        and (e.candidate or e.iteration is not None)
+        and e.metrics is not None
     }
     return RunView(
         run_dir=run_dir,
