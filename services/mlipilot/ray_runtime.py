@@ -1,40 +1,62 @@
 """Connecting to Ray: a local instance started here, or a running cluster.
 
 Imported only when a campaign uses Ray, so ``mlipilot run`` with one candidate per iteration
-never pays Ray's start-up.
+never pays Ray's start-up. Campaigns sharing one process (the orchestrator service) share its
+Ray connection: it is counted, and a local instance this module started is shut down when the
+last campaign using it ends. One Ray started by someone else (a test session, a driver script)
+is used and left alone.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from mlipilot.errors import MlipilotError
 
 NAMESPACE = "mlipilot"
 
+_lock = threading.Lock()
+_users = 0
+_started_here = False
 
-def connect(address: str | None) -> bool:
-    """Make Ray ready in this process; True when this call started it (the caller shuts it
-    down). ``None`` or ``"local"`` starts a local instance; anything else is ``ray.init``'s
-    address (``auto``, ``ray://host:10001``, ``host:6379``)."""
+
+def acquire(address: str | None) -> None:
+    """Make Ray ready in this process for one more campaign.
+
+    ``None`` or ``"local"`` starts a local instance; anything else is ``ray.init``'s address
+    (``auto``, ``ray://host:10001``, ``host:6379``). Pair every call with ``release()``.
+    """
+    global _users, _started_here
     import ray
 
-    if ray.is_initialized():  # e.g. a test session, or a driver that set Ray up itself
-        return False
-    options = {"namespace": NAMESPACE, "log_to_driver": False, "logging_level": logging.WARNING}
-    try:
-        if address in (None, "local"):
-            ray.init(include_dashboard=False, **options)
-        else:
-            ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise MlipilotError(
-            f"compute.ray_address: cannot connect to Ray at {address}: {exc}"
-        ) from exc
-    return True
+    with _lock:
+        if not ray.is_initialized():
+            options = {
+                "namespace": NAMESPACE,
+                "log_to_driver": False,
+                "logging_level": logging.WARNING,
+            }
+            try:
+                if address in (None, "local"):
+                    ray.init(include_dashboard=False, **options)
+                else:
+                    ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise MlipilotError(
+                    f"compute.ray_address: cannot connect to Ray at {address}: {exc}"
+                ) from exc
+            _started_here = True
+        _users += 1
 
 
-def shutdown() -> None:
+def release() -> None:
+    """One campaign is done with Ray; the last one shuts down a Ray started here."""
+    global _users, _started_here
     import ray
 
-    ray.shutdown()
+    with _lock:
+        _users = max(0, _users - 1)
+        if _users == 0 and _started_here:
+            ray.shutdown()
+            _started_here = False

@@ -7,6 +7,7 @@ mace_run_train really wrote.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStack]:
     running = start_stack(tmp_path_factory.mktemp("services"))
     yield running
     running.stop()
+
+
+def loopback_only() -> bool:
+    """True inside a network namespace whose only interface is lo."""
+    return sorted(os.listdir("/sys/class/net")) == ["lo"]
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance for the whole test run (its start-up costs seconds).
+
+    Ray binds the machine's outside address even when told 127.0.0.1, so these tests run only
+    in a loopback-only network namespace (``make test`` makes one); elsewhere they skip, or
+    fail when MLIPILOT_REQUIRE_RAY_TESTS is set, so CI cannot skip them silently.
+    """
+    if not loopback_only():
+        reason = "Ray tests need a loopback-only network namespace (run them with `make test`)"
+        if os.environ.get("MLIPILOT_REQUIRE_RAY_TESTS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, namespace="mlipilot", log_to_driver=False)
+    yield
+    ray.shutdown()

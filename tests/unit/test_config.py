@@ -201,3 +201,44 @@ def test_bad_override_is_a_user_error(tmp_path: Path, kwargs: dict[str, object],
         override(campaign, **kwargs)  # type: ignore[arg-type]
     assert "command-line override" in str(info.value)
     assert key in str(info.value)
+
+
+def test_compute_defaults_run_in_process_with_one_candidate(tmp_path: Path) -> None:
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML))
+    assert campaign.budget.candidates_per_iteration == 1
+    assert campaign.compute.ray_address is None
+    assert not campaign.compute.uses_ray(1)
+    assert campaign.compute.uses_ray(2)  # more than one per iteration: a local Ray instance
+
+
+@pytest.mark.parametrize("address", ["local", "auto", "ray://head:10001", "10.0.0.5:6379"])
+def test_ray_addresses_accepted(tmp_path: Path, address: str) -> None:
+    text = CAMPAIGN_YAML + f"compute:\n  ray_address: {address}\n  trainer: {{num_gpus: 1}}\n"
+    campaign, _ = load_campaign(write(tmp_path, text))
+    assert campaign.compute.ray_address == address and campaign.compute.uses_ray(1)
+    assert campaign.compute.trainer.num_gpus == 1 and campaign.compute.md.num_cpus == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("compute:\n  ray_address: 'my cluster'\n", "compute.ray_address"),
+        ("compute:\n  trainer: {num_gpus: -1}\n", "compute.trainer.num_gpus"),
+        ("compute:\n  md: {cores: 2}\n", "compute.md.cores"),
+    ],
+)
+def test_bad_compute_names_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    path, message = load_error(tmp_path, CAMPAIGN_YAML + extra)
+    assert f"campaign file {path}" in message and key in message
+
+
+def test_candidates_per_iteration_bounds(tmp_path: Path) -> None:
+    text = CAMPAIGN_YAML.replace("iterations: 4", "iterations: 4\n  candidates_per_iteration: 0")
+    _, message = load_error(tmp_path, text)
+    assert "budget.candidates_per_iteration" in message
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")))
+def test_every_example_campaign_loads(example: Path) -> None:
+    campaign, _ = load_campaign(example)
+    assert campaign.scorecard.is_file()

@@ -92,7 +92,7 @@ def _changed(row: IterationRow) -> str:
 
 def iterations_table(rows: list[IterationRow]) -> Table:
     table = Table(title="iterations", show_lines=True)
-    table.add_column("it", justify="right")
+    table.add_column("candidate", justify="right")
     table.add_column("hypothesis", max_width=42)
     table.add_column("changed", max_width=26)
     for header in TABLE_METRICS.values():
@@ -110,7 +110,7 @@ def iterations_table(rows: list[IterationRow]) -> Table:
             score = f"infeasible\n(viol. {row.violation:.2f})"
         style = _VERDICT_STYLE.get(row.verdict, "")
         table.add_row(
-            str(row.iteration),
+            row.candidate or str(row.iteration),
             escape(row.hypothesis),
             escape(_changed(row)) or "—",
             *metrics,

@@ -99,7 +99,7 @@ class _Run:
     agent_name: str
     stop: StopRequest
     trainer: Trainer
-    started_ray: bool = False
+    uses_ray: bool = False
     history: list[HistoryEntry] = field(default_factory=list)
     rows: list[IterationRow] = field(default_factory=list)
     trained: dict[str, _Trained] = field(default_factory=dict)  # by training_key
@@ -114,10 +114,10 @@ class _Run:
 
     def release_compute(self) -> None:
         self.trainer.close()
-        if self.started_ray:
+        if self.uses_ray:
             from mlipilot import ray_runtime
 
-            ray_runtime.shutdown()
+            ray_runtime.release()
 
     def handle(self, event: Event) -> None:
         """What a candidate's worker reported, shown and recorded (in this thread only)."""
@@ -306,7 +306,7 @@ def _start(
     )
     scorecard = scorer_factory(spec, spec_hash, dataset)
     agent = agent or make_agent(campaign.agent)
-    trainer, started_ray = _trainer(campaign, layout, dataset, scorecard, stop)
+    trainer, uses_ray = _trainer(campaign, layout, dataset, scorecard, stop)
     run = _Run(
         campaign,
         layout,
@@ -317,7 +317,7 @@ def _start(
         agent.name,
         stop,
         trainer,
-        started_ray,
+        uses_ray,
     )
     reporter.campaign_started(campaign, layout, agent.name)
     run.record(
@@ -345,13 +345,17 @@ def _trainer(
     from mlipilot.scoring.ray_md import RayReplicaRunner
     from mlipilot.training.ray_trainer import RayTrainerPool
 
-    started = ray_runtime.connect(compute.ray_address)
-    pool = RayTrainerPool(
-        layout.root.name, train_file, [29], compute.trainer, compute.torch_threads
-    )
+    ray_runtime.acquire(compute.ray_address)
+    try:
+        pool = RayTrainerPool(
+            layout.root.name, train_file, [29], compute.trainer, compute.torch_threads
+        )
+    except BaseException:
+        ray_runtime.release()
+        raise
     if isinstance(scorer, Scorecard):  # scored here: fan its MD replicas out to Ray
         scorer.md_runner = RayReplicaRunner(compute.md)
-    return pool, started
+    return pool, True
 
 
 def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:

@@ -96,24 +96,25 @@ def score_result_to_proto(result: ScoreResult) -> common_pb2.ScoreResult:
         scorecard_sha256=result.spec_hash,
         test_set_sha256=result.test_hash,
         metrics=result.metrics,
-        constraints=[
-            common_pb2.ConstraintOutcome(
-                metric=c.metric,
-                value=c.value,
-                op=c.op,
-                threshold=c.threshold,
-                unit=c.unit,
-                relative_margin=c.margin,
-                normalized_violation=c.violation,
-            )
-            for c in result.constraints
-        ],
+        constraints=[_constraint_to_proto(c) for c in result.constraints],
         feasible=result.feasible,
         total_violation=result.violation,
         composite=result.composite,
         hardware={k: str(v) for k, v in result.hardware.items()},
         stage_seconds=result.timings_s,
         details=struct(result.details),
+    )
+
+
+def _constraint_to_proto(c: ConstraintOutcome) -> common_pb2.ConstraintOutcome:
+    return common_pb2.ConstraintOutcome(
+        metric=c.metric,
+        value=c.value,
+        op=c.op,
+        threshold=c.threshold,
+        unit=c.unit,
+        relative_margin=c.margin,
+        normalized_violation=c.violation,
     )
 
 
@@ -277,15 +278,7 @@ def _evaluation(e: LedgerEvent) -> orchestrator_pb2.EvaluationFinished:
                 hardware={k: str(v) for k, v in (detail.get("hardware") or {}).items()},
                 stage_seconds=detail.get("timings_s") or {},
                 constraints=[
-                    common_pb2.ConstraintOutcome(
-                        metric=c["metric"],
-                        value=c["value"],
-                        op=c["op"],
-                        threshold=c["threshold"],
-                        unit=c["unit"],
-                        relative_margin=c["margin"],
-                        normalized_violation=c["violation"],
-                    )
+                    _constraint_to_proto(ConstraintOutcome.model_validate(c))
                     for c in detail.get("constraints", [])
                 ],
             )

@@ -81,13 +81,13 @@ class ForcesOnlyMACE(MACECalculator):
         }
 
 
-def load_md_calculator(model_path: Path) -> ForcesOnlyMACE:
-    """Load a mace_run_train model file (float64, CPU) as a stress-free MD calculator."""
+def load_md_calculator(model_path: Path, device: str = "cpu") -> ForcesOnlyMACE:
+    """Load a mace_run_train model file (float64) as a stress-free MD calculator."""
     if not Path(model_path).is_file():
         raise MlipilotError(f"MACE model {model_path}: no such file")
     # Loaded here rather than via model_paths= so a path with glob characters still works.
     model = torch.load(model_path, map_location="cpu", weights_only=False)
-    return ForcesOnlyMACE(models=model, device="cpu", default_dtype="float64")
+    return ForcesOnlyMACE(models=model, device=device, default_dtype="float64")
 
 
 class ReplicaOutcome(BaseModel):

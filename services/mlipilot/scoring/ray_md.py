@@ -26,7 +26,9 @@ def _replica_task(model_path: str, job: ReplicaJob, settings: MDSettings) -> Rep
     import torch
 
     torch.set_num_threads(1)  # one task per core: threads would only fight
-    return run_replica(load_md_calculator(Path(model_path)), job, settings, lambda n: None)
+    device = "cuda" if ray.get_gpu_ids() else "cpu"  # the model follows what Ray gave us
+    calc = load_md_calculator(Path(model_path), device=device)
+    return run_replica(calc, job, settings, lambda n: None)
 
 
 class RayReplicaRunner:

@@ -1,15 +1,19 @@
-"""Training candidates on Ray actors, one actor per concurrent candidate.
+"""Training candidates on Ray actors, one actor per candidate.
 
 An actor trains with the same ``train_recipe`` as a local run (mace_run_train in a child of
 the actor's worker), on a GPU when Ray gave it one. Only small things cross the wire: the
 recipe, paths in the shared run folder, and a summary back; the model stays on the shared
 folder. A worker lost once is restarted and the training retried (``max_restarts``,
 ``max_task_retries``); a second loss, or a killed actor, fails the candidate with its cause.
+
+Each actor is killed once its candidate has trained: an actor holds its CPUs and GPUs for as
+long as it lives, and the MD tasks that score the candidate need them next.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +68,7 @@ class TrainerActor:
 
 
 class RayTrainerPool:
-    """The campaign's trainer actors: slot i trains the i-th candidate of every iteration."""
+    """The campaign's trainer actors, one per candidate while it trains."""
 
     def __init__(
         self,
@@ -80,20 +84,12 @@ class RayTrainerPool:
         self.resources = resources
         self.threads = threads
         self.progress = Queue(actor_options={"num_cpus": 0, "namespace": NAMESPACE})
-        self._actors: dict[int, Any] = {}
+        self._actors: dict[str, Any] = {}  # by candidate, while it trains
+        self._lock = threading.Lock()
 
-    def actor_name(self, slot: int) -> str:
-        return f"trainer-{self.campaign_id}-{slot}"
-
-    def _actor(self, slot: int) -> Any:
-        if slot not in self._actors:
-            self._actors[slot] = TrainerActor.options(
-                name=self.actor_name(slot),
-                namespace=NAMESPACE,
-                num_cpus=self.resources.num_cpus,
-                num_gpus=self.resources.num_gpus,
-            ).remote()
-        return self._actors[slot]
+    def actor_name(self, candidate: str) -> str:
+        """Its name in the ``mlipilot`` namespace, for operators (and tests) to find it."""
+        return f"trainer-{self.campaign_id}-{candidate}"
 
     def train(
         self, job: CandidateJob, budget: TrainingBudget, progress: TrainProgress
@@ -109,11 +105,22 @@ class RayTrainerPool:
             "threads": self.threads,
         }
         dispatched, t0 = utc_now(), time.monotonic()
+        actor = TrainerActor.options(
+            name=self.actor_name(job.name),
+            namespace=NAMESPACE,
+            num_cpus=self.resources.num_cpus,
+            num_gpus=self.resources.num_gpus,
+        ).remote()
+        with self._lock:
+            self._actors[job.name] = actor
         try:
-            reply = ray.get(self._actor(job.index).train.remote(request, self.progress))
+            reply = ray.get(actor.train.remote(request, self.progress))
         except RayError as exc:
-            self._actors.pop(job.index, None)  # dead: the next iteration gets a new actor
             return _lost(job, dispatched, time.monotonic() - t0, exc)
+        finally:
+            with self._lock:
+                self._actors.pop(job.name, None)
+            ray.kill(actor)  # frees its CPUs/GPUs for the scoring tasks
         return TrainedModel(
             outcome=TrainingOutcome.model_validate(reply["outcome"]),
             dispatched_at=dispatched,
@@ -130,9 +137,10 @@ class RayTrainerPool:
         return [(n, d, t, EpochRecord.model_validate(r)) for n, d, t, r in items]
 
     def cancel_all(self) -> None:
-        for actor in self._actors.values():
+        with self._lock:
+            actors = list(self._actors.values())
+        for actor in actors:
             ray.kill(actor, no_restart=True)  # the training child dies with it (PDEATHSIG)
-        self._actors.clear()
 
     def close(self) -> None:
         self.cancel_all()

@@ -1,0 +1,186 @@
+"""Several candidates per iteration on a real local Ray instance: trainer actors, MD tasks.
+
+Real MACE training on Ray actors and MD replicas as Ray tasks, in the shared test-session Ray
+instance (loopback-only network namespace, see conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from tiny_campaign import write_tiny_campaign
+
+from mlipilot.campaign.ledger import LedgerEvent, read_events
+from mlipilot.campaign.loop import create_run, run_campaign, run_in_layout
+from mlipilot.campaign.stopping import CampaignStopped, StopRequest
+from mlipilot.config import load_campaign
+
+pytestmark = pytest.mark.slow
+
+
+def _campaign_file(folder: Path, name: str, **budget: object) -> Path:
+    path = write_tiny_campaign(folder, name=name, **budget)
+    data = yaml.safe_load(path.read_text())
+    data["compute"] = {"torch_threads": 1, "ray_address": "local"}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _when(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+@pytest.fixture(scope="module")
+def parallel_run(ray_session, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("parallel")
+    path = _campaign_file(folder, "par", iterations=2, epochs=3, candidates_per_iteration=2)
+    campaign, _ = load_campaign(path)
+    outcome = run_campaign(campaign, path, folder / "runs")
+    return outcome, read_events(outcome.layout.ledger)
+
+
+def _of(events: list[LedgerEvent], kind: str, iteration: int) -> list[LedgerEvent]:
+    return [e for e in events if e.event == kind and e.iteration == iteration]
+
+
+def test_two_candidates_train_concurrently_on_their_own_actors(parallel_run) -> None:
+    _, events = parallel_run
+    for iteration in (1, 2):
+        a, b = _of(events, "training", iteration)
+        assert {a.candidate, b.candidate} == {f"it{iteration:03d}-1", f"it{iteration:03d}-2"}
+        assert a.status == b.status == "ok"
+        # Overlapping intervals: each started before the other finished.
+        assert max(_when(a.started_at), _when(b.started_at)) < min(
+            _when(a.finished_at), _when(b.finished_at)
+        )
+        pids = {a.detail["pid"], b.detail["pid"]}
+        assert len(pids) == 2 and os.getpid() not in pids  # two actors, not this process
+        for t in (a, b):
+            assert t.detail["device"] == "cpu" and not t.detail["retried"]
+            assert 0 <= t.detail["dispatch_overhead_s"] < 60
+
+
+def test_every_candidate_is_decided_and_only_the_best_can_be_accepted(parallel_run) -> None:
+    outcome, events = parallel_run
+    for iteration in (1, 2):
+        decisions = _of(events, "decision", iteration)
+        assert len(decisions) == 2
+        accepted = [d for d in decisions if d.decision == "ACCEPT"]
+        assert len(accepted) <= 1
+        scored = [d for d in decisions if d.metrics]
+        # The documented order: feasible first, then composite (feasible) or violation, then
+        # proposal order (it001-1 before it001-2).
+        best = min(
+            scored,
+            key=lambda d: (not d.feasible, d.composite if d.feasible else d.violation, d.candidate),
+        ).candidate
+        if accepted:
+            assert accepted[0].candidate == best
+        assert outcome.rows[-1].candidate == "it002-2"
+        for d in decisions:
+            if d.candidate != best and d.decision == "REVERT" and "ranked first" in d.reason:
+                assert best in d.reason
+    # MD replicas ran as Ray tasks and wrote their traces into each candidate's folder.
+    for name in ("it001-1", "it001-2", "it002-1", "it002-2"):
+        assert len(list((outcome.layout.candidate_dir(name) / "md").glob("*.csv"))) == 2
+
+
+def _child_of(work_dir: Path) -> tuple[int, int] | None:
+    """(pid, parent pid) of the mace_run_train process training in ``work_dir``."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(work_dir) not in cmdline.read_bytes().decode(errors="replace"):
+                continue
+            status = (cmdline.parent / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(next(li for li in status.splitlines() if li.startswith("PPid:")).split()[1])
+        return int(cmdline.parent.name), ppid
+    return None
+
+
+def _wait_for_epoch(runs: Path, candidate: str, timeout_s: float = 240) -> Path:
+    """The candidate's folder, once its training has logged an epoch."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for log in runs.glob(f"*/candidates/{candidate}/train.log"):
+            if "Epoch 0" in log.read_text(errors="replace"):
+                return log.parent
+        time.sleep(0.3)
+    raise AssertionError(f"{candidate} never started training")
+
+
+def test_a_killed_trainer_fails_its_candidate_and_a_lost_worker_is_retried(
+    ray_session, tmp_path: Path
+) -> None:
+    path = _campaign_file(tmp_path, "kill", iterations=1, epochs=8, candidates_per_iteration=2)
+    campaign, _ = load_campaign(path)
+    runs = tmp_path / "runs"
+    killed: dict[str, str] = {}
+
+    def killer() -> None:
+        lost = _wait_for_epoch(runs, "it001-1")
+        child = _child_of(lost)
+        assert child is not None
+        os.kill(child[1], signal.SIGKILL)  # the actor's worker process dies: transient
+        killed["it001-1"] = f"worker {child[1]}"
+        doomed = _wait_for_epoch(runs, "it001-2")
+        name = f"trainer-{doomed.parent.parent.name}-it001-2"
+        ray.kill(ray.get_actor(name, namespace="mlipilot"), no_restart=True)  # for good
+        killed["it001-2"] = name
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    outcome = run_campaign(campaign, path, runs)
+    thread.join(timeout=5)
+    assert set(killed) == {"it001-1", "it001-2"}, "the killer did not get to both trainers"
+
+    events = read_events(outcome.layout.ledger)
+    trainings = {t.candidate: t for t in _of(events, "training", 1)}
+    assert trainings["it001-2"].status == "failed"
+    assert "trainer actor died" in trainings["it001-2"].reason
+    assert trainings["it001-1"].status == "ok" and trainings["it001-1"].detail["retried"]
+    decisions = {d.candidate: d for d in _of(events, "decision", 1)}
+    assert decisions["it001-2"].decision == "REVERT"
+    assert "trainer actor died" in decisions["it001-2"].reason
+    assert decisions["it001-1"].metrics  # the retried candidate was scored
+    assert events[-1].event == "campaign_finished" and events[-1].status == "finished"
+    assert _child_of(outcome.layout.root) is None  # no training child outlived its actor
+
+
+def test_a_cancelled_campaign_cancels_its_ray_work(ray_session, tmp_path: Path) -> None:
+    path = _campaign_file(tmp_path, "stop", iterations=3, epochs=10_000, candidates_per_iteration=2)
+    campaign, _ = load_campaign(path)
+    layout = create_run(campaign, path.read_text(), tmp_path / "runs")
+    stop = StopRequest()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_in_layout(campaign, layout, stop=stop)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    _wait_for_epoch(tmp_path / "runs", "it000")
+    stop.request("cancelled", "cancelled by the test")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert raised and isinstance(raised[0], CampaignStopped)
+    events = read_events(layout.ledger)
+    assert events[-1].event == "campaign_finished" and events[-1].status == "cancelled"
+    prefix = f"trainer-{layout.root.name}-"
+    deadline = time.monotonic() + 20
+    while any(a["name"].startswith(prefix) for a in ray.util.list_named_actors(True)):
+        assert time.monotonic() < deadline, "the campaign's trainer actors outlived it"
+        time.sleep(0.5)
+    assert _child_of(layout.root) is None
