@@ -8,11 +8,9 @@ curve are known while it runs.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -105,13 +103,12 @@ def train_recipe(
         if threads is not None:  # two busy 2-thread torch processes on 2 cores crawl
             env["OMP_NUM_THREADS"] = str(threads)
         proc = subprocess.Popen(
-            cmd,
+            _dies_with_this_process(cmd),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
             env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         timer = threading.Timer(budget.max_seconds, proc.kill)
         timer.start()
@@ -158,10 +155,22 @@ def train_recipe(
     )
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL it when its parent dies (a killed Ray actor, a crashed server),
-    so no orphaned training keeps a GPU or cores busy."""
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+# Run by the child's fresh interpreter before it becomes mace_run_train: ask Linux to SIGKILL it
+# when its parent dies (a killed Ray actor, a crashed server), so no orphaned training keeps
+# cores or a GPU busy. Done after exec rather than in a preexec_fn, which is unsafe in a
+# process with threads (gRPC, Ray). The parent check closes the race with an early death.
+_GUARD = (
+    "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "  # 1: PR_SET_PDEATHSIG, 9: SIGKILL
+    "os.getppid() == int(sys.argv[1]) or sys.exit(137); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+def _dies_with_this_process(cmd: list[str]) -> list[str]:
+    """``cmd`` (a ``python -m ...`` line) so that its process dies when this one does."""
+    if sys.platform != "linux":
+        return cmd
+    return [sys.executable, "-c", _GUARD, str(os.getpid()), *cmd[1:]]
 
 
 def _kill_on(cancel: threading.Event, proc: subprocess.Popen[str]) -> None:
