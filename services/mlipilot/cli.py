@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mlipilot.errors import MlipilotError
 
@@ -47,7 +48,8 @@ def resolve_campaign_file(path: Path | None) -> Path:
 
 
 def _fail(exc: Exception) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+    # escape: a message quotes user input, and "[/]" or "[red]" in it is not Rich markup
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(code=2)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mlipilot.errors import MlipilotError, format_validation_error
+from mlipilot.errors import MlipilotError, format_validation_error, shown
 from mlipilot.recipe import Recipe, describe_recipe_error
 from mlipilot.yaml_files import load_yaml_model, parse_yaml_model
 
@@ -110,8 +110,19 @@ def parse_campaign(text: str, source_name: str, base_dir: Path) -> tuple[Campaig
     """A campaign file sent as text (e.g. over gRPC); relative paths resolve against base_dir."""
     where = f"campaign file {source_name or '(unnamed)'}"
     campaign, digest = parse_yaml_model(text.encode(), Campaign, where)
-    campaign = _resolved(campaign, base_dir.resolve())
-    if not campaign.scorecard.is_file():
+    try:
+        root = base_dir.resolve()
+    except (OSError, ValueError) as exc:  # e.g. a NUL byte in a base_dir sent over gRPC
+        raise MlipilotError(
+            f"{where}: base folder {shown(str(base_dir))} is not usable: {exc}",
+            fields=("base_dir",),
+        ) from exc
+    campaign = _resolved(campaign, root)
+    try:
+        found = campaign.scorecard.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        found = False
+    if not found:
         raise MlipilotError(
             f"{where}: scorecard: no such file {campaign.scorecard}", fields=("scorecard",)
         )

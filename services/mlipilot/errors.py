@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 from pydantic import ValidationError
+
+# repr() of a value quoted in a message, cut short: a document can hold a huge string, deep
+# nesting, or YAML aliases that repeat one list exponentially often (a "billion laughs").
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 120
 
 
 class MlipilotError(ValueError):
@@ -15,6 +23,24 @@ class MlipilotError(ValueError):
     def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.fields = fields
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, at most a few hundred characters whatever ``value`` is."""
+    return _SHOWN.repr(value)
+
+
+def clipped(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, saying how much was cut.
+
+    gRPC carries a status message (and its details) in trailing metadata, which clients refuse
+    above 8-16 KiB; a message quoting a long input must stay under that.
+    """
+    raw = text.encode(errors="replace")  # a lone surrogate cannot travel either
+    if len(raw) <= max_bytes:
+        return raw.decode()
+    kept = raw[: max_bytes - 40].decode(errors="ignore")
+    return f"{kept} ... ({len(raw) - len(kept.encode())} more bytes)"
 
 
 def error_fields(exc: ValidationError) -> tuple[str, ...]:
@@ -32,6 +58,6 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         got = err.get("input")
-        shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{where}: {loc}: {msg}{shown}")
+        quoted = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {shown(got)})"
+        lines.append(f"{where}: {loc}: {msg}{quoted}")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlipilot.errors import MlipilotError
+from mlipilot.errors import MlipilotError, shown
 
 
 class RecipeError(MlipilotError):
@@ -96,8 +96,9 @@ class Recipe(BaseModel):
 
 def check_patch_keys(patch: Mapping[str, Any]) -> None:
     if not isinstance(patch, Mapping):
-        raise RecipeError(f"recipe patch: expected a mapping of key: value, got {patch!r}")
-    unknown = sorted(set(patch) - set(Recipe.model_fields))
+        raise RecipeError(f"recipe patch: expected a mapping of key: value, got {shown(patch)}")
+    # key=repr: a patch parsed from YAML or JSON may mix str keys with int or None keys
+    unknown = sorted(set(patch) - set(Recipe.model_fields), key=repr)
     if unknown:
         raise RecipeError(
             f"recipe patch: unknown key(s) {unknown}; known keys: {sorted(Recipe.model_fields)}"
@@ -143,7 +144,7 @@ def describe_recipe_error(exc: ValidationError, where: str) -> str:
         key = str(err["loc"][0]) if err["loc"] else "(top level)"
         if key in Recipe.model_fields:
             lines.append(
-                f"{where}: {key} = {err.get('input')!r} is not allowed: {err['msg']}; "
+                f"{where}: {key} = {shown(err.get('input'))} is not allowed: {err['msg']}; "
                 f"allowed: {allowed_range(key)}"
             )
         elif err["type"] == "extra_forbidden":

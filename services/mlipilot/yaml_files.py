@@ -34,6 +34,8 @@ def parse_yaml_model(raw: bytes, model: type[M], where: str) -> tuple[M, str]:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise MlipilotError(f"{where}: not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # PyYAML composes nested collections recursively
+        raise MlipilotError(f"{where}: not valid YAML: nested too deeply") from exc
     if not isinstance(data, dict):
         raise MlipilotError(f"{where}: expected a mapping at the top level")
     try:

@@ -39,6 +39,7 @@ def load_extxyz(path: str | Path, *, require_stress: bool = False) -> list[Atoms
         raise ExtxyzError(f"{path}: file not found")
     if not path.is_file():
         raise ExtxyzError(f"{path}: not a regular file")
+    _check_atom_counts(path)
     try:
         frames = ase.io.read(path, index=":", format="extxyz")
     except Exception as exc:  # ASE raises many types (XYZError, ValueError, IndexError...)
@@ -46,6 +47,7 @@ def load_extxyz(path: str | Path, *, require_stress: bool = False) -> list[Atoms
         detail = f"{where[0]}: {where[1]}" if where else f"{type(exc).__name__}: {exc}"
         raise ExtxyzError(f"{path}: cannot parse as extended XYZ: {detail}") from exc
     if not frames:
+        _check_no_trailing_content(path, 0)  # a blank first line hides all that follows
         raise ExtxyzError(f"{path}: no frames (the file is empty)")
     _check_no_trailing_content(path, len(frames))
     for i, atoms in enumerate(frames):
@@ -140,7 +142,8 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 
 def _check_no_trailing_content(path: Path, n_frames: int) -> None:
     """ASE stops at the first blank line between frames; refuse to drop what follows silently."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # ASE stopped at the blank line, so it never decoded what follows: it may not be UTF-8.
+    lines = _read_lines(path, errors="replace")
     pos = 0
     for _ in range(n_frames):  # frames already parsed, so the headers are valid counts
         pos += 2 + int(lines[pos].strip())
@@ -155,13 +158,53 @@ def _check_no_trailing_content(path: Path, n_frames: int) -> None:
         )
 
 
+def _check_atom_counts(path: Path) -> None:
+    """Refuse a frame header that promises more atom lines than the file has, before ASE reads.
+
+    ASE reads the promised lines one by one, also past the end of the file: a header of
+    100000000 took minutes. A negative count would send the frame scans below backwards.
+    """
+    lines = _read_lines(path, errors="replace")  # ASE reports undecodable bytes itself
+    pos, frame = 0, 0
+    while pos < len(lines) and lines[pos].strip():
+        try:
+            natoms = int(lines[pos].strip())
+        except ValueError:
+            return  # ASE reports it, and _locate_parse_failure says where
+        if natoms < 0:
+            raise ExtxyzError(
+                f"{path}: cannot parse as extended XYZ: frame {frame}: line {pos + 1}: "
+                f"the atom count must not be negative, got {natoms}"
+            )
+        end = pos + 2 + natoms
+        if end > len(lines):
+            raise ExtxyzError(
+                f"{path}: cannot parse as extended XYZ: frame {frame}: line {pos + 1}: header "
+                f"says {natoms} atoms but the file ends after {max(len(lines) - pos - 2, 0)} "
+                "atom lines"
+            )
+        while end < len(lines) and lines[end].lstrip().startswith("VEC"):
+            end += 1
+        pos, frame = end, frame + 1
+
+
+def _read_lines(path: Path, errors: str = "strict") -> list[str]:
+    """The file's lines split as ASE's reader splits them (newlines only).
+
+    ``str.splitlines`` also splits at form feeds, U+0085, U+2028 and the like, which ASE keeps
+    inside a line (e.g. in a comment value), so the frame scans below would go out of step.
+    """
+    with open(path, encoding="utf-8", errors=errors) as fh:
+        return fh.readlines()
+
+
 def _locate_parse_failure(path: Path) -> tuple[str, str] | None:
     """Find the first frame ASE cannot parse, mirroring its frame scan; None if not found.
 
     Only called after a failed read, so the extra pass costs nothing on good files.
     """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = _read_lines(path)
     except (OSError, UnicodeDecodeError) as exc:
         return "whole file", f"cannot read as UTF-8 text ({exc})"
     pos, frame = 0, 0

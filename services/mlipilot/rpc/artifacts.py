@@ -19,8 +19,11 @@ def fetch(uri: str, dest: Path, what: str) -> Path:
     try:
         with fsspec.open(uri, "rb") as src:
             dest.write_bytes(src.read())
-    except (OSError, ValueError, ImportError) as exc:  # ImportError: no driver for the scheme
-        raise MlipilotError(f"{what}: cannot read {uri}: {exc}") from exc
+    # Not only OSError/ValueError/ImportError (no driver for the scheme): fsspec's backends
+    # raise their own types for a bad URI (zipfile.BadZipFile for zip://x::junk,
+    # tarfile.ReadError, TypeError for a URI lacking what a backend needs).
+    except Exception as exc:
+        raise MlipilotError(f"{what}: cannot read {uri}: {type(exc).__name__}: {exc}") from exc
     return dest
 
 

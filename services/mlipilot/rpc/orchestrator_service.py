@@ -27,7 +27,7 @@ from mlipilot.campaign.loop import ScorerFactory, create_run, local_scorer, run_
 from mlipilot.campaign.reporting import IterationRow, NullReporter
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import Campaign, parse_campaign
-from mlipilot.errors import MlipilotError
+from mlipilot.errors import MlipilotError, clipped, shown
 from mlipilot.rpc.convert import STATUS_BY_NAME, event_to_proto, timestamp
 from mlipilot.rpc.metrics import ACTIVE_CAMPAIGNS, CAMPAIGNS, DECISIONS, ITERATIONS
 from mlipilot.scoring.scorecard import ScorerUnavailable
@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a run folder's name, never a path
 WATCH_POLL_S = 0.2
+# Status messages and details ride in trailing metadata (8 KiB soft limit at the client; the
+# message is percent-encoded, up to 3 bytes per byte): keep them well under it.
+MAX_MESSAGE_BYTES = 800
+_MAX_FIELDS = 8
+_MAX_FIELD_BYTES = 80
 
 
 class MetricsReporter(NullReporter):
@@ -200,13 +205,19 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         except MlipilotError as exc:
             _abort_invalid(context, exc)
         except ScorerUnavailable as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, clipped(str(exc), MAX_MESSAGE_BYTES))
         return campaign
 
     def _ledger_path(self, campaign_id: str, context: grpc.ServicerContext) -> Path:
         path = self.runs_root / campaign_id / "ledger.sqlite"
-        if not _ID.match(campaign_id) or not (path.exists() or campaign_id in self._live):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"campaign {campaign_id!r}: no such campaign")
+        try:
+            known = bool(_ID.match(campaign_id)) and (path.exists() or campaign_id in self._live)
+        except OSError:  # e.g. an id longer than a file name may be
+            known = False
+        if not known:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"campaign {shown(campaign_id)}: no such campaign"
+            )
         return path
 
     def _summary(
@@ -219,14 +230,28 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
 
 def _abort_invalid(context: grpc.ServicerContext, exc: MlipilotError) -> None:
-    """INVALID_ARGUMENT with the message, and the fields as google.rpc.BadRequest details."""
+    """INVALID_ARGUMENT with the message, and the fields as google.rpc.BadRequest details.
+
+    Message and details travel in trailing metadata, which clients refuse above 8-16 KiB (they
+    would see RESOURCE_EXHAUSTED instead), so both are cut short: the message, the number of
+    fields, and each field's description (the message line about that field).
+    """
+    lines = str(exc).splitlines() or [""]
+
+    def about(field: str) -> str:
+        return next((line for line in lines if f": {field}: " in line), lines[0])
+
     bad = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=str(exc))
-            for f in exc.fields or ("campaign_yaml",)
+            error_details_pb2.BadRequest.FieldViolation(
+                field=clipped(f, _MAX_FIELD_BYTES), description=clipped(about(f), 160)
+            )
+            for f in (exc.fields or ("campaign_yaml",))[:_MAX_FIELDS]
         ]
     )
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc))
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=clipped(str(exc), MAX_MESSAGE_BYTES)
+    )
     status.details.add().Pack(bad)
     context.abort_with_status(rpc_status.to_status(status))
 

@@ -22,7 +22,7 @@ import ase
 import grpc
 
 from mlipilot.data.extxyz import load_extxyz
-from mlipilot.errors import MlipilotError
+from mlipilot.errors import MlipilotError, clipped, shown
 from mlipilot.rpc import artifacts
 from mlipilot.rpc.convert import score_result_to_proto
 from mlipilot.rpc.metrics import EVALUATION_SECONDS, EVALUATIONS
@@ -33,6 +33,8 @@ from mlipilot.v1 import scorecard_pb2, scorecard_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = scorecard_pb2.DESCRIPTOR.services_by_name["ScorecardService"].full_name
+# A status message rides in trailing metadata, percent-encoded; clients refuse it above 8 KiB.
+MAX_MESSAGE_BYTES = 800
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"scorecard_sha256: scorecard {entry.spec.name} here has sha256 {entry.sha256}, "
-                f"the request expects {request.scorecard_sha256}",
+                f"the request expects {shown(request.scorecard_sha256)}",
             )
         for field in ("model_uri", "test_set_uri", "test_set_sha256"):
             if not getattr(request, field):
@@ -119,7 +121,7 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
         if entry is None:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"scorecard {name!r}: not here; known: {', '.join(sorted(self.catalog))}",
+                f"scorecard {shown(name)}: not here; known: {', '.join(sorted(self.catalog))}",
             )
         return entry  # type: ignore[return-value]  # abort raises
 
@@ -168,9 +170,10 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
             return  # the caller is gone; nobody reads a status
         EVALUATIONS.labels(scorecard=name, status="failed").inc()
         if isinstance(item, MlipilotError):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, clipped(str(item), MAX_MESSAGE_BYTES))
         log.exception("evaluation of %s failed", request.candidate, exc_info=item)
-        context.abort(grpc.StatusCode.INTERNAL, f"evaluation failed: {type(item).__name__}: {item}")
+        failure = f"evaluation failed: {type(item).__name__}: {item}"
+        context.abort(grpc.StatusCode.INTERNAL, clipped(failure, MAX_MESSAGE_BYTES))
 
     def _run(
         self, request: scorecard_pb2.EvaluateRequest, entry: CatalogEntry, progress
@@ -203,7 +206,11 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
             raise MlipilotError(
                 f"test_set_sha256: {uri} has sha256 {actual}, the request says {sha256}"
             )
-        frames = load_extxyz(path)
+        try:
+            frames = load_extxyz(path)
+        except MlipilotError as exc:  # name the field and the URI, not our temporary copy
+            detail = str(exc).replace(f"{path}: ", "")
+            raise MlipilotError(f"test_set_uri: {uri}: {detail}") from exc
         with self._test_lock:
             self._test_sets[sha256] = frames
         return frames
