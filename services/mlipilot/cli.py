@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from mlipilot.cli_output import fail
 from mlipilot.errors import MlipilotError
 
 # mace imports set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD and e3nn then warns on every torch.load;
@@ -47,12 +46,6 @@ def resolve_campaign_file(path: Path | None) -> Path:
     )
 
 
-def _fail(exc: Exception) -> None:
-    # escape: a message quotes user input, and "[/]" or "[red]" in it is not Rich markup
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    raise typer.Exit(code=2)
-
-
 @app.command()
 def run(
     campaign_file: Annotated[
@@ -84,7 +77,7 @@ def run(
         finally:
             reporter.progress.stop()  # leave the terminal clean, also on failure
     except MlipilotError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @data_app.command("cu-emt")
@@ -100,7 +93,7 @@ def data_cu_emt(
     try:
         ds = ensure_cu_emt(out, seed=seed, n_train=n_train, n_test=n_test)
     except MlipilotError as exc:
-        _fail(exc)
+        fail(exc)
     for split, info in ds.manifest.splits.items():
         typer.echo(f"{split}: {ds.path(split)}  {info.n_frames} frames  sha256 {info.sha256}")
 
@@ -114,7 +107,7 @@ def data_check(files: list[Path]) -> None:
         try:
             frames = load_extxyz(f)
         except MlipilotError as exc:
-            _fail(exc)
+            fail(exc)
         typer.echo(f"{f}: {len(frames)} frames ok")
 
 
@@ -128,7 +121,7 @@ def ledger_export(
 
     ledger_path = run_dir / "ledger.sqlite"
     if not ledger_path.exists():
-        _fail(MlipilotError(f"{ledger_path}: no ledger there"))
+        fail(MlipilotError(f"{ledger_path}: no ledger there"))
     target = out or run_dir / "results.tsv"
     with Ledger(ledger_path) as ledger:
         ledger.export_tsv(target)
@@ -143,7 +136,7 @@ def report(run_dir: Path) -> None:
     try:
         path = build_report(run_dir)
     except MlipilotError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(str(path))
 
 
@@ -158,7 +151,7 @@ def compare(
     try:
         path = build_comparison(run_dirs, out)
     except MlipilotError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(str(path))
 
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from mlipilot.cli_output import fail
 from mlipilot.errors import MlipilotError
 
 if TYPE_CHECKING:
@@ -44,12 +44,6 @@ Server = Annotated[
     str, typer.Option(help="orchestrator address host:port", envvar="MLIPILOT_SERVER")
 ]
 DEFAULT_SERVER = "localhost:50051"
-
-
-def _fail(exc: Exception) -> None:
-    # escape: a message quotes user input, and "[/]" or "[red]" in it is not Rich markup
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def _server_options(
@@ -116,7 +110,7 @@ def serve_scorecard(
             [SERVICE_NAME],
         )
     except MlipilotError as exc:
-        _fail(exc)
+        fail(exc)
     names = ", ".join(f"{e.spec.name} ({e.sha256[:12]})" for e in catalog.values())
     typer.echo(f"scorecard service on {host}:{running.port}: {names}", err=True)
     serve_until_signal(running)
@@ -163,7 +157,7 @@ def serve_orchestrator(
             [SERVICE_NAME],
         )
     except MlipilotError as exc:
-        _fail(exc)
+        fail(exc)
     scoring = f"scorecard service {scorecard}" if scorecard else "scoring in process"
     typer.echo(f"orchestrator on {host}:{running.port}, runs in {runs}, {scoring}", err=True)
     serve_until_signal(running, on_shutdown=lambda: servicer.shutdown(grace), grace_s=grace)
@@ -212,7 +206,7 @@ def register(app: typer.Typer) -> None:
         try:
             campaign = _client(server, token_file, tls_ca).create(campaign_file)
         except MlipilotError as exc:
-            _fail(exc)
+            fail(exc)
         typer.echo(campaign.id)
 
     @app.command()
@@ -230,7 +224,7 @@ def register(app: typer.Typer) -> None:
             for event in _client(server, token_file, tls_ca).watch(campaign_id, after=after):
                 typer.echo(describe_event(event))
         except MlipilotError as exc:
-            _fail(exc)
+            fail(exc)
 
     @app.command("list")
     def list_campaigns(
@@ -242,7 +236,7 @@ def register(app: typer.Typer) -> None:
         try:
             campaigns = _client(server, token_file, tls_ca).list()
         except MlipilotError as exc:
-            _fail(exc)
+            fail(exc)
         table = Table("id", "status", "agent", "iterations", "incumbent")
         for c in campaigns:
             best = f"it{c.incumbent_iteration:03d}" if c.HasField("incumbent_result") else "—"
@@ -261,7 +255,7 @@ def register(app: typer.Typer) -> None:
         try:
             _show(_client(server, token_file, tls_ca).get(campaign_id))
         except MlipilotError as exc:
-            _fail(exc)
+            fail(exc)
 
     @app.command()
     def cancel(
@@ -274,4 +268,4 @@ def register(app: typer.Typer) -> None:
         try:
             _show(_client(server, token_file, tls_ca).cancel(campaign_id))
         except MlipilotError as exc:
-            _fail(exc)
+            fail(exc)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import grpc
 import yaml
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from tiny_campaign import BAD_BASELINE, TINY_SPEC
 
 from mlipilot.rpc.channel import open_channel
@@ -25,6 +27,18 @@ from mlipilot.rpc.serving import RunningServer, ServerOptions, start_server
 from mlipilot.v1 import orchestrator_pb2_grpc, scorecard_pb2_grpc
 
 TOKEN = "campaign-token"
+
+
+def field_violations(exc: grpc.RpcError) -> list[str]:
+    """The fields named by the google.rpc.BadRequest details an error must carry."""
+    status = rpc_status.from_call(exc)
+    assert status is not None, "INVALID_ARGUMENT should carry google.rpc.BadRequest details"
+    fields = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        assert detail.Unpack(bad)
+        fields += [v.field for v in bad.field_violations]
+    return fields
 
 
 @dataclass

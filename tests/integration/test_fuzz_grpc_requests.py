@@ -24,12 +24,10 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
-from service_stack import ServiceStack
+from service_stack import ServiceStack, field_violations
 from tiny_campaign import BAD_BASELINE
 
 from mlipilot.v1 import orchestrator_pb2, orchestrator_pb2_grpc, scorecard_pb2
@@ -41,15 +39,6 @@ ACTIONABLE = {
 }
 SERVING = health_pb2.HealthCheckResponse.SERVING
 KNOWN_SCORECARD = "cu-emt-tiny"
-
-
-def fuzz(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
 
 
 CAMPAIGN: dict[str, Any] = {
@@ -138,17 +127,6 @@ def _refused(call, *args: Any, **kwargs: Any) -> grpc.RpcError:
     return exc
 
 
-def _field_violations(exc: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(exc)
-    assert status is not None, "INVALID_ARGUMENT should carry google.rpc.BadRequest details"
-    fields = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad)
-        fields += [v.field for v in bad.field_violations]
-    return fields
-
-
 def _create(
     orchestrator, text: str, source_name: str, base_dir: str
 ) -> tuple[grpc.RpcError, list[str]]:
@@ -159,14 +137,14 @@ def _create(
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
     where = f"campaign file {source_name or '(unnamed)'}"
     assert exc.details().startswith(where[:100]), (where[:100], exc.details()[:200])
-    fields = _field_violations(exc)
+    fields = field_violations(exc)
     event(f"first field: {fields[0][:20] if fields else None}")
     assert fields and len(fields) <= 8
     assert all(len(f.encode()) <= 80 for f in fields)
     return exc, fields
 
 
-@fuzz(100)
+@settings(max_examples=100)
 @given(bad=invalid_campaign_docs(), source_name=TEXT, base_dir=TEXT)
 @example(
     bad=({**{f"zz_{i}": "y" * 300 for i in range(60)}, **CAMPAIGN}, "zz_0"),
@@ -190,7 +168,7 @@ def test_create_campaign_with_an_invalid_mapping(
     _still_fine(stack, runs_before)
 
 
-@fuzz(100)
+@settings(max_examples=100)
 @given(text=st.text(max_size=300) | YAMLISH, source_name=TEXT)
 @example(text="[" * 5000 + "]" * 5000, source_name="deep.yaml")
 @example(text=LAUGHS, source_name="billion-laughs.yaml")
@@ -202,7 +180,7 @@ def test_create_campaign_with_arbitrary_text(
     _still_fine(stack, runs_before)
 
 
-@fuzz(100)
+@settings(max_examples=100)
 @given(
     base_dir=TEXT | st.sampled_from(["a\x00b", "/" + "b" * 300, "/" + "c/" * 3000, "/proc"]),
     source_name=TEXT,
@@ -217,7 +195,7 @@ def test_create_campaign_whose_scorecard_is_absent_under_any_base_dir(
     _still_fine(stack, runs_before)
 
 
-@fuzz(100)
+@settings(max_examples=100)
 @given(campaign_id=IDS, after=st.integers(-(2**63), 2**63 - 1))
 @example(campaign_id="a" * 300, after=0)  # was UNKNOWN: "File name too long" escaped
 def test_unknown_campaign_ids_are_not_found(
@@ -282,7 +260,7 @@ def scorecard_sha(stack: ServiceStack) -> str:
     return stack.scorecard_stub().GetScorecard(request, timeout=5).sha256
 
 
-@fuzz(100)
+@settings(max_examples=100)
 @given(data=st.data())
 def test_evaluate_with_random_fields(
     stack: ServiceStack,
@@ -322,7 +300,7 @@ def test_evaluate_with_random_fields(
     _still_fine(stack, runs_before)
 
 
-@fuzz(100)
+@settings(max_examples=100)
 @given(data=st.data())
 def test_evaluate_with_random_uris(
     stack: ServiceStack,
@@ -353,7 +331,7 @@ def test_evaluate_with_random_uris(
     _still_fine(stack, runs_before)
 
 
-@fuzz(100)
+@settings(max_examples=100)
 @given(name=TEXT.filter(lambda n: n != KNOWN_SCORECARD))
 def test_unknown_scorecards_are_not_found(
     stack: ServiceStack, runs_before: list[Path], name: str

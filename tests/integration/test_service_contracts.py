@@ -12,10 +12,8 @@ import socket
 import grpc
 import pytest
 import yaml
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
-from service_stack import ServiceStack
+from service_stack import ServiceStack, field_violations
 from typer.testing import CliRunner
 
 from mlipilot.cli import app
@@ -58,17 +56,6 @@ def test_calls_without_the_right_token_are_unauthenticated(
     assert sorted(stack.runs.iterdir()) == before  # nothing was created
 
 
-def _field_violations(exc: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(exc)
-    assert status is not None, "INVALID_ARGUMENT should carry google.rpc.BadRequest details"
-    fields = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad)
-        fields += [v.field for v in bad.field_violations]
-    return fields
-
-
 def _create_raw(stack: ServiceStack, text: str, name: str = "bad.yaml") -> grpc.RpcError:
     stub = orchestrator_pb2_grpc.OrchestratorServiceStub(stack.channel(stack.orchestrator))
     request = orchestrator_pb2.CreateCampaignRequest(
@@ -88,7 +75,7 @@ def test_a_bad_campaign_file_is_invalid_argument_naming_the_field(stack: Service
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "examples/bad.yaml" in exc.details() and "budget.epochs" in exc.details()
     assert "num_channels" in exc.details()
-    fields = _field_violations(exc)
+    fields = field_violations(exc)
     assert "budget.epochs" in fields
     assert any(f.startswith("baseline") for f in fields)
     assert sorted(stack.runs.iterdir()) == before  # no campaign was created
@@ -107,7 +94,7 @@ def test_unparseable_campaign_text_is_invalid_argument(
     exc = _create_raw(stack, text)
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "bad.yaml" in exc.details()
-    assert _field_violations(exc) == [field]
+    assert field_violations(exc) == [field]
 
 
 def test_a_scorecard_that_differs_from_the_services_is_refused(stack: ServiceStack) -> None:
@@ -120,7 +107,7 @@ def test_a_scorecard_that_differs_from_the_services_is_refused(stack: ServiceSta
     exc = _create_raw(stack, yaml.safe_dump(campaign))
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sha256" in exc.details()
-    assert _field_violations(exc) == ["scorecard"]
+    assert field_violations(exc) == ["scorecard"]
 
 
 def test_a_missing_scorecard_file_names_the_field(stack: ServiceStack) -> None:
@@ -129,7 +116,7 @@ def test_a_missing_scorecard_file_names_the_field(stack: ServiceStack) -> None:
     exc = _create_raw(stack, yaml.safe_dump(campaign))
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "absent.yaml" in exc.details()
-    assert _field_violations(exc) == ["scorecard"]
+    assert field_violations(exc) == ["scorecard"]
 
 
 @pytest.mark.parametrize("campaign_id", ["no-such-campaign", "../runs", ".."])

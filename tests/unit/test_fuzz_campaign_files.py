@@ -19,23 +19,13 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mlipilot.config import Campaign, load_campaign, parse_campaign
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
-
-
-def fuzz(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-
 
 VALID: dict[str, Any] = {
     "name": "cu-small",
@@ -169,7 +159,7 @@ def _parse(text: str, source_name: str, base_dir: Path) -> Campaign | MlipilotEr
     return campaign
 
 
-@fuzz(1000)
+@settings(max_examples=1000)
 @given(doc=mutated(VALID), source_name=st.text(max_size=20))
 @example(doc=VALID, source_name="ok.yaml")
 def test_parse_campaign_mutated_mappings(
@@ -202,7 +192,7 @@ _YAMLISH = st.sampled_from(
 )
 
 
-@fuzz(1000)
+@settings(max_examples=1000)
 @given(
     text=st.text(max_size=200) | st.lists(_YAMLISH | st.text(max_size=5), max_size=30).map("".join),
     source_name=st.text(max_size=20),
@@ -227,7 +217,7 @@ def test_parse_campaign_arbitrary_text(text: str, source_name: str, base_dir: Pa
         assert result.fields, msg
 
 
-@fuzz(300)
+@settings(max_examples=300)
 @given(
     raw=st.binary(max_size=300)
     | st.builds(
@@ -263,7 +253,7 @@ def test_load_campaign_missing_file_and_folder(base_dir: Path) -> None:
         _check_refused(info.value, str(path))
 
 
-@fuzz(200)
+@settings(max_examples=200)
 @given(
     doc=st.just(VALID) | mutated(VALID),
     base=st.text(max_size=30)
@@ -290,7 +280,7 @@ def _unwrapped(text: str) -> str:
 MARKUP = {"zz_markup": "[/]", "name": "[bold red]x[/]"}
 
 
-@fuzz(25)
+@settings(max_examples=25)
 @given(bad=bad_documents())
 @example(bad=(MARKUP, "zz_markup"))
 def test_cli_run_refuses_bad_files_with_exit_2(
@@ -312,7 +302,7 @@ def test_cli_run_refuses_bad_files_with_exit_2(
     assert not out.exists(), "a refused campaign must not create its run folder"
 
 
-@fuzz(10)
+@settings(max_examples=10)
 @given(raw=st.binary(max_size=100).filter(lambda b: not _is_mapping(b)))
 def test_cli_run_refuses_non_mapping_files(raw: bytes, base_dir: Path) -> None:
     path = base_dir / f"cli-{next(_names)}.yaml"

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from mlipilot.data.cu_emt import _labelled
@@ -39,15 +39,6 @@ from mlipilot.data.extxyz import (
     write_extxyz,
 )
 from mlipilot.errors import MlipilotError
-
-
-def fuzz(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
 
 
 def _frames(seed: int) -> list[Atoms]:
@@ -224,7 +215,7 @@ def test_the_undamaged_file_loads(folder: Path) -> None:
     assert frames[0].info[ENERGY_KEY] == FRAMES_A[0].info[ENERGY_KEY]
 
 
-@fuzz(2000)
+@settings(max_examples=2000)
 @given(raw=damaged())
 # ASE keeps a form feed inside a line; str.splitlines did not, and the trailing-content scan
 # then read an atom line as the next frame's atom count (ValueError escaped).
@@ -240,7 +231,7 @@ def test_damaged_files_load_clean_or_are_refused(raw: bytes, folder: Path) -> No
     _load_or_refuse(raw, folder)
 
 
-@fuzz(1000)
+@settings(max_examples=1000)
 @given(
     raw=st.binary(max_size=400)
     | st.builds(
@@ -297,7 +288,7 @@ ERRORS = st.sampled_from(
 )
 
 
-@fuzz(100)
+@settings(max_examples=100)
 @given(
     previous=st.booleans(),
     cut=st.floats(0, 1),

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -34,15 +34,6 @@ JSON = st.recursive(
     ),
     max_leaves=6,
 )
-
-
-def fuzz(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
 
 
 def plausible(key: str) -> st.SearchStrategy[Any]:
@@ -99,7 +90,7 @@ def _bad_alone(key: str, value: Any) -> bool:
     return False
 
 
-@fuzz(1500)
+@settings(max_examples=1500)
 @given(base=st.sampled_from(BASES), patch=patches())
 @example(base=BASES[0], patch={1: 2, "a": 3, None: 4})
 @example(base=BASES[0], patch={"stage_two": True, "loss": "forces_only"})
@@ -147,7 +138,7 @@ def _check_refusal(exc: RecipeError, base: Recipe, patch: dict[Any, Any]) -> Non
     assert "stage_two" in msg and "forces_only" in msg
 
 
-@fuzz(200)
+@settings(max_examples=200)
 @given(patch=JSON.filter(lambda v: not isinstance(v, dict)) | st.tuples(st.text(), st.integers()))
 def test_a_patch_that_is_not_a_mapping_is_refused(patch: Any) -> None:
     with pytest.raises(RecipeError) as info:

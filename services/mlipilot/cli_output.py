@@ -1,0 +1,13 @@
+"""How every ``mlipilot`` command reports an error the user can fix: one red line, exit 2."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+
+def fail(exc: Exception) -> None:
+    # escape: a message quotes user input, and "[/]" or "[red]" in it is not Rich markup
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    raise typer.Exit(code=2)
