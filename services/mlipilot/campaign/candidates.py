@@ -184,6 +184,7 @@ def run_candidates(
     ]
     for w in workers:
         w.start()
+    by_name = {job.name: job for job in jobs}
     finished: dict[str, Finished] = {}
     fatal: BaseException | None = None
     cancelled = False
@@ -192,8 +193,9 @@ def run_candidates(
             trainer.cancel_all()
             cancelled = True
         for name, done, total, record in trainer.poll():
-            job = next(j for j in jobs if j.name == name)
-            handle(Progress(job, "train", done, total, record))
+            job = by_name.get(name)
+            if job is not None:  # late epochs of an earlier batch (e.g. a failed trainer): stale
+                handle(Progress(job, "train", done, total, record))
         try:
             item = posted.get(timeout=0.25)
         except queue.Empty:
