@@ -61,19 +61,36 @@ def run(
         Optional[int],  # noqa: UP045
         typer.Option(help="override the number of iterations after the baseline"),
     ] = None,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="go on with the unfinished campaign in this run folder (killed, interrupted)",
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Run an auto-research campaign locally and print where the results are."""
-    from mlipilot.campaign.console import RichReporter
-    from mlipilot.campaign.loop import run_campaign
     from mlipilot.config import load_campaign, override
 
     try:
-        path = resolve_campaign_file(campaign_file)
-        campaign, _ = load_campaign(path)
-        campaign = override(campaign, agent=agent, iterations=iterations)
+        if resume is not None and (campaign_file or agent or iterations is not None):
+            raise MlipilotError(
+                "--resume goes on with the campaign as it was started: "
+                "give no campaign file, --agent or --iterations with it"
+            )
+        if resume is None:  # a bad file is refused before the (slow) torch and mace imports
+            path = resolve_campaign_file(campaign_file)
+            campaign, _ = load_campaign(path)
+            campaign = override(campaign, agent=agent, iterations=iterations)
+        from mlipilot.campaign.console import RichReporter
+        from mlipilot.campaign.loop import resume_campaign, run_campaign
+
         reporter = RichReporter()
         try:
-            run_campaign(campaign, path, out, reporter=reporter)
+            if resume is not None:
+                resume_campaign(resume, reporter=reporter)
+            else:
+                run_campaign(campaign, path, out, reporter=reporter)
         finally:
             reporter.progress.stop()  # leave the terminal clean, also on failure
     except MlipilotError as exc:

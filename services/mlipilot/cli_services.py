@@ -134,6 +134,10 @@ def serve_orchestrator(
     tls_key: TlsKey = None,
     metrics_port: MetricsPort = None,
     grace: Annotated[float, typer.Option(help="seconds to wind down on SIGTERM")] = 30.0,
+    resume: Annotated[
+        bool,
+        typer.Option(help="on start, resume the campaigns a killed or stopped server left"),
+    ] = True,
 ) -> None:
     """Serve the orchestrator: create, get, list, watch and cancel campaigns."""
     from mlipilot.campaign.loop import local_scorer
@@ -160,6 +164,9 @@ def serve_orchestrator(
         fail(exc)
     scoring = f"scorecard service {scorecard}" if scorecard else "scoring in process"
     typer.echo(f"orchestrator on {host}:{running.port}, runs in {runs}, {scoring}", err=True)
+    if resume:
+        for campaign_id in servicer.resume_unfinished():
+            typer.echo(f"resumed campaign {campaign_id}", err=True)
     serve_until_signal(running, on_shutdown=lambda: servicer.shutdown(grace), grace_s=grace)
 
 
@@ -201,10 +208,18 @@ def register(app: typer.Typer) -> None:
         server: Server = DEFAULT_SERVER,
         token_file: TokenFile = None,
         tls_ca: TlsCa = None,
+        paths_on_server: Annotated[
+            bool,
+            typer.Option(
+                help="resolve the file's relative paths (data, scorecard) in the server's "
+                "working folder, for a server that does not share this file system (a cluster)"
+            ),
+        ] = False,
     ) -> None:
         """Start a campaign on an orchestrator service; prints its id."""
         try:
-            campaign = _client(server, token_file, tls_ca).create(campaign_file)
+            client = _client(server, token_file, tls_ca)
+            campaign = client.create(campaign_file, paths_on_server=paths_on_server)
         except MlipilotError as exc:
             fail(exc)
         typer.echo(campaign.id)

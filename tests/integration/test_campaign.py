@@ -109,7 +109,7 @@ def test_decisions_follow_the_rule_on_real_models(scripted_run) -> None:
     assert verdicts[2] == "REVERT", outcome.rows[2].reason
     assert verdicts[3] == "REVERT"
     assert "candidate failed" in outcome.rows[3].reason
-    assert "exited with code -9" in outcome.rows[3].reason
+    assert "killed by SIGKILL (out of memory?" in outcome.rows[3].reason
     assert verdicts[4] == "REVERT"
     assert outcome.rows[4].reason.startswith("same training as it002, not retrained")
     assert outcome.rows[4].metrics == outcome.rows[2].metrics
@@ -176,9 +176,13 @@ def test_results_folder_layout(scripted_run) -> None:
     assert (root / "best.model").read_bytes() == (
         accepted / "mace" / "candidate.model"
     ).read_bytes()
+    dataset = open_dataset(campaign.data.path)
     for it in range(3):
         cdir = outcome.layout.candidate(it)
-        assert (cdir / "train.log").stat().st_size > 0
+        # The trainer is given the training split and nothing else of the data set.
+        command = (cdir / "train.log").read_text().splitlines()[0]
+        assert str(dataset.path("train")) in command
+        assert str(dataset.path("test")) not in command and "test" not in Path(command).name
         assert (cdir / "recipe.yaml").is_file() and (cdir / "result.json").is_file()
         assert list((cdir / "md").glob("replica-*.csv"))
     # The agent saw the verdicts of earlier iterations and never a path or the test data.

@@ -237,3 +237,57 @@ def _create_when_up(client: OrchestratorClient, path: Path, timeout_s: float = 6
             if "UNAVAILABLE" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def _serve_orchestrator(port: int, runs: Path, log: Path, **env: str) -> subprocess.Popen:
+    cmd = [*_CLI, "serve", "orchestrator", "--port", str(port), "--runs", str(runs)]
+    environ = {k: v for k, v in os.environ.items() if k != "MLIPILOT_KILL_AT"}
+    with log.open("a") as out:  # a file, not a pipe: a full pipe would block the server
+        return subprocess.Popen(
+            cmd, env={**environ, "MLIPILOT_TOKEN": TOKEN, **env}, stdout=out, stderr=out
+        )
+
+
+_CLI = [sys.executable, "-m", "mlipilot.cli"]
+
+
+def test_a_restarted_orchestrator_resumes_the_campaign_a_kill_cut_short(
+    stack: ServiceStack, tmp_path: Path
+) -> None:
+    """kill -9 of the server during the baseline's MD (as a node loss would), then a new
+    server on the same volume: the campaign goes on to its end under the same id."""
+    runs, log = tmp_path / "runs", tmp_path / "server.log"
+    port = _free_port()
+    proc = _serve_orchestrator(port, runs, log, MLIPILOT_KILL_AT="md:0")
+    try:
+        client = OrchestratorClient(stack.channel_to(f"127.0.0.1:{port}"), f"127.0.0.1:{port}")
+        campaign = _create_when_up(client, stack.write_campaign("restart", iterations=1))
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    ledger = runs / campaign.id / "ledger.sqlite"
+    killed = read_events(ledger)
+    assert not [e for e in killed if e.event in ("evaluation", "decision", "campaign_finished")]
+    assert not _processes_mentioning(runs / campaign.id)
+
+    port = _free_port()
+    proc = _serve_orchestrator(port, runs, log)
+    try:
+        client = OrchestratorClient(stack.channel_to(f"127.0.0.1:{port}"), f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while "resumed campaign" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert f"resumed campaign {campaign.id}" in log.read_text()
+        events = list(client.watch(campaign.id, after=killed[-1].id))
+        got = client.get(campaign.id)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert events[0].WhichOneof("event") == "campaign_resumed"
+    assert list(events[0].campaign_resumed.train_again) == ["it000"]
+    assert events[-1].campaign_finished.status == FINISHED
+    assert got.status == FINISHED and got.iterations_decided == 2
+    final = read_events(ledger)
+    assert final[: len(killed)] == killed  # nothing the killed server wrote was lost
+    assert [e.candidate for e in final if e.event == "decision"] == ["it000", "it001"]

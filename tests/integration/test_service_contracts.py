@@ -7,7 +7,9 @@ here trains or runs MD, so it is not marked slow.
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
+from pathlib import Path
 
 import grpc
 import pytest
@@ -202,3 +204,23 @@ def test_an_unreachable_scorecard_service_is_unavailable_not_a_bad_file(
         assert list((tmp_path / "runs").iterdir()) == []
     finally:
         server.stop(grace_s=0)
+
+
+def test_submit_paths_resolve_in_the_servers_folder_when_asked(
+    stack: ServiceStack, tmp_path: Path
+) -> None:
+    """A campaign file from a machine that does not share the server's files (a laptop and a
+    cluster): its relative paths exist only in the server's working folder."""
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    path = laptop / "remote.yaml"
+    path.write_text(stack.write_campaign("remote").read_text())  # data, specs/... relative
+    client = stack.client()
+    with pytest.raises(MlipilotError, match="scorecard") as err:
+        client.create(path)  # resolved in laptop/, where there is no specs/ folder
+    assert str(laptop) in str(err.value)
+    campaign = client.create(path, paths_on_server=True)
+    client.cancel(campaign.id)
+    recorded = json.loads((stack.runs / campaign.id / "campaign.json").read_text())
+    assert recorded["scorecard"] == str(stack.root / "specs" / "cu-emt-tiny.yaml")
+    assert recorded["data"]["path"] == str(stack.root / "data")

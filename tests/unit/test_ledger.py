@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
+from mlipilot.campaign.ledger import Ledger, LedgerEvent, ending, read_events
 
 
 def decision(iteration: int, verdict: str, **fields: object) -> LedgerEvent:
@@ -249,3 +253,68 @@ def test_read_events_after_a_position_while_the_writer_is_open(tmp_path: Path) -
 def test_read_events_of_a_missing_ledger_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_events(tmp_path / "absent.sqlite")
+
+
+# Appends batches of three big rows until killed; prints each batch's number once committed.
+_WRITER = """
+import sys
+from pathlib import Path
+from mlipilot.campaign.ledger import Ledger, LedgerEvent
+ledger = Ledger(Path(sys.argv[1]))
+for batch in range(100_000):
+    ledger.append_all(
+        [LedgerEvent(campaign="c", event="progress", iteration=batch, candidate=f"r{i}",
+                     detail={"pad": "x" * 20_000, "i": i}) for i in range(3)]
+    )
+    print(batch, flush=True)
+"""
+
+
+def test_a_writer_killed_mid_append_leaves_whole_batches_only(tmp_path: Path) -> None:
+    """kill -9 while rows are being written: SQLite's journal keeps every committed batch
+    whole and drops the torn one; the ledger stays readable and appendable."""
+    path = tmp_path / "ledger.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    committed = [int(proc.stdout.readline()) for _ in range(20)]  # 20 batches are durable
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    rows = read_events(path)
+    assert len(rows) % 3 == 0 and len(rows) >= 3 * len(committed)
+    for batch in range(len(rows) // 3):
+        got = rows[3 * batch : 3 * batch + 3]
+        assert [(e.iteration, e.candidate) for e in got] == [(batch, f"r{i}") for i in range(3)]
+        assert all(len(e.detail["pad"]) == 20_000 for e in got)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+    with Ledger(path) as ledger:
+        assert ledger.append(decision(9, "ACCEPT")) == rows[-1].id + 1
+
+
+def test_a_failed_batch_writes_nothing(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.append(decision(0, "BASELINE"))
+        bad = decision(2, "REVERT").model_copy(update={"campaign": None})  # NOT NULL column
+        with pytest.raises(sqlite3.IntegrityError):
+            ledger.append_all([decision(1, "ACCEPT"), bad])
+        assert [e.iteration for e in ledger.events()] == [0]
+        ledger.append(decision(1, "ACCEPT"))  # and the connection is usable after it
+
+
+def test_ending_is_the_last_finish_unless_a_resume_followed() -> None:
+    def row(kind: str, status: str | None = None) -> LedgerEvent:
+        return LedgerEvent(campaign="c", event=kind, status=status)
+
+    started, resumed = row("campaign_started"), row("campaign_resumed")
+    interrupted, finished = (
+        row("campaign_finished", "interrupted"),
+        row("campaign_finished", "finished"),
+    )
+    assert ending([started]) is None
+    assert ending([started, interrupted]) is interrupted
+    assert ending([started, interrupted, resumed]) is None
+    assert ending([started, interrupted, resumed, finished]) is finished

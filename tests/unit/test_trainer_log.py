@@ -172,3 +172,14 @@ def test_slow_but_clean_run_is_ok(tmp_path: Path) -> None:
     status, _, model = _judge(0, _curve(1.0), tmp_path, 250.0, BUDGET)
     assert status == "ok"
     assert model == tmp_path / f"{MODEL_NAME}.model"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "words"),
+    [(-9, "killed by SIGKILL (out of memory?"), (-11, "killed by SIGSEGV; see train.log")],
+)
+def test_a_child_killed_by_a_signal_names_it(tmp_path: Path, returncode: int, words: str) -> None:
+    # Within the wall-clock budget: not a time-out, but a kill (the OOM killer sends SIGKILL).
+    status, cause, model = _judge(returncode, _curve(1.0), tmp_path, 12.0, BUDGET)
+    assert status == "failed" and model is None
+    assert cause is not None and words in cause

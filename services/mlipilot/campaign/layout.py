@@ -4,8 +4,10 @@
 
     runs/cu-emt-quick-20261127-064100/
       campaign.yaml        the campaign file as run (copied)
+      campaign.json        the campaign as parsed, paths resolved (what --resume runs again)
       scorecard.yaml       the scorecard spec as run (copied; its hash is in every result)
       ledger.sqlite        the append-only audit ledger (WAL)
+      writer.lock          held (flock) by the one process writing the campaign
       results.tsv          one line per decision, exported from the ledger
       summary.json         the final table and the paths below, for scripts
       best.model           the accepted incumbent's MACE model
@@ -15,6 +17,7 @@
         mace/              mace's own work dir (model, checkpoints, logs)
         md/                one CSV trace per MD replica
         result.json        the scorecard result
+      candidates/it002.interrupted/   a candidate killed mid-way, set aside on resume
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class RunLayout:
     @property
     def ledger(self) -> Path:
         return self.root / "ledger.sqlite"
+
+    @property
+    def campaign_json(self) -> Path:
+        return self.root / "campaign.json"
 
     @property
     def results_tsv(self) -> Path:

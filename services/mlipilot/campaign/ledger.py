@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 EventKind = Literal[
     "campaign_started",
+    "campaign_resumed",  # a later process took over an unfinished campaign (--resume, restart)
     "iteration_started",
     "proposal",
     "agent_failure",
@@ -119,16 +120,31 @@ class Ledger:
         self.close()
 
     def append(self, event: LedgerEvent) -> int:
-        row = event.model_dump(exclude={"id"})
-        for column in _JSON_COLUMNS:
-            if row[column] is not None:
-                row[column] = json.dumps(row[column], sort_keys=True, default=str)
-        columns = ", ".join(row)
-        marks = ", ".join(f":{c}" for c in row)
-        with self._conn:  # one transaction per row
-            cur = self._conn.execute(f"INSERT INTO events ({columns}) VALUES ({marks})", row)
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        [row_id] = self.append_all([event])
+        return row_id
+
+    def append_all(self, events: list[LedgerEvent]) -> list[int]:
+        """Several rows in one transaction: after a crash, all of them are there or none."""
+        ids = []
+        # The connection is in autocommit mode (isolation_level=None): without an explicit
+        # BEGIN each INSERT would be a transaction of its own.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for event in events:
+                row = event.model_dump(exclude={"id"})
+                for column in _JSON_COLUMNS:
+                    if row[column] is not None:
+                        row[column] = json.dumps(row[column], sort_keys=True, default=str)
+                columns = ", ".join(row)
+                marks = ", ".join(f":{c}" for c in row)
+                cur = self._conn.execute(f"INSERT INTO events ({columns}) VALUES ({marks})", row)
+                assert cur.lastrowid is not None
+                ids.append(cur.lastrowid)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        return ids
 
     def events(self, event: EventKind | None = None) -> list[LedgerEvent]:
         query, args = "SELECT * FROM events", ()
@@ -163,6 +179,17 @@ def read_events(path: Path, after_id: int = 0) -> list[LedgerEvent]:
         return [_from_row(r) for r in rows.fetchall()]
     finally:
         conn.close()
+
+
+def ending(events: list[LedgerEvent]) -> LedgerEvent | None:
+    """How the campaign's latest run ended: its last ``campaign_finished`` row, unless a
+    ``campaign_resumed`` row came after it (then it is running again, or was killed)."""
+    for event in reversed(events):
+        if event.event == "campaign_finished":
+            return event
+        if event.event == "campaign_resumed":
+            return None
+    return None
 
 
 def _tsv_cell(value: object) -> str:

@@ -6,15 +6,20 @@ goes on. Only a baseline that cannot be trained or scored stops the campaign, si
 later decision and the throughput yardstick depend on it.
 
 The same loop runs for ``mlipilot run`` (in one process, scorecard in process) and inside the
-orchestrator service (scorecard over gRPC, stoppable by a cancel or a shutdown).
+orchestrator service (scorecard over gRPC, stoppable by a cancel or a shutdown). It also
+resumes a campaign that was killed: it then replays what the ledger records (``resume.py``)
+and goes on from there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +28,7 @@ from typing import Any
 import torch
 import yaml
 
+from mlipilot import faults
 from mlipilot.agents import make_agent
 from mlipilot.agents.base import Agent, AgentGaveUp, CampaignState, HistoryEntry, Proposal
 from mlipilot.campaign.candidates import (
@@ -40,12 +46,13 @@ from mlipilot.campaign.candidates import (
 )
 from mlipilot.campaign.decision import Decision, decide
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.ledger import Ledger, LedgerEvent
+from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
+from mlipilot.campaign.resume import PriorRun, read_prior_run
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import Campaign
 from mlipilot.data.dataset import Dataset, ensure_cu_emt
-from mlipilot.errors import MlipilotError
+from mlipilot.errors import MlipilotError, format_validation_error
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
@@ -100,6 +107,7 @@ class _Run:
     stop: StopRequest
     trainer: Trainer
     uses_ray: bool = False
+    prior: PriorRun = field(default_factory=PriorRun)  # what the ledger had when resumed
     history: list[HistoryEntry] = field(default_factory=list)
     rows: list[IterationRow] = field(default_factory=list)
     trained: dict[str, _Trained] = field(default_factory=dict)  # by training_key
@@ -145,6 +153,8 @@ class _Run:
             status=p.stage,
             detail=detail,
         )
+        # Kill points for the resume tests: the candidate's worker is mid-training or mid-MD.
+        faults.reached({"train": "training", "md": "md"}.get(p.stage, p.stage), p.job.iteration)
 
     def _training(self, t: Trained) -> None:
         outcome = t.trained.outcome
@@ -225,9 +235,47 @@ def create_run(campaign: Campaign, campaign_yaml: str, out_root: Path) -> RunLay
     """
     layout = RunLayout.create(out_root, campaign.name)
     (layout.root / "campaign.yaml").write_text(campaign_yaml)
+    # As parsed, paths resolved: what a resume runs again, wherever the file was.
+    layout.campaign_json.write_text(campaign.model_dump_json(indent=2))
     shutil.copyfile(campaign.scorecard, layout.root / "scorecard.yaml")
     Ledger(layout.ledger).close()
     return layout
+
+
+def resume_campaign(
+    run_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+    agent: Agent | None = None,
+    scorer_factory: ScorerFactory = local_scorer,
+    stop: StopRequest | None = None,
+) -> CampaignOutcome:
+    """Go on with the unfinished campaign in ``run_dir`` (killed, interrupted, failed)."""
+    layout = RunLayout(Path(run_dir).resolve())
+    if not layout.ledger.is_file():
+        raise MlipilotError(f"{run_dir}: no ledger.sqlite there, so no campaign to resume")
+    campaign = recorded_campaign(layout)
+    return run_in_layout(
+        campaign,
+        layout,
+        reporter=reporter,
+        agent=agent,
+        scorer_factory=scorer_factory,
+        stop=stop,
+        resume=True,
+    )
+
+
+def recorded_campaign(layout: RunLayout) -> Campaign:
+    """The campaign as it was started in ``layout``, judged by the scorecard copied there."""
+    path = layout.campaign_json
+    try:
+        campaign = Campaign.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise MlipilotError(f"{path}: cannot read the campaign as run: {exc}") from exc
+    except ValueError as exc:
+        raise MlipilotError(format_validation_error(exc, str(path))) from exc
+    return campaign.model_copy(update={"scorecard": layout.root / "scorecard.yaml"})
 
 
 def run_in_layout(
@@ -238,15 +286,22 @@ def run_in_layout(
     agent: Agent | None = None,
     scorer_factory: ScorerFactory = local_scorer,
     stop: StopRequest | None = None,
+    resume: bool = False,
 ) -> CampaignOutcome:
-    """Run ``campaign`` into ``layout``; every step goes to its ledger, also how it ended."""
+    """Run ``campaign`` into ``layout``; every step goes to its ledger, also how it ended.
+
+    With ``resume``, what the ledger already records is replayed rather than done again.
+    """
     reporter = reporter or NullReporter()
     stop = stop or StopRequest()
     start = time.monotonic()
     run: _Run | None = None
-    with Ledger(layout.ledger) as ledger:
+    with _sole_writer(layout), Ledger(layout.ledger) as ledger:
+        prior = read_prior_run(layout.root, read_events(layout.ledger)) if resume else PriorRun()
         try:
-            run, agent = _start(campaign, layout, ledger, reporter, agent, scorer_factory, stop)
+            run, agent = _start(
+                campaign, layout, ledger, reporter, agent, scorer_factory, stop, prior
+            )
             incumbent = _run_iterations(run, agent)
         except BaseException as exc:  # the ledger says how a campaign ended, whatever ended it
             if isinstance(exc, CampaignStopped):
@@ -284,6 +339,32 @@ def run_in_layout(
     return outcome
 
 
+@contextmanager
+def _sole_writer(layout: RunLayout) -> Iterator[None]:
+    """An exclusive lock on the run folder while this process writes its campaign.
+
+    A second writer (``--resume`` of a campaign still running, two orchestrators on one
+    volume) is refused rather than interleaved. The kernel drops the lock when its holder
+    dies, even by SIGKILL, so a killed campaign can always be resumed.
+    """
+    path = layout.root / "writer.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise MlipilotError(
+                f"{layout.root}: the campaign is being run by another process (pid {holder}); "
+                "stop that one first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _start(
     campaign: Campaign,
     layout: RunLayout,
@@ -292,8 +373,9 @@ def _start(
     agent: Agent | None,
     scorer_factory: ScorerFactory,
     stop: StopRequest,
+    prior: PriorRun,
 ) -> tuple[_Run, Agent]:
-    """Data, scorer, trainers and agent ready, and the campaign's start recorded."""
+    """Data, scorer, trainers and agent ready, and the campaign's start (or resume) recorded."""
     compute = campaign.compute
     if compute.torch_threads:
         torch.set_num_threads(compute.torch_threads)
@@ -304,6 +386,8 @@ def _start(
         n_train=campaign.data.n_train,
         n_test=campaign.data.n_test,
     )
+    if prior.started is not None:
+        _check_same_inputs(layout, prior.started, spec_hash, dataset)
     scorecard = scorer_factory(spec, spec_hash, dataset)
     agent = agent or make_agent(campaign.agent)
     trainer, uses_ray = _trainer(campaign, layout, dataset, scorecard, stop)
@@ -318,18 +402,54 @@ def _start(
         stop,
         trainer,
         uses_ray,
+        prior,
     )
     reporter.campaign_started(campaign, layout, agent.name)
+    inputs = {
+        "agent": agent.name,
+        "spec_hash": spec_hash,
+        "train_hash": dataset.hash("train"),
+        "test_hash": dataset.hash("test"),
+    }
+    if prior.started is not None:
+        run.record(
+            event="campaign_resumed",
+            reason=_resume_reason(prior),
+            detail={
+                "decided": sorted(prior.decided),
+                "train_again": prior.in_flight,
+                "hardware": hardware(),
+            },
+            **inputs,
+        )
+        return run, agent
     run.record(
         event="campaign_started",
-        agent=agent.name,
-        spec_hash=spec_hash,
-        train_hash=dataset.hash("train"),
-        test_hash=dataset.hash("test"),
         recipe=campaign.baseline.model_dump(),
         detail={"campaign": campaign.model_dump(mode="json"), "hardware": hardware()},
+        **inputs,
     )
     return run, agent
+
+
+def _check_same_inputs(
+    layout: RunLayout, started: LedgerEvent, spec_hash: str, dataset: Dataset
+) -> None:
+    """Refuse to resume against a scorecard or data that differ from what the campaign began
+    with: its earlier results would not be comparable with the new ones."""
+    now = {"scorecard": spec_hash, "train": dataset.hash("train"), "test": dataset.hash("test")}
+    then = {"scorecard": started.spec_hash, "train": started.train_hash, "test": started.test_hash}
+    changed = [f"{k} sha256 was {then[k]}, is now {now[k]}" for k in now if now[k] != then[k]]
+    if changed:
+        raise MlipilotError(
+            f"{layout.root}: cannot resume, the inputs changed since the campaign started: "
+            + "; ".join(changed)
+        )
+
+
+def _resume_reason(prior: PriorRun) -> str:
+    again = ", ".join(prior.in_flight) or "none"
+    return f"resumed after {len(prior.decided)} decisions; trained again: {again}"
 
 
 def _trainer(
@@ -363,31 +483,38 @@ def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
     baseline_model = incumbent.model
     for iteration in range(1, run.campaign.budget.iterations + 1):
         run.stop.check()
-        run.record(
-            event="iteration_started",
-            iteration=iteration,
-            detail={
-                "iterations_budget": run.campaign.budget.iterations,
-                "candidates": run.per_iteration,
-            },
+        if iteration not in run.prior.iterations_started:
+            run.record(
+                event="iteration_started",
+                iteration=iteration,
+                detail={
+                    "iterations_budget": run.campaign.budget.iterations,
+                    "candidates": run.per_iteration,
+                },
+            )
+        # Recorded proposals are replayed, never asked for again (nor paid for again).
+        proposals = run.prior.proposals.get(iteration) or _ask_agent_batch(
+            run, agent, iteration, incumbent
         )
-        proposals = _ask_agent_batch(run, agent, iteration, incumbent)
         if not proposals:
             break
         incumbent = _try_candidates(run, iteration, proposals, incumbent, baseline_model)
+        faults.reached("after_decision", iteration)
     return incumbent
 
 
 def _run_baseline(run: _Run) -> _Incumbent:
     recipe = run.campaign.baseline
     proposal = Proposal(hypothesis="baseline recipe from the campaign file", patch={"-": "-"})
-    run.record(
-        event="iteration_started",
-        iteration=0,
-        candidate="it000",
-        detail={"iterations_budget": run.campaign.budget.iterations, "candidates": 1},
-    )
+    if 0 not in run.prior.iterations_started:
+        run.record(
+            event="iteration_started",
+            iteration=0,
+            candidate="it000",
+            detail={"iterations_budget": run.campaign.budget.iterations, "candidates": 1},
+        )
     job = CandidateJob(0, 0, "it000", recipe, proposal, run.layout.candidate(0))
+    _record_proposals(run, [(job, None)])
     [done] = _train_and_score(run, [job], baseline_model=None)
     key = training_key(recipe, run.campaign.budget.epochs)
     run.trained[key] = _Trained("it000", done.model, done.result, done.failure)
@@ -431,6 +558,7 @@ def _ask_agent(
         )
         try:
             proposal = agent.propose(state)
+            faults.reached("agent", iteration)
             inc.recipe.patched(proposal.patch)
             return proposal
         except AgentGaveUp as exc:
@@ -483,9 +611,9 @@ def _try_candidates(
             same_as[name] = run.trained[key].candidate if key in run.trained else first.name
         else:
             to_train.append(job)
-    for job in jobs:
-        if job.name in same_as:  # the same training ran (or runs now): answer, do not retrain
-            _record_proposal(run, job, duplicate_of=same_as[job.name])
+    # All of the iteration's proposals in one transaction: a resume finds all or none.
+    # A duplicate (the same training ran, or runs now) is answered without retraining.
+    _record_proposals(run, [(job, same_as.get(job.name)) for job in jobs])
     done = {f.job.name: f for f in _train_and_score(run, to_train, baseline_model)}
     for job in to_train:
         f = done[job.name]
@@ -519,42 +647,72 @@ def _try_candidates(
     return new_incumbent
 
 
-def _record_proposal(run: _Run, job: CandidateJob, duplicate_of: str | None = None) -> None:
-    run.record(
-        event="proposal",
-        iteration=job.iteration,
-        candidate=job.name,
-        agent=run.agent_name,
-        hypothesis=job.proposal.hypothesis,
-        patch=None if job.iteration == 0 else job.proposal.patch,
-        recipe=job.recipe.model_dump(),
-        recipe_hash=job.recipe.digest(),
-        status="duplicate" if duplicate_of else None,
-        detail={"duplicate_of": duplicate_of} if duplicate_of else None,
-    )
+def _record_proposals(run: _Run, jobs: list[tuple[CandidateJob, str | None]]) -> None:
+    """Proposal rows, each with the candidate it duplicates (if any), in one transaction."""
+    events = [
+        LedgerEvent(
+            campaign=run.layout.root.name,
+            event="proposal",
+            iteration=job.iteration,
+            candidate=job.name,
+            agent=run.agent_name,
+            hypothesis=job.proposal.hypothesis,
+            patch=None if job.iteration == 0 else job.proposal.patch,
+            recipe=job.recipe.model_dump(),
+            recipe_hash=job.recipe.digest(),
+            status="duplicate" if duplicate_of else None,
+            detail={"duplicate_of": duplicate_of} if duplicate_of else None,
+        )
+        for job, duplicate_of in jobs
+        if job.name not in run.prior.proposed
+    ]
+    if events:
+        run.ledger.append_all(events)
 
 
 def _train_and_score(
     run: _Run, jobs: list[CandidateJob], baseline_model: Path | None
 ) -> list[Finished]:
-    for job in jobs:
+    """Each job's outcome: from the ledger when a resumed campaign has it, else trained and
+    scored now (all of them side by side)."""
+    known = {j.name: run.prior.known[j.name] for j in jobs if j.name in run.prior.known}
+    to_run = [j for j in jobs if j.name not in known]
+    for job in to_run:
+        if job.name in run.prior.proposed and job.work_dir.exists():
+            _set_aside(job.work_dir)  # killed mid-way: keep its logs, start clean
         job.work_dir.mkdir(parents=True, exist_ok=True)
         (job.work_dir / "recipe.yaml").write_text(
             yaml.safe_dump(job.recipe.model_dump(), sort_keys=True)
         )
-        _record_proposal(run, job)
-    if not jobs:
-        return []
     budget = run.campaign.budget
-    return run_candidates(
-        jobs,
-        trainer=run.trainer,
-        scorer=run.scorecard,
-        budget=TrainingBudget(epochs=budget.epochs, max_seconds=budget.max_train_seconds),
-        baseline_model=baseline_model,
-        stop=run.stop,
-        handle=run.handle,
-    )
+    ran = {}
+    if to_run:
+        finished = run_candidates(
+            to_run,
+            trainer=run.trainer,
+            scorer=run.scorecard,
+            budget=TrainingBudget(epochs=budget.epochs, max_seconds=budget.max_train_seconds),
+            baseline_model=baseline_model,
+            stop=run.stop,
+            handle=run.handle,
+        )
+        ran = {f.job.name: f for f in finished}
+    return [
+        Finished(j, known[j.name].model, known[j.name].result, known[j.name].failure)
+        if j.name in known
+        else ran[j.name]
+        for j in jobs
+    ]
+
+
+def _set_aside(work_dir: Path) -> None:
+    """``it002`` -> ``it002.interrupted`` (``.interrupted-2``, ... when that exists)."""
+    target = work_dir.with_name(f"{work_dir.name}.interrupted")
+    n = 1
+    while target.exists():
+        n += 1
+        target = work_dir.with_name(f"{work_dir.name}.interrupted-{n}")
+    work_dir.rename(target)
 
 
 def _record_decision(
@@ -564,23 +722,27 @@ def _record_decision(
     result: ScoreResult | None,
     decision: Decision,
 ) -> None:
-    run.record(
-        event="decision",
-        iteration=job.iteration,
-        candidate=job.name,
-        agent=run.agent_name,
-        hypothesis=job.proposal.hypothesis,
-        patch=patch or None,
-        recipe_hash=job.recipe.digest(),
-        metrics=result.metrics if result else None,
-        feasible=result.feasible if result else None,
-        violation=result.violation if result else None,
-        composite=result.composite if result else None,
-        decision=decision.verdict,
-        reason=decision.reason,
-        spec_hash=run.scorecard.spec_hash,
-        test_hash=run.scorecard.test_hash,
-    )
+    """The decision's row (unless a resumed campaign recorded it already), what the agent
+    sees of it next, and the table's line."""
+    if job.name not in run.prior.decided:
+        run.record(
+            event="decision",
+            iteration=job.iteration,
+            candidate=job.name,
+            agent=run.agent_name,
+            hypothesis=job.proposal.hypothesis,
+            patch=patch or None,
+            recipe_hash=job.recipe.digest(),
+            metrics=result.metrics if result else None,
+            feasible=result.feasible if result else None,
+            violation=result.violation if result else None,
+            composite=result.composite if result else None,
+            decision=decision.verdict,
+            reason=decision.reason,
+            spec_hash=run.scorecard.spec_hash,
+            test_hash=run.scorecard.test_hash,
+        )
+        faults.reached("decision", job.iteration)  # recorded; the incumbent not yet copied
     verdict = decision.verdict if result is not None or job.iteration == 0 else "FAILED"
     run.history.append(
         HistoryEntry(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent
+from mlipilot.campaign.ledger import Ledger, LedgerEvent, ending
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
@@ -92,7 +92,7 @@ def load_run(run_dir: Path) -> RunView:
     if not decisions:
         raise MlipilotError(f"{run_dir}: ledger.sqlite has no decisions yet, nothing to report")
     started = next((e for e in events if e.event == "campaign_started"), None)
-    finished = next((e for e in reversed(events) if e.event == "campaign_finished"), None)
+    finished = ending(events)
     proposals = {
         candidate_of(e): e
         for e in events

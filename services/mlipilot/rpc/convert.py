@@ -171,6 +171,15 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
                 baseline_recipe=struct(e.recipe),
             )
         )
+    elif e.event == "campaign_resumed":
+        msg.campaign_resumed.CopyFrom(
+            orchestrator_pb2.CampaignResumed(
+                agent=e.agent or "",
+                decided=[str(c) for c in detail.get("decided", [])],
+                train_again=[str(c) for c in detail.get("train_again", [])],
+                reason=e.reason or "",
+            )
+        )
     elif e.event == "iteration_started":
         msg.iteration_started.iterations_budget = int(detail.get("iterations_budget", 0))
     elif e.event == "proposal":

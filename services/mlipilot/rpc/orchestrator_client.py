@@ -40,7 +40,12 @@ class OrchestratorClient:
         self.server = server
         self.timeout_s = timeout_s
 
-    def create(self, campaign_file: Path) -> orchestrator_pb2.Campaign:
+    def create(
+        self, campaign_file: Path, paths_on_server: bool = False
+    ) -> orchestrator_pb2.Campaign:
+        """Start the campaign in ``campaign_file``. Its relative paths resolve against the
+        file's folder (client and server share a file system: a laptop, a shared volume), or
+        with ``paths_on_server`` against the server's own working folder (a cluster)."""
         try:
             text = campaign_file.read_text()
         except OSError as exc:
@@ -48,8 +53,7 @@ class OrchestratorClient:
         request = orchestrator_pb2.CreateCampaignRequest(
             campaign_yaml=text,
             source_name=str(campaign_file),
-            # Meaningful when client and server share a file system (a laptop, a shared volume).
-            base_dir=str(campaign_file.resolve().parent),
+            base_dir="" if paths_on_server else str(campaign_file.resolve().parent),
         )
         return self._call(self.stub.CreateCampaign, request)
 
@@ -100,6 +104,8 @@ def describe_event(event: orchestrator_pb2.CampaignEvent) -> str:
     text = kind or "event"
     if kind == "campaign_started":
         text = f"started: agent {body.agent}, scorecard {body.scorecard_sha256[:12]}"
+    elif kind == "campaign_resumed":
+        text = f"resumed: agent {body.agent}; {body.reason}"
     elif kind == "iteration_started":
         text = f"iteration {event.iteration} of {body.iterations_budget} started"
     elif kind == "proposal":

@@ -3,7 +3,9 @@
 Each created campaign runs the same loop as ``mlipilot run``, in its own thread, into a run
 folder under ``--runs``; the folder's name is the campaign id. Everything a client reads (get,
 list, watch) comes from the campaign's ledger, so it also covers campaigns of earlier server
-lifetimes and of ``mlipilot run``, and a watcher can resume from any event.
+lifetimes and of ``mlipilot run``, and a watcher can resume from any event. On start, the
+server resumes the campaigns an earlier lifetime left unfinished (killed, or interrupted by a
+shutdown), as ``mlipilot run --resume`` would.
 """
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
-from mlipilot.campaign.loop import ScorerFactory, create_run, local_scorer, run_in_layout
+from mlipilot.campaign.ledger import Ledger, LedgerEvent, ending, read_events
+from mlipilot.campaign.loop import (
+    ScorerFactory,
+    create_run,
+    local_scorer,
+    resume_campaign,
+    run_in_layout,
+)
 from mlipilot.campaign.reporting import IterationRow, NullReporter
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import Campaign, parse_campaign
@@ -86,16 +94,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 layout = create_run(campaign, request.campaign_yaml, self.runs_root)
             except OSError as exc:
                 context.abort(grpc.StatusCode.INTERNAL, f"cannot create the run folder: {exc}")
-            stop = StopRequest()
-            # Daemon: a campaign still winding down when the shutdown grace is over must not
-            # keep the process alive; its ledger gets the interruption recorded instead.
-            thread = threading.Thread(
-                target=self._run, args=(campaign, layout, stop), name=layout.root.name, daemon=True
-            )
-            self._live[layout.root.name] = _Live(thread, stop, layout)
+            self._launch(layout, campaign)
             CAMPAIGNS.labels(status="created").inc()
-            ACTIVE_CAMPAIGNS.inc()
-            thread.start()
         log.info("campaign %s created from %s", layout.root.name, request.source_name)
         return self._summary(layout.root.name, context)
 
@@ -147,6 +147,44 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    def resume_unfinished(self) -> list[str]:
+        """Resume the campaigns of earlier lifetimes that have no end in their ledger (the
+        server was killed) or ended ``interrupted`` (it was shut down); return their ids.
+
+        Failed and cancelled campaigns stay as they are: someone should look first.
+        """
+        resumed = []
+        for ledger in sorted(self.runs_root.glob("*/ledger.sqlite")):
+            campaign_id = ledger.parent.name
+            if not _ID.match(campaign_id) or not (ledger.parent / "campaign.json").is_file():
+                continue
+            try:
+                end = ending(read_events(ledger))
+            except sqlite3.Error as exc:
+                log.warning("not resuming %s: unreadable ledger: %s", campaign_id, exc)
+                continue
+            if end is not None and end.status != "interrupted":
+                continue
+            with self._lock:
+                if self._closing or campaign_id in self._live:
+                    continue
+                self._launch(RunLayout(ledger.parent), None)
+            resumed.append(campaign_id)
+            log.info("campaign %s resumed", campaign_id)
+        return resumed
+
+    def _launch(self, layout: RunLayout, campaign: Campaign | None) -> None:
+        """Run (or, without ``campaign``, resume) a campaign in a thread; call under the lock."""
+        stop = StopRequest()
+        # Daemon: a campaign still winding down when the shutdown grace is over must not keep
+        # the process alive; its ledger gets the interruption recorded instead.
+        thread = threading.Thread(
+            target=self._run, args=(campaign, layout, stop), name=layout.root.name, daemon=True
+        )
+        self._live[layout.root.name] = _Live(thread, stop, layout)
+        ACTIVE_CAMPAIGNS.inc()
+        thread.start()
+
     def shutdown(self, grace_s: float = 30.0) -> None:
         """Stop every running campaign as INTERRUPTED (recorded in its ledger), then wait."""
         with self._lock:
@@ -168,19 +206,19 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                         )
                     )
 
-    def _run(self, campaign: Campaign, layout: RunLayout, stop: StopRequest) -> None:
+    def _run(self, campaign: Campaign | None, layout: RunLayout, stop: StopRequest) -> None:
         status = "failed"
+        options = {"reporter": MetricsReporter(), "scorer_factory": self.scorer_factory}
         try:
-            run_in_layout(
-                campaign,
-                layout,
-                reporter=MetricsReporter(),
-                scorer_factory=self.scorer_factory,
-                stop=stop,
-            )
+            if campaign is None:
+                resume_campaign(layout.root, stop=stop, **options)
+            else:
+                run_in_layout(campaign, layout, stop=stop, **options)
             status = "finished"
         except CampaignStopped as exc:
             status = exc.status
+        except MlipilotError as exc:  # e.g. held by another process, or its inputs changed
+            log.error("campaign %s: %s", layout.root.name, exc)
         except BaseException:
             log.exception("campaign %s failed", layout.root.name)
         finally:
@@ -262,7 +300,7 @@ def summarize(
     """A campaign's state as its ledger tells it."""
     msg = orchestrator_pb2.Campaign(id=campaign_id, name=campaign_id, run_uri=run_dir.as_uri())
     started = next((e for e in events if e.event == "campaign_started"), None)
-    finished = next((e for e in reversed(events) if e.event == "campaign_finished"), None)
+    finished = ending(events)
     if events:
         msg.last_sequence = events[-1].id or 0
         msg.created_time.CopyFrom(timestamp(events[0].ts))

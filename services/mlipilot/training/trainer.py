@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -187,6 +188,10 @@ def _judge(
         return "failed", f"non-finite loss ({curve[-1].loss}) at epoch {curve[-1].epoch}", None
     if returncode != 0 and wall >= budget.max_seconds:
         return "timeout", f"over the wall-clock budget of {budget.max_seconds:.0f} s", None
+    if returncode < 0:  # SIGKILL from outside is most often the kernel's out-of-memory killer
+        name = _signal_name(-returncode)
+        hint = " (out of memory? the kernel's OOM killer sends it)" if name == "SIGKILL" else ""
+        return "failed", f"mace_run_train was killed by {name}{hint}; see train.log", None
     if returncode != 0:
         return "failed", f"mace_run_train exited with code {returncode} (see train.log)", None
     # Stage two writes a second model; it is the one the run ends with.
@@ -194,3 +199,10 @@ def _judge(
         if (mace_dir / name).exists():
             return "ok", None, mace_dir / name
     return "failed", "mace_run_train finished but wrote no model file", None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -142,7 +142,7 @@ class CancelCampaignRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class CampaignEvent(_message.Message):
-    __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished")
+    __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished", "campaign_resumed")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class CampaignEvent(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_RESUMED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     campaign_id: str
@@ -173,7 +174,8 @@ class CampaignEvent(_message.Message):
     result: EvaluationFinished
     decision: DecisionMade
     campaign_finished: CampaignFinished
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., campaign_id: _Optional[str] = ..., iteration: _Optional[int] = ..., candidate: _Optional[str] = ..., campaign_started: _Optional[_Union[CampaignStarted, _Mapping]] = ..., iteration_started: _Optional[_Union[IterationStarted, _Mapping]] = ..., proposal: _Optional[_Union[ProposalMade, _Mapping]] = ..., agent_failure: _Optional[_Union[AgentFailure, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., scorecard_progress: _Optional[_Union[ScorecardProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluationFinished, _Mapping]] = ..., decision: _Optional[_Union[DecisionMade, _Mapping]] = ..., campaign_finished: _Optional[_Union[CampaignFinished, _Mapping]] = ...) -> None: ...
+    campaign_resumed: CampaignResumed
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., campaign_id: _Optional[str] = ..., iteration: _Optional[int] = ..., candidate: _Optional[str] = ..., campaign_started: _Optional[_Union[CampaignStarted, _Mapping]] = ..., iteration_started: _Optional[_Union[IterationStarted, _Mapping]] = ..., proposal: _Optional[_Union[ProposalMade, _Mapping]] = ..., agent_failure: _Optional[_Union[AgentFailure, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., scorecard_progress: _Optional[_Union[ScorecardProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluationFinished, _Mapping]] = ..., decision: _Optional[_Union[DecisionMade, _Mapping]] = ..., campaign_finished: _Optional[_Union[CampaignFinished, _Mapping]] = ..., campaign_resumed: _Optional[_Union[CampaignResumed, _Mapping]] = ...) -> None: ...
 
 class CampaignStarted(_message.Message):
     __slots__ = ("agent", "scorecard_sha256", "train_set_sha256", "test_set_sha256", "baseline_recipe")
@@ -188,6 +190,18 @@ class CampaignStarted(_message.Message):
     test_set_sha256: str
     baseline_recipe: _struct_pb2.Struct
     def __init__(self, agent: _Optional[str] = ..., scorecard_sha256: _Optional[str] = ..., train_set_sha256: _Optional[str] = ..., test_set_sha256: _Optional[str] = ..., baseline_recipe: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class CampaignResumed(_message.Message):
+    __slots__ = ("agent", "decided", "train_again", "reason")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_AGAIN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    decided: _containers.RepeatedScalarFieldContainer[str]
+    train_again: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    def __init__(self, agent: _Optional[str] = ..., decided: _Optional[_Iterable[str]] = ..., train_again: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class IterationStarted(_message.Message):
     __slots__ = ("iterations_budget",)

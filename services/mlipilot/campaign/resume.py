@@ -1,0 +1,130 @@
+"""What an unfinished campaign's ledger already holds, for ``mlipilot run --resume``.
+
+Resume replays the campaign loop over the ledger: every step the ledger records is taken from
+it (a recorded proposal is not asked of the agent again, a scored candidate is not retrained,
+a recorded decision is not written twice) and the loop goes on from the first step it does not
+record. Decisions are a pure function of the results, so the replay reaches the same incumbent
+the killed process had.
+
+A candidate counts as done when the ledger has its scoring (or a training that failed on its
+own: error, non-finite loss, time-out). One that was in flight (no such row, a cancelled
+training, or a model file gone) is trained again; its old folder is kept beside the new one as
+``<name>.interrupted``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from mlipilot.agents.base import Proposal
+from mlipilot.campaign.ledger import LedgerEvent, ending
+from mlipilot.errors import MlipilotError
+from mlipilot.scoring.result import ConstraintOutcome, ScoreResult
+
+# Training outcomes that are the candidate's own fault: recorded as its failure, not re-run.
+_FINAL_TRAINING = ("failed", "timeout")
+
+
+@dataclass(frozen=True)
+class KnownOutcome:
+    """A candidate's outcome as recorded: its model, its result or why it has none."""
+
+    model: Path | None
+    result: ScoreResult | None
+    failure: str | None
+
+
+@dataclass
+class PriorRun:
+    """The recorded part of a campaign; empty for a new one."""
+
+    started: LedgerEvent | None = None
+    iterations_started: set[int] = field(default_factory=set)
+    proposals: dict[int, list[Proposal]] = field(default_factory=dict)  # in candidate order
+    proposed: set[str] = field(default_factory=set)
+    known: dict[str, KnownOutcome] = field(default_factory=dict)
+    decided: set[str] = field(default_factory=set)
+
+    @property
+    def in_flight(self) -> list[str]:
+        """Candidates proposed but neither scored nor failed: they are trained again."""
+        return sorted(self.proposed - set(self.known))
+
+
+def read_prior_run(run_dir: Path, events: list[LedgerEvent]) -> PriorRun:
+    """The recorded part of the campaign in ``run_dir``; refuses a finished campaign."""
+    end = ending(events)
+    if end is not None and end.status == "finished":
+        raise MlipilotError(f"{run_dir}: the campaign finished ({end.reason}); nothing to resume")
+    prior = PriorRun(started=next((e for e in events if e.event == "campaign_started"), None))
+    by_iteration: dict[int, dict[int, Proposal]] = {}
+    trainings: dict[str, LedgerEvent] = {}
+    evaluations: dict[str, LedgerEvent] = {}
+    for e in events:
+        if e.event == "iteration_started" and e.iteration is not None:
+            prior.iterations_started.add(e.iteration)
+        elif e.event == "proposal" and e.candidate and e.iteration is not None:
+            prior.proposed.add(e.candidate)
+            proposal = Proposal(
+                hypothesis=e.hypothesis or "-", patch=e.patch or {"-": "-"}
+            )  # the baseline's row has no patch
+            by_iteration.setdefault(e.iteration, {})[candidate_index(e.candidate)] = proposal
+        elif e.event == "training" and e.candidate:
+            trainings[e.candidate] = e  # the last attempt counts
+            evaluations.pop(e.candidate, None)
+        elif e.event == "evaluation" and e.candidate:
+            evaluations[e.candidate] = e
+        elif e.event == "decision" and e.candidate:
+            prior.decided.add(e.candidate)
+    prior.proposals = {it: [p for _, p in sorted(ps.items())] for it, ps in by_iteration.items()}
+    for name, training in trainings.items():
+        outcome = _known_outcome(training, evaluations.get(name))
+        if outcome is not None:
+            prior.known[name] = outcome
+    return prior
+
+
+def candidate_index(name: str) -> int:
+    """``it003`` -> 0, ``it003-2`` -> 1: the candidate's place among its iteration's."""
+    _, _, number = name.partition("-")
+    return int(number) - 1 if number else 0
+
+
+def _known_outcome(training: LedgerEvent, evaluation: LedgerEvent | None) -> KnownOutcome | None:
+    if training.status in _FINAL_TRAINING:
+        return KnownOutcome(None, None, f"training {training.status}: {training.reason}")
+    if training.status != "ok" or evaluation is None:
+        return None  # cancelled, or killed before its scoring was recorded: train again
+    model = _model_path(training)
+    if model is None or not model.is_file():
+        return None
+    if evaluation.metrics is None:
+        return KnownOutcome(model, None, evaluation.reason or "scoring failed")
+    return KnownOutcome(model, score_result(evaluation), None)
+
+
+def _model_path(training: LedgerEvent) -> Path | None:
+    uri = (training.detail or {}).get("model")
+    if not uri:
+        return None
+    return Path(unquote(urlparse(uri).path))
+
+
+def score_result(evaluation: LedgerEvent) -> ScoreResult:
+    """The scorecard result an ``evaluation`` row records."""
+    detail = evaluation.detail or {}
+    return ScoreResult(
+        spec_name=detail.get("scorecard", ""),
+        spec_hash=evaluation.spec_hash or "",
+        test_hash=evaluation.test_hash or "",
+        metrics=evaluation.metrics or {},
+        constraints=[ConstraintOutcome.model_validate(c) for c in detail.get("constraints", [])],
+        feasible=bool(evaluation.feasible),
+        violation=evaluation.violation or 0.0,
+        composite=evaluation.composite or 0.0,
+        hardware=detail.get("hardware", {}),
+        timings_s=detail.get("timings_s", {}),
+        details={"md_replicas": detail.get("md_replicas", [])},
+    )
