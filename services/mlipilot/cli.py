@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlipilot.cli_output import fail
+from mlipilot.cluster.cli import cluster_app
 from mlipilot.errors import MlipilotError
 
 # mace imports set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD and e3nn then warns on every torch.load;
@@ -25,6 +26,7 @@ data_app = typer.Typer(help="Generate and check training data.", no_args_is_help
 ledger_app = typer.Typer(help="Read a campaign's ledger.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(cluster_app, name="cluster")
 
 DEFAULT_CAMPAIGN = Path("examples/cu-emt-quick.yaml")
 

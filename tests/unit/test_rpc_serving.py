@@ -6,8 +6,6 @@ stand in for the mlipilot services.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import re
 import signal
@@ -18,12 +16,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tls_certs import write_self_signed
 
 from mlipilot.errors import MlipilotError
 from mlipilot.rpc.auth import load_token
@@ -165,43 +160,8 @@ def test_token_required_on_unary_method(serve) -> None:
         assert echo(channel, b"x", metadata=(("authorization", "Bearer old"),)) == b"x"
 
 
-def write_self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = tmp_path / "server.crt"
-    key_path = tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_with_token(serve, tmp_path: Path) -> None:
-    cert, key = write_self_signed(tmp_path)
+    cert, key = write_self_signed(tmp_path, ("localhost",), ("127.0.0.1",))
     running = serve(token=TOKEN, tls_cert=cert, tls_key=key)
     target = f"localhost:{running.port}"
     with open_channel(target, token=TOKEN, tls_ca=cert) as channel:
