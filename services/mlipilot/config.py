@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mlipilot.errors import MlipilotError, format_validation_error, shown
 from mlipilot.recipe import Recipe, describe_recipe_error
@@ -29,8 +36,47 @@ class DataConfig(_Strict):
 
 
 class AgentConfig(_Strict):
-    kind: Literal["rule-based", "random", "optuna"] = "rule-based"
+    kind: Literal["rule-based", "random", "optuna", "llm", "replay"] = "rule-based"
     seed: int = Field(0, ge=0)
+    # -- kind: llm (an OpenAI-compatible server: vLLM, llama.cpp, ...)
+    base_url: str | None = Field(
+        None, pattern=r"^https?://\S+$", description="e.g. http://vllm:8000/v1 (kind: llm)"
+    )
+    model: str | None = Field(None, min_length=1, description="a model id the server lists")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable holding the API key"
+    )
+    tool_mode: Literal["tools", "json_schema"] = Field(
+        "tools", description="tool calling, or structured output for servers without tools"
+    )
+    tool_choice: Literal["auto", "required", "propose"] = Field(
+        "auto", description="'propose' names the tool: for chat templates without tools"
+    )
+    tool_call_ids: Literal["auto", "openai", "mistral"] = Field(
+        "auto", description="mistral: 9-character ids (auto: when the model name says mistral)"
+    )
+    thinking: bool | None = Field(None, description="Qwen3 thinking on/off (server default)")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens_per_iteration: int = Field(40_000, ge=256, le=10_000_000)
+    max_completion_tokens: int = Field(2048, ge=16, le=1_000_000, description="per call")
+    max_turns: int = Field(8, ge=1, le=100, description="model calls per proposal")
+    max_tool_errors: int = Field(3, ge=0, le=50, description="bad answers before failing")
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="per HTTP request")
+    max_retries: int = Field(4, ge=0, le=20, description="on 429, 5xx and dropped connections")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more request fields for the server, e.g. {repetition_penalty: 1.1} (vLLM)",
+    )
+    # -- kind: replay
+    ledger: Path | None = Field(None, description="run folder whose proposals are replayed")
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> AgentConfig:
+        needed = {"llm": ("base_url", "model"), "replay": ("ledger",)}.get(self.kind, ())
+        missing = [f"agent.{k}" for k in needed if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"agent kind {self.kind!r} needs {', '.join(missing)}")
+        return self
 
 
 class BudgetConfig(_Strict):
@@ -42,6 +88,9 @@ class BudgetConfig(_Strict):
     agent_retries: int = Field(2, ge=0, le=10, description="refused proposals before giving up")
     candidates_per_iteration: int = Field(
         1, ge=1, le=64, description="proposals trained and scored side by side each iteration"
+    )
+    agent_tokens: int | None = Field(
+        None, ge=1, description="LLM tokens (prompt + completion) for the whole campaign"
     )
 
 
@@ -130,21 +179,33 @@ def parse_campaign(text: str, source_name: str, base_dir: Path) -> tuple[Campaig
 
 
 def _resolved(campaign: Campaign, root: Path) -> Campaign:
-    return campaign.model_copy(
-        update={
-            "scorecard": root / campaign.scorecard,
-            "data": campaign.data.model_copy(update={"path": root / campaign.data.path}),
-        }
-    )
+    update: dict[str, Any] = {
+        "scorecard": root / campaign.scorecard,
+        "data": campaign.data.model_copy(update={"path": root / campaign.data.path}),
+    }
+    if campaign.agent.ledger is not None:
+        update["agent"] = campaign.agent.model_copy(update={"ledger": root / campaign.agent.ledger})
+    return campaign.model_copy(update=update)
 
 
 def override(
-    campaign: Campaign, *, agent: str | None = None, iterations: int | None = None
+    campaign: Campaign,
+    *,
+    agent: str | None = None,
+    iterations: int | None = None,
+    **agent_settings: Any,
 ) -> Campaign:
-    """Apply command-line overrides, validated like the file itself."""
+    """Apply command-line overrides, validated like the file itself.
+
+    ``agent_settings`` are agent keys (``base_url``, ``model``, ...); None leaves one as is.
+    """
     data = campaign.model_dump()
     if agent is not None:
         data["agent"]["kind"] = agent
+    unknown = sorted(set(agent_settings) - set(AgentConfig.model_fields))
+    if unknown:
+        raise MlipilotError(f"command-line override: unknown agent setting(s) {unknown}")
+    data["agent"].update({k: v for k, v in agent_settings.items() if v is not None})
     if iterations is not None:
         data["budget"]["iterations"] = iterations
     try:

@@ -124,10 +124,10 @@ def test_unknown_baseline_key_is_named(tmp_path: Path) -> None:
 
 
 def test_bad_agent_kind(tmp_path: Path) -> None:
-    path, message = load_error(tmp_path, CAMPAIGN_YAML.replace("kind: random", "kind: llm"))
+    path, message = load_error(tmp_path, CAMPAIGN_YAML.replace("kind: random", "kind: gpt"))
     assert f"campaign file {path}" in message
     assert "agent.kind" in message
-    assert "'llm'" in message
+    assert "'gpt'" in message
     assert "rule-based" in message
 
 

@@ -19,4 +19,37 @@ def make_agent(config: AgentConfig) -> Agent:
         from mlipilot.agents.optuna_agent import OptunaAgent
 
         return OptunaAgent(seed=config.seed)
+    if config.kind == "llm":
+        return _llm_agent(config)
+    if config.kind == "replay":
+        from mlipilot.agents.replay import ReplayAgent
+
+        assert config.ledger is not None  # AgentConfig requires it for this kind
+        return ReplayAgent(config.ledger)
     return RuleBasedResearcher()
+
+
+def _llm_agent(config: AgentConfig) -> Agent:
+    from mlipilot.agents.llm import LlmAgent, LlmSettings, api_key_from_env
+
+    assert config.base_url is not None and config.model is not None  # AgentConfig checks
+    settings = LlmSettings(
+        base_url=config.base_url,
+        model=config.model,
+        api_key=api_key_from_env(config.api_key_env),
+        tool_mode=config.tool_mode,
+        tool_choice=config.tool_choice,
+        tool_call_ids=config.tool_call_ids,
+        thinking=config.thinking,
+        temperature=config.temperature,
+        max_completion_tokens=config.max_completion_tokens,
+        max_tokens_per_iteration=config.max_tokens_per_iteration,
+        max_turns=config.max_turns,
+        max_tool_errors=config.max_tool_errors,
+        timeout_s=config.timeout_s,
+        max_retries=config.max_retries,
+        extra_body=dict(config.extra_body),
+    )
+    agent = LlmAgent(settings)
+    agent.check_server()  # before the baseline trains: a wrong URL or model fails at once
+    return agent

@@ -23,6 +23,7 @@ EventKind = Literal[
     "iteration_started",
     "proposal",
     "agent_failure",
+    "agent_call",  # one conversation with an LLM agent: its messages and tokens (detail)
     "progress",  # training epochs and scorecard stages, so a watcher sees work in flight
     "training",
     "evaluation",

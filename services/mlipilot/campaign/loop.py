@@ -30,7 +30,15 @@ import yaml
 
 from mlipilot import faults
 from mlipilot.agents import make_agent
-from mlipilot.agents.base import Agent, AgentGaveUp, CampaignState, HistoryEntry, Proposal
+from mlipilot.agents.base import (
+    Agent,
+    AgentCost,
+    AgentFailed,
+    AgentGaveUp,
+    CampaignState,
+    HistoryEntry,
+    Proposal,
+)
 from mlipilot.campaign.candidates import (
     CandidateJob,
     Evaluated,
@@ -112,6 +120,8 @@ class _Run:
     rows: list[IterationRow] = field(default_factory=list)
     trained: dict[str, _Trained] = field(default_factory=dict)  # by training_key
     _progress_marks: dict[tuple[str, str], int] = field(default_factory=dict)
+    tokens_spent: int | None = None  # LLM tokens so far, this run and any before a resume
+    agent_failed: set[int] = field(default_factory=set)  # iterations the agent failed
 
     @property
     def per_iteration(self) -> int:
@@ -497,6 +507,8 @@ def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
             run, agent, iteration, incumbent
         )
         if not proposals:
+            if iteration in run.agent_failed:
+                continue  # recorded as an agent failure; the campaign goes on
             break
         incumbent = _try_candidates(run, iteration, proposals, incumbent, baseline_model)
         faults.reached("after_decision", iteration)
@@ -542,7 +554,11 @@ def _ask_agent_batch(run: _Run, agent: Agent, iteration: int, inc: _Incumbent) -
 def _ask_agent(
     run: _Run, agent: Agent, iteration: int, inc: _Incumbent, pending: list[Recipe]
 ) -> Proposal | None:
-    """A validated proposal, or None when the agent gives up; refusals are recorded."""
+    """A validated proposal, or None when the agent gives up or fails; refusals are recorded,
+    and so is every conversation with an LLM agent (``agent_call``: messages and tokens)."""
+    if _token_budget_spent(run, agent, iteration):
+        return None
+    candidate = candidate_name(iteration, len(pending), run.per_iteration)
     last_error = None
     for attempt in range(run.campaign.budget.agent_retries + 1):
         state = CampaignState(
@@ -558,10 +574,24 @@ def _ask_agent(
         )
         try:
             proposal = agent.propose(state)
+            _record_agent_call(run, agent, iteration, candidate, "proposed", proposal.cost)
             faults.reached("agent", iteration)
             inc.recipe.patched(proposal.patch)
             return proposal
+        except AgentFailed as exc:
+            _record_agent_call(run, agent, iteration, candidate, "failed", exc.cost, str(exc))
+            run.record(
+                event="agent_failure",
+                iteration=iteration,
+                agent=agent.name,
+                status="failed",
+                reason=str(exc),
+            )
+            run.reporter.note(f"iteration {iteration}: agent {agent.name} failed: {exc}")
+            run.agent_failed.add(iteration)
+            return None
         except AgentGaveUp as exc:
+            _record_agent_call(run, agent, iteration, candidate, "gave_up", exc.cost, str(exc))
             run.record(
                 event="agent_failure",
                 iteration=iteration,
@@ -583,6 +613,56 @@ def _ask_agent(
             )
     run.reporter.note(f"iteration {iteration}: no valid proposal after retries: {last_error}")
     return None
+
+
+def _tokens_spent(run: _Run) -> int:
+    """LLM tokens the campaign's ``agent_call`` rows record (also those before a resume)."""
+    if run.tokens_spent is None:
+        rows = run.ledger.events("agent_call")
+        run.tokens_spent = sum(int((e.detail or {}).get("total_tokens", 0)) for e in rows)
+    return run.tokens_spent
+
+
+def _token_budget_spent(run: _Run, agent: Agent, iteration: int) -> bool:
+    """True (and recorded) when the campaign's LLM token budget is used up: stop asking."""
+    budget = run.campaign.budget.agent_tokens
+    if budget is None or _tokens_spent(run) < budget:
+        return False
+    reason = f"the campaign's token budget is spent: {_tokens_spent(run)} of {budget} tokens"
+    run.record(
+        event="agent_failure",
+        iteration=iteration,
+        agent=agent.name,
+        status="token_budget",
+        reason=reason,
+    )
+    run.reporter.note(reason)
+    return True
+
+
+def _record_agent_call(
+    run: _Run,
+    agent: Agent,
+    iteration: int,
+    candidate: str,
+    status: str,
+    cost: AgentCost | None,
+    reason: str | None = None,
+) -> None:
+    """One conversation with an LLM agent: every message and the tokens of every call."""
+    if cost is None:
+        return
+    run.tokens_spent = _tokens_spent(run) + cost.total_tokens
+    run.record(
+        event="agent_call",
+        iteration=iteration,
+        candidate=candidate,
+        agent=agent.name,
+        status=status,
+        reason=reason,
+        duration_s=cost.duration_s,
+        detail={**cost.model_dump(), "total_tokens": cost.total_tokens},
+    )
 
 
 def _try_candidates(
@@ -758,6 +838,14 @@ def _record_decision(
     row = IterationRow.build(
         job.iteration, job.proposal.hypothesis, patch, result, decision, candidate=job.name
     )
+    if job.proposal.cost is not None:  # an LLM agent's proposal: what asking for it cost
+        cost = job.proposal.cost
+        row = row.model_copy(
+            update={
+                "prompt_tokens": cost.prompt_tokens,
+                "completion_tokens": cost.completion_tokens,
+            }
+        )
     run.rows.append(row)
     run.reporter.decision(row)
 

@@ -34,6 +34,8 @@ class IterationRow(BaseModel):
     violation: float | None
     verdict: str
     reason: str
+    prompt_tokens: int | None = None  # LLM agents: what the proposal cost
+    completion_tokens: int | None = None
 
     @classmethod
     def build(

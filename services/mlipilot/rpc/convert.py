@@ -201,6 +201,20 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
                 reason=e.reason or "",
             )
         )
+    elif e.event == "agent_call":
+        msg.agent_call.CopyFrom(
+            orchestrator_pb2.AgentCall(
+                agent=e.agent or "",
+                model=str(detail.get("model", "")),
+                status=e.status or "",
+                prompt_tokens=int(detail.get("prompt_tokens", 0)),
+                completion_tokens=int(detail.get("completion_tokens", 0)),
+                requests=int(detail.get("requests", 0)),
+                messages=len(detail.get("transcript") or []),
+                duration_seconds=e.duration_s or 0.0,
+                reason=e.reason or "",
+            )
+        )
     elif e.event == "progress" and detail.get("stage") == "train":
         msg.training_progress.CopyFrom(
             orchestrator_pb2.TrainingProgress(

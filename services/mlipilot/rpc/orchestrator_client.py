@@ -115,6 +115,13 @@ def describe_event(event: orchestrator_pb2.CampaignEvent) -> str:
     elif kind == "agent_failure":
         kind_word = label(orchestrator_pb2.AgentFailureKind, body.kind)
         text = f"agent {body.agent} {kind_word}: {body.reason}"
+    elif kind == "agent_call":
+        tokens = f"{body.prompt_tokens} prompt + {body.completion_tokens} completion tokens"
+        why = f": {body.reason}" if body.reason else ""
+        text = (
+            f"agent {body.agent} {body.status} after {body.requests} call(s), {tokens}, "
+            f"{body.duration_seconds:.1f} s{why}"
+        )
     elif kind == "training_progress":
         text = f"train epoch {body.epoch}/{body.epochs_budget} loss {body.loss:.4g}"
     elif kind == "training_finished":

@@ -26,6 +26,8 @@ class AgentFailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGENT_FAILURE_KIND_UNSPECIFIED: _ClassVar[AgentFailureKind]
     AGENT_FAILURE_KIND_INVALID_PATCH: _ClassVar[AgentFailureKind]
     AGENT_FAILURE_KIND_GAVE_UP: _ClassVar[AgentFailureKind]
+    AGENT_FAILURE_KIND_FAILED: _ClassVar[AgentFailureKind]
+    AGENT_FAILURE_KIND_TOKEN_BUDGET: _ClassVar[AgentFailureKind]
 
 class TrainingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +59,8 @@ CAMPAIGN_STATUS_INTERRUPTED: CampaignStatus
 AGENT_FAILURE_KIND_UNSPECIFIED: AgentFailureKind
 AGENT_FAILURE_KIND_INVALID_PATCH: AgentFailureKind
 AGENT_FAILURE_KIND_GAVE_UP: AgentFailureKind
+AGENT_FAILURE_KIND_FAILED: AgentFailureKind
+AGENT_FAILURE_KIND_TOKEN_BUDGET: AgentFailureKind
 TRAINING_STATUS_UNSPECIFIED: TrainingStatus
 TRAINING_STATUS_OK: TrainingStatus
 TRAINING_STATUS_FAILED: TrainingStatus
@@ -142,7 +146,7 @@ class CancelCampaignRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class CampaignEvent(_message.Message):
-    __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished", "campaign_resumed")
+    __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished", "campaign_resumed", "agent_call")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +163,7 @@ class CampaignEvent(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_RESUMED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CALL_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     campaign_id: str
@@ -175,7 +180,8 @@ class CampaignEvent(_message.Message):
     decision: DecisionMade
     campaign_finished: CampaignFinished
     campaign_resumed: CampaignResumed
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., campaign_id: _Optional[str] = ..., iteration: _Optional[int] = ..., candidate: _Optional[str] = ..., campaign_started: _Optional[_Union[CampaignStarted, _Mapping]] = ..., iteration_started: _Optional[_Union[IterationStarted, _Mapping]] = ..., proposal: _Optional[_Union[ProposalMade, _Mapping]] = ..., agent_failure: _Optional[_Union[AgentFailure, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., scorecard_progress: _Optional[_Union[ScorecardProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluationFinished, _Mapping]] = ..., decision: _Optional[_Union[DecisionMade, _Mapping]] = ..., campaign_finished: _Optional[_Union[CampaignFinished, _Mapping]] = ..., campaign_resumed: _Optional[_Union[CampaignResumed, _Mapping]] = ...) -> None: ...
+    agent_call: AgentCall
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., campaign_id: _Optional[str] = ..., iteration: _Optional[int] = ..., candidate: _Optional[str] = ..., campaign_started: _Optional[_Union[CampaignStarted, _Mapping]] = ..., iteration_started: _Optional[_Union[IterationStarted, _Mapping]] = ..., proposal: _Optional[_Union[ProposalMade, _Mapping]] = ..., agent_failure: _Optional[_Union[AgentFailure, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., scorecard_progress: _Optional[_Union[ScorecardProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluationFinished, _Mapping]] = ..., decision: _Optional[_Union[DecisionMade, _Mapping]] = ..., campaign_finished: _Optional[_Union[CampaignFinished, _Mapping]] = ..., campaign_resumed: _Optional[_Union[CampaignResumed, _Mapping]] = ..., agent_call: _Optional[_Union[AgentCall, _Mapping]] = ...) -> None: ...
 
 class CampaignStarted(_message.Message):
     __slots__ = ("agent", "scorecard_sha256", "train_set_sha256", "test_set_sha256", "baseline_recipe")
@@ -234,6 +240,28 @@ class AgentFailure(_message.Message):
     kind: AgentFailureKind
     reason: str
     def __init__(self, agent: _Optional[str] = ..., kind: _Optional[_Union[AgentFailureKind, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AgentCall(_message.Message):
+    __slots__ = ("agent", "model", "status", "prompt_tokens", "completion_tokens", "requests", "messages", "duration_seconds", "reason")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    model: str
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+    messages: int
+    duration_seconds: float
+    reason: str
+    def __init__(self, agent: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., requests: _Optional[int] = ..., messages: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
     __slots__ = ("epoch", "epochs_budget", "loss", "validation")

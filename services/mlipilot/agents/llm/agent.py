@@ -1,0 +1,374 @@
+"""An agent that asks a language model, over an OpenAI-compatible API, for each proposal.
+
+One ``propose`` is one conversation: a system prompt (the rules), one user message with the
+compact state, then turns until the model calls ``propose`` with a patch the recipe schema
+accepts. With ``tool_mode: tools`` the model may first read more through tools (history, one
+run's details, the recipe space); with ``tool_mode: json_schema`` (servers without tool
+calling) it answers with one JSON object under structured output. A bad answer goes back to
+the model with the reason; after ``max_tool_errors`` of them, or past the token limit, the
+iteration fails (``AgentFailed``) and the campaign goes on. Every message to and from the
+model, and the tokens of every call, ride on the answer (``AgentCost``) into the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import string
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlipilot.agents.base import AgentCost, AgentFailed, CampaignState, Proposal
+from mlipilot.agents.llm import state_view
+from mlipilot.agents.llm.client import ChatClient
+from mlipilot.agents.llm.tools import (
+    PROPOSE,
+    TOOLS,
+    ToolAnswer,
+    call_tool,
+    check_proposal,
+    proposal_json_schema,
+)
+from mlipilot.errors import MlipilotError
+
+SYSTEM = """You are an expert in training MACE machine-learned interatomic potentials.
+Each turn you propose ONE change (a patch) to the incumbent training recipe. The candidate is
+trained under a fixed budget and judged by a fixed scorecard; it replaces the incumbent only if
+the decision rule accepts it. Work from the numbers: fix the violated constraint with the
+largest violation first, then lower the composite. Do not repeat a tried recipe. Change few
+keys at a time so the result teaches something. Typical levers: output normalization
+(e0s, scaling), loss weights, learning rate and schedule (EMA, stage two), capacity
+(num_channels, max_L, correlation, num_interactions, r_max), batch size, precision."""
+
+TOOLS_RULES = """Read more with the tools if you need it (get_run shows per-constraint margins
+and MD outcomes of one tried candidate), then call propose(hypothesis, patch). Be brief."""
+
+JSON_RULES = """Answer with one JSON object and nothing else:
+{"hypothesis": "<why this change should help>", "patch": {"<recipe key>": <value>, ...}}
+Allowed recipe keys and values:
+"""
+
+NO_CALL = (
+    "error: no tool call found. Call a tool; to finish, call propose with a hypothesis and a patch."
+)
+_NO_PROPOSAL = (
+    'error: no proposal found. Answer with one JSON object {"hypothesis": "...", "patch": {...}}.'
+)
+_CUT = "error: your answer was cut off at the token limit; answer briefly. "
+_THINKING = re.compile(r"<think>.*?</think>", re.DOTALL)
+_ALNUM = string.ascii_letters + string.digits
+_MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
+_WIRE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    base_url: str
+    model: str
+    api_key: str | None = None
+    tool_mode: str = "tools"  # tools | json_schema
+    tool_choice: str = "auto"  # auto | required | propose (name the propose tool)
+    tool_call_ids: str = "auto"  # auto | openai | mistral (9 alphanumeric characters)
+    thinking: bool | None = None  # Qwen3: chat_template_kwargs.enable_thinking
+    temperature: float = 0.7
+    max_completion_tokens: int = 2048
+    max_tokens_per_iteration: int = 40_000
+    max_turns: int = 8
+    max_tool_errors: int = 3
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. {"repetition_penalty": 1.1}
+
+    @property
+    def mistral_ids(self) -> bool:
+        if self.tool_call_ids == "auto":
+            return "mistral" in self.model.lower()
+        return self.tool_call_ids == "mistral"
+
+
+@dataclass
+class _Conversation:
+    """One ``propose``: the messages as sent, and what the calls cost."""
+
+    model: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def cost(self) -> AgentCost:
+        return AgentCost(
+            model=self.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            requests=len(self.calls),
+            duration_s=round(time.monotonic() - self.started, 3),
+            transcript=[dict(m) for m in self.messages],
+            calls=list(self.calls),
+        )
+
+
+class LlmAgent:
+    """``Agent`` over an OpenAI-compatible chat-completions server (vLLM, llama.cpp, ...)."""
+
+    def __init__(self, settings: LlmSettings, client: ChatClient | None = None) -> None:
+        self.settings = settings
+        self.name = f"llm:{settings.model}"
+        self.client = client or ChatClient(
+            settings.base_url,
+            settings.model,
+            api_key=settings.api_key,
+            timeout_s=settings.timeout_s,
+            max_retries=settings.max_retries,
+            backoff_s=settings.backoff_s,
+        )
+        self._checked = False
+        self._ids = 0
+
+    def check_server(self) -> None:
+        """A clear error now, unless the server is there and serves the model."""
+        self.client.check_model()
+        self._checked = True
+
+    def propose(self, state: CampaignState) -> Proposal:
+        if not self._checked:
+            self.check_server()
+        conv = _Conversation(self.settings.model)
+        if self.settings.tool_mode == "json_schema":
+            proposal = self._converse_json(state, conv)
+        else:
+            proposal = self._converse_tools(state, conv)
+        return proposal.model_copy(update={"cost": conv.cost()})
+
+    # -- tool calling
+
+    def _converse_tools(self, state: CampaignState, conv: _Conversation) -> Proposal:
+        conv.messages += [
+            {"role": "system", "content": f"{SYSTEM}\n\n{TOOLS_RULES}"},
+            {"role": "user", "content": _first_message(state)},
+        ]
+        for _ in range(self.settings.max_turns):
+            message = self._call(conv, {"tools": TOOLS, "tool_choice": self._tool_choice()})
+            raw_calls = message.get("tool_calls") or []
+            assistant = _assistant(message, [])
+            if not raw_calls and (raw_calls := _call_in_text(message.get("content"))):
+                # sent back as the tool call it meant; the text as written stays in the ledger
+                assistant = {**assistant, "content": "", "text": message.get("content")}
+            calls = [self._normalized_call(c) for c in raw_calls]
+            if not calls:
+                conv.messages.append(assistant)
+                self._refuse(conv, {"role": "user", "content": NO_CALL})
+                continue
+            conv.messages.append({**assistant, "tool_calls": calls})
+            for call in calls:
+                fn = call["function"]
+                answer = call_tool(state, fn["name"], fn["arguments"])
+                conv.messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call["id"],
+                        "name": fn["name"],
+                        "content": answer.content,
+                    }
+                )
+                if answer.proposal is not None:
+                    return answer.proposal
+                if answer.error:
+                    self._count_error(conv, answer.content)
+        raise self._failed(conv, f"no valid proposal in {self.settings.max_turns} turns")
+
+    def _tool_choice(self) -> Any:
+        if self.settings.tool_choice == "propose":
+            return {"type": "function", "function": {"name": PROPOSE}}
+        return self.settings.tool_choice
+
+    def _normalized_call(self, call: dict[str, Any]) -> dict[str, Any]:
+        """The call as it goes back to the server: an id it accepts, arguments as a string."""
+        fn = call.get("function") or {}
+        arguments = fn.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments) if arguments is not None else ""
+        call_id = str(call.get("id") or "")
+        if self.settings.mistral_ids and not _MISTRAL_ID.match(call_id):
+            call_id = self._mistral_id(call_id)
+        elif not call_id:
+            call_id = f"call_{self._mistral_id('')}"
+        return {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": str(fn.get("name") or ""), "arguments": arguments},
+        }
+
+    def _mistral_id(self, seed: str) -> str:
+        """9 letters and digits, as Mistral's chat template demands."""
+        self._ids += 1
+        digest = hashlib.sha256(f"{seed}/{self._ids}".encode()).digest()
+        return "".join(_ALNUM[b % len(_ALNUM)] for b in digest[:9])
+
+    # -- structured output
+
+    def _converse_json(self, state: CampaignState, conv: _Conversation) -> Proposal:
+        rules = JSON_RULES + state_view.recipe_space_text()
+        conv.messages += [
+            {"role": "system", "content": f"{SYSTEM}\n\n{rules}"},
+            {"role": "user", "content": state_view.overview(state)},
+        ]
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": "proposal", "schema": proposal_json_schema()},
+        }
+        for _ in range(self.settings.max_turns):
+            message = self._call(conv, {"response_format": response_format})
+            conv.messages.append(_assistant(message, []))
+            answer = _proposal_in_text(state, message.get("content"))
+            if answer.proposal is not None:
+                return answer.proposal
+            reason = answer.content
+            if conv.calls[-1]["finish_reason"] == "length":
+                reason = _CUT + reason
+            self._refuse(conv, {"role": "user", "content": reason})
+        raise self._failed(conv, f"no valid proposal in {self.settings.max_turns} turns")
+
+    # -- shared
+
+    def _call(self, conv: _Conversation, extra: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        spent = conv.prompt_tokens + conv.completion_tokens
+        if spent >= s.max_tokens_per_iteration:
+            raise self._failed(
+                conv, f"token limit of {s.max_tokens_per_iteration} per iteration reached ({spent})"
+            )
+        payload: dict[str, Any] = {
+            "messages": [_wire(m) for m in conv.messages],
+            "temperature": s.temperature,
+            "max_tokens": min(s.max_completion_tokens, s.max_tokens_per_iteration - spent),
+            **extra,
+        }
+        if s.thinking is not None:
+            payload["chat_template_kwargs"] = {"enable_thinking": s.thinking}
+        payload.update(s.extra_body)  # server-specific sampling settings
+        reply = self.client.chat(payload)
+        usage = reply.body.get("usage") or {}
+        prompt, completion = (
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+        )
+        conv.prompt_tokens += prompt
+        conv.completion_tokens += completion
+        choice = reply.body["choices"][0] if reply.body["choices"] else {}
+        conv.calls.append(
+            {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "usage_reported": bool(usage),
+                "seconds": round(reply.seconds, 3),
+                "http_attempts": reply.attempts,
+                "finish_reason": choice.get("finish_reason"),
+                "messages_sent": len(payload["messages"]),
+                # what else was sent: sampling settings, tool choice, structured-output format
+                "params": {k: v for k, v in payload.items() if k not in ("messages", "tools")},
+                "tools": [t["function"]["name"] for t in payload.get("tools", [])],
+            }
+        )
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise MlipilotError(f"{self.client.base_url}: a choice without a message: {choice}")
+        return message
+
+    def _refuse(self, conv: _Conversation, message: dict[str, Any]) -> None:
+        conv.messages.append(message)
+        self._count_error(conv, message["content"])
+
+    def _count_error(self, conv: _Conversation, reason: str) -> None:
+        conv.errors += 1
+        if conv.errors > self.settings.max_tool_errors:
+            raise self._failed(
+                conv,
+                f"{conv.errors} bad answers (limit {self.settings.max_tool_errors}); "
+                f"last: {reason}",
+            )
+
+    def _failed(self, conv: _Conversation, reason: str) -> AgentFailed:
+        return AgentFailed(f"{self.name}: {reason}", cost=conv.cost())
+
+
+def _first_message(state: CampaignState) -> str:
+    return (
+        state_view.overview(state)
+        + "\n\nRecipe keys (allowed values):\n"
+        + (state_view.recipe_space_text())
+    )
+
+
+def _assistant(message: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model's turn as it is sent back: content "" rather than null (vLLM's chat templates
+    and Mistral's refuse null), tool calls normalized; its reasoning kept for the ledger."""
+    out: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+    if calls:
+        out["tool_calls"] = calls
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning:
+        out["reasoning"] = reasoning  # recorded, never sent back
+    return out
+
+
+def _wire(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k in _WIRE_KEYS}
+
+
+def _proposal_in_text(state: CampaignState, content: Any) -> ToolAnswer:
+    """The proposal of a structured-output answer, else the reason there is none."""
+    obj = _json_object(content)
+    if obj is None:
+        return ToolAnswer(_NO_PROPOSAL, error=True)
+    return check_proposal(state, obj)
+
+
+def _call_in_text(content: Any) -> list[dict[str, Any]]:
+    """A tool call written as text, which the server's tool parser missed (small models,
+    chat templates without tools): ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``,
+    or a bare proposal ``{"hypothesis": ..., "patch": ...}``."""
+    obj = _json_object(content)
+    if obj is None:
+        return []
+    if isinstance(obj.get("name"), str) and "arguments" in obj:
+        return [{"function": {"name": obj["name"], "arguments": obj["arguments"]}}]
+    if "patch" in obj or "hypothesis" in obj:
+        return [{"function": {"name": PROPOSE, "arguments": obj}}]
+    return []
+
+
+def _json_object(content: Any) -> dict[str, Any] | None:
+    """The first JSON object in the text (bare, in a ``` fence or in <tool_call> tags),
+    after any <think> block."""
+    if not isinstance(content, str):
+        return None
+    text = _THINKING.sub("", content)
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = json.JSONDecoder().raw_decode(text[start:])
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def api_key_from_env(variable: str | None) -> str | None:
+    """The API key held in ``variable``; a clear error when it is named but not set."""
+    if not variable:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise MlipilotError(
+            f"agent.api_key_env: environment variable {variable} is not set (or empty)",
+            fields=("agent.api_key_env",),
+        )
+    return value

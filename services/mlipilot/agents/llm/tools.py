@@ -1,0 +1,171 @@
+"""The tools a model may call, and what each answers from the campaign state.
+
+Reading tools return short text built by ``state_view``; ``propose`` checks the patch against
+the recipe schema and either ends the conversation with a ``Proposal`` or answers with the
+reason it was refused, so the model can correct itself. Every bad call (unknown tool,
+arguments that are not a JSON object, a refused patch) is answered, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mlipilot.agents.base import CampaignState, Proposal
+from mlipilot.agents.llm import state_view
+from mlipilot.errors import clipped
+from mlipilot.recipe import Recipe, RecipeError
+
+PROPOSE = "propose"
+HYPOTHESIS_MAX = 400  # characters: one or two sentences (also stops a model that rambles)
+
+
+def _tool(name: str, description: str, properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": properties or {},
+                "required": sorted(properties or {}),
+            },
+        },
+    }
+
+
+PROPOSAL_PROPERTIES: dict[str, Any] = {
+    "hypothesis": {
+        "type": "string",
+        "maxLength": HYPOTHESIS_MAX,
+        "description": "why this change should improve the failing or weakest metric",
+    },
+    "patch": {
+        "type": "object",
+        "description": 'recipe keys to change and their new values, e.g. {"lr": 0.005}',
+    },
+}
+
+TOOLS: list[dict[str, Any]] = [
+    _tool("get_scorecard", "The scorecard: constraints, thresholds, composite, decision rule."),
+    _tool("get_incumbent", "The incumbent recipe (all keys) and its scorecard result."),
+    _tool("get_history", "Every tried candidate: patch, verdict, outcome, hypothesis."),
+    _tool(
+        "get_run",
+        "One tried candidate in detail: per-constraint values and margins, MD replica outcomes.",
+        {"iteration": {"type": "integer", "description": "the iteration number (0: baseline)"}},
+    ),
+    _tool("get_recipe_space", "Every recipe key with its allowed values or range."),
+    _tool(
+        PROPOSE,
+        "Propose one recipe change for the next training run. Ends your turn when accepted.",
+        PROPOSAL_PROPERTIES,
+    ),
+]
+TOOL_NAMES = [t["function"]["name"] for t in TOOLS]
+
+
+def proposal_json_schema() -> dict[str, Any]:
+    """The JSON schema of a proposal for structured output: the patch as the recipe's keys."""
+    keys = Recipe.model_json_schema()["properties"]
+    patch = {
+        "type": "object",
+        "properties": {
+            k: {f: v for f, v in spec.items() if f not in ("title", "default", "description")}
+            for k, spec in keys.items()
+        },
+        "additionalProperties": False,
+        "minProperties": 1,
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "hypothesis": {"type": "string", "minLength": 1, "maxLength": HYPOTHESIS_MAX},
+            "patch": patch,
+        },
+        "required": ["hypothesis", "patch"],
+        "additionalProperties": False,
+    }
+
+
+@dataclass
+class ToolAnswer:
+    content: str
+    error: bool = False
+    proposal: Proposal | None = None
+
+
+def parse_arguments(raw: Any) -> dict[str, Any]:
+    """Tool-call arguments as a dict: a JSON object in a string (or already a dict)."""
+    if isinstance(raw, dict):
+        return raw
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    try:
+        value = json.loads(raw)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"arguments are not valid JSON ({exc}): {clipped(str(raw), 200)}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"arguments must be a JSON object, got {clipped(str(raw), 200)}")
+    return value
+
+
+def call_tool(state: CampaignState, name: str, raw_arguments: Any) -> ToolAnswer:
+    """What the named tool answers; a bad call is answered with an error the model can fix."""
+    if name not in TOOL_NAMES:
+        return ToolAnswer(f"error: unknown tool {name!r}; tools: {TOOL_NAMES}", error=True)
+    try:
+        args = parse_arguments(raw_arguments)
+    except ValueError as exc:
+        return ToolAnswer(f"error: {name}: {exc}", error=True)
+    if name == PROPOSE:
+        return check_proposal(state, args)
+    if name == "get_run":
+        iteration = args.get("iteration")
+        if not isinstance(iteration, int) or isinstance(iteration, bool):
+            return ToolAnswer('error: get_run needs {"iteration": <integer>}', error=True)
+        text = state_view.run_details(state, iteration)
+        return ToolAnswer(text, error=text.startswith("error:"))
+    reader = {
+        "get_scorecard": state_view.scorecard_text,
+        "get_incumbent": state_view.incumbent_text,
+        "get_history": lambda s: state_view.history_table(s.history),
+        "get_recipe_space": lambda s: state_view.recipe_space_text(),
+    }[name]
+    return ToolAnswer(reader(state))
+
+
+def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
+    """A ``Proposal`` when hypothesis and patch are valid and new, else the reason why not."""
+    hypothesis, patch = args.get("hypothesis"), args.get("patch")
+    unexpected = sorted(set(args) - {"hypothesis", "patch"})
+    if unexpected:
+        return _refused(f"unexpected argument(s) {unexpected}; give hypothesis and patch only")
+    if not isinstance(hypothesis, str) or not hypothesis.strip():
+        return _refused("hypothesis must be a non-empty string")
+    if len(hypothesis) > HYPOTHESIS_MAX:
+        return _refused(f"hypothesis is longer than {HYPOTHESIS_MAX} characters: be brief")
+    if isinstance(patch, str):  # some models send the patch as a JSON string
+        with contextlib.suppress(json.JSONDecodeError):
+            patch = json.loads(patch)
+    if not isinstance(patch, dict) or not patch:
+        return _refused('patch must be a non-empty JSON object of recipe keys, e.g. {"lr": 0.005}')
+    try:
+        recipe = state.incumbent.patched(patch)
+    except RecipeError as exc:
+        return _refused(str(exc))
+    if recipe == state.incumbent:
+        return _refused("the patch changes nothing: every value equals the incumbent's")
+    if state.tried(recipe):
+        return _refused("that recipe was tried already (see get_history); propose another")
+    return ToolAnswer(
+        "accepted: the candidate will be trained and scored",
+        proposal=Proposal(hypothesis=hypothesis.strip(), patch=patch),
+    )
+
+
+def _refused(reason: str) -> ToolAnswer:
+    return ToolAnswer(f"error: proposal refused: {reason}", error=True)

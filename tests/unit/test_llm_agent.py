@@ -1,0 +1,359 @@
+"""The LLM agent against a scripted OpenAI-compatible server on loopback (standing in for vLLM,
+which cannot serve a 32B model here): real HTTP, real JSON, the agent's real retries."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+from llm_server import HttpError, calls, serve, text, tool_call
+from spec_factory import make_spec
+
+from mlipilot.agents import make_agent
+from mlipilot.agents.base import AgentFailed, CampaignState, HistoryEntry, Proposal
+from mlipilot.agents.llm import LlmAgent, LlmServerError, LlmSettings
+from mlipilot.config import AgentConfig
+from mlipilot.recipe import Recipe
+from mlipilot.scoring.result import ScoreResult
+
+MODEL = "Qwen/Qwen3-32B"
+ENERGY, FORCES, MD = "energy_mae_meV_per_atom", "force_mae_meV_per_A", "md_survival_fraction"
+SPEC = make_spec(
+    "llm-unit",
+    [
+        {"metric": ENERGY, "max": 40.0, "unit": "meV/atom"},
+        {"metric": FORCES, "max": 150.0, "unit": "meV/Å"},
+        {"metric": MD, "min": 1.0, "unit": "fraction"},
+    ],
+    {ENERGY: 1.0, FORCES: 1.0},
+)
+TRACE = "/secret/runs/tiny/it000/md/replica-0.csv"  # a path the model must never see
+REPLICAS = [
+    {
+        "start_frame": 0,
+        "temperature_K": 600.0,
+        "seed": 0,
+        "status": "collapsed",
+        "survived_steps": 12,
+        "survived_ps": 0.024,
+        "failure_ps": 0.026,
+        "max_temperature_K": 1450.0,
+        "min_distance_A": 1.2,
+        "nve_drift_meV_per_atom_per_ps": None,
+        "trace_file": TRACE,
+    }
+]
+BASELINE = Recipe(e0s="zero", scaling="no_scaling", lr=0.001)
+
+
+def baseline_result() -> ScoreResult:
+    return ScoreResult.judged(
+        SPEC,
+        {ENERGY: 900.0, FORCES: 400.0, MD: 0.0},
+        spec_hash="s",
+        test_hash="t",
+        hardware={"host": "node-17"},
+        details={"md_replicas": REPLICAS},
+    )
+
+
+def campaign_state(**changes: Any) -> CampaignState:
+    result = baseline_result()
+    entry = HistoryEntry(
+        iteration=0,
+        hypothesis="baseline recipe from the campaign file",
+        patch={},
+        recipe=BASELINE,
+        verdict="BASELINE",
+        reason="first result",
+        result=result,
+    )
+    data: dict[str, Any] = {
+        "iteration": 1,
+        "iterations_total": 3,
+        "spec": SPEC,
+        "baseline": BASELINE,
+        "incumbent": BASELINE,
+        "incumbent_result": result,
+        "history": [entry],
+    }
+    return CampaignState(**{**data, **changes})
+
+
+def agent_for(url: str, **settings: Any) -> LlmAgent:
+    base = {"base_url": url, "model": MODEL, "backoff_s": 0.01, "max_retries": 2}
+    return LlmAgent(LlmSettings(**{**base, **settings}))
+
+
+GOOD = {"hypothesis": "E0s and scaling fix the energy offset", "patch": {"e0s": "average"}}
+
+
+def test_tool_calls_lead_to_a_validated_proposal_with_its_cost() -> None:
+    script = [
+        calls(tool_call("get_run", {"iteration": 0}, "call_a")),
+        calls(tool_call("propose", GOOD, "call_b")),
+    ]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url).propose(campaign_state())
+    assert proposal.patch == {"e0s": "average"}
+    assert proposal.hypothesis == GOOD["hypothesis"]
+    # The run details went back as a tool message: margins and MD outcome, no path, no host.
+    second = server.requests[1]["messages"]
+    tool_msg = next(m for m in second if m["role"] == "tool")
+    assert tool_msg["tool_call_id"] == "call_a"
+    assert "collapsed" in tool_msg["content"] and "margin" in tool_msg["content"]
+    everything_sent = json.dumps(server.requests)
+    assert TRACE not in everything_sent and "/secret" not in everything_sent
+    assert "node-17" not in everything_sent
+    # The assistant's tool-call turn goes back with content "" (vLLM sent null).
+    assistant = next(m for m in second if m["role"] == "assistant")
+    assert assistant["content"] == ""
+    assert assistant["tool_calls"][0]["function"]["name"] == "get_run"
+    assert server.requests[0]["tools"] and server.requests[0]["tool_choice"] == "auto"
+    # Tokens: what the server reported, summed; the transcript holds every message.
+    cost = proposal.cost
+    assert cost is not None and cost.requests == 2
+    assert cost.prompt_tokens == sum(u["prompt_tokens"] for u in server.usage)
+    assert cost.completion_tokens == sum(u["completion_tokens"] for u in server.usage)
+    roles = [m["role"] for m in cost.transcript]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "tool"]
+    assert cost.transcript[-1]["content"].startswith("accepted")
+    assert "cost" not in proposal.model_dump()  # never part of the patch logic
+    assert cost.calls[0]["params"]["tool_choice"] == "auto"
+    assert "propose" in cost.calls[0]["tools"] and cost.calls[0]["finish_reason"] == "tool_calls"
+
+
+def test_malformed_arguments_and_a_refused_patch_go_back_as_tool_errors() -> None:
+    script = [
+        calls(tool_call("propose", '{"hypothesis": "x", "patch": {"lr": 0.01', "c1")),
+        calls(tool_call("propose", {"hypothesis": "huge lr", "patch": {"lr": 5.0}}, "c2")),
+        calls(tool_call("read_minds", {}, "c3")),
+        calls(tool_call("propose", {"hypothesis": "moderate lr", "patch": {"lr": 0.01}}, "c4")),
+    ]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url).propose(campaign_state())
+    assert proposal.patch == {"lr": 0.01}
+    tool_answers = [m["content"] for m in server.requests[-1]["messages"] if m["role"] == "tool"]
+    assert "not valid JSON" in tool_answers[0]
+    assert "lr = 5.0 is not allowed" in tool_answers[1] and "lr <= 0.1" in tool_answers[1]
+    assert "unknown tool 'read_minds'" in tool_answers[2]
+
+
+def test_a_tried_recipe_is_refused() -> None:
+    tried = {"hypothesis": "back to the baseline", "patch": {"lr": 0.001, "ema": False}}
+    script = [calls(tool_call("propose", tried)), calls(tool_call("propose", GOOD, "c2"))]
+    with serve([MODEL], script) as server:
+        agent_for(server.url).propose(campaign_state())
+    refusal = server.requests[1]["messages"][-1]["content"]
+    assert "changes nothing" in refusal
+
+
+def test_bad_answers_past_the_limit_fail_the_iteration_with_the_transcript() -> None:
+    bad = calls(tool_call("propose", {"hypothesis": "h", "patch": {"no_such_key": 1}}))
+    with (
+        serve([MODEL], [bad] * 3) as server,
+        pytest.raises(AgentFailed, match="3 bad answers") as info,
+    ):
+        agent_for(server.url, max_tool_errors=2).propose(campaign_state())
+    assert len(server.requests) == 3
+    cost = info.value.cost
+    assert cost is not None and cost.requests == 3
+    assert cost.prompt_tokens == sum(u["prompt_tokens"] for u in server.usage)
+    assert "unknown key(s) ['no_such_key']" in cost.transcript[-1]["content"]
+
+
+def test_tool_calls_written_as_text_are_taken_as_calls() -> None:
+    """A server whose parser misses the call (small models, templates without tools)."""
+    script = [
+        text("I think we should raise the learning rate."),
+        text('<think>{"not": "this"}</think><tool_call>{"name": "get_history", "arguments": {}}'),
+        text("```json\n" + json.dumps(GOOD) + "\n```"),
+    ]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url).propose(campaign_state())
+    assert proposal.patch == GOOD["patch"]
+    sent = server.requests[2]["messages"]
+    assert "no tool call found" in sent[3]["content"]
+    # The call in the text went back as a real tool call, answered by a tool message.
+    assert sent[4]["content"] == "" and sent[4]["tool_calls"][0]["function"]["name"] == (
+        "get_history"
+    )
+    assert sent[5]["role"] == "tool" and "BASELINE" in sent[5]["content"]
+    assert sent[5]["tool_call_id"] == sent[4]["tool_calls"][0]["id"]
+    assert proposal.cost is not None and "<tool_call>" in proposal.cost.transcript[4]["text"]
+
+
+def test_429_and_500_are_retried_then_the_answer_is_used() -> None:
+    script = [
+        HttpError(429, headers={"Retry-After": "0"}),
+        HttpError(500),
+        calls(tool_call("propose", GOOD)),
+    ]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url).propose(campaign_state())
+    assert proposal.patch == GOOD["patch"]
+    assert len(server.requests) == 3
+    assert proposal.cost is not None and proposal.cost.calls[0]["http_attempts"] == 3
+
+
+def test_retries_exhausted_is_a_clear_error_naming_the_url() -> None:
+    with (
+        serve([MODEL], [HttpError(503)] * 5) as server,
+        pytest.raises(LlmServerError, match="no answer after 3 attempts") as info,
+    ):
+        agent_for(server.url).propose(campaign_state())
+    assert f"{server.url}/chat/completions" in str(info.value)
+    assert len(server.requests) == 3  # max_retries=2: three attempts, then stop
+
+
+def test_a_client_error_is_not_retried() -> None:
+    with (
+        serve([MODEL], [HttpError(400, '{"error": "bad request"}')]) as server,
+        pytest.raises(LlmServerError, match="HTTP 400"),
+    ):
+        agent_for(server.url).propose(campaign_state())
+    assert len(server.requests) == 1
+
+
+def test_model_not_served_names_the_model_and_what_is_served() -> None:
+    with (
+        serve(["SmolLM2-135M-Instruct"]) as server,
+        pytest.raises(LlmServerError) as info,
+    ):
+        agent_for(server.url).propose(campaign_state())
+    message = str(info.value)
+    assert server.url in message and MODEL in message and "SmolLM2-135M-Instruct" in message
+    assert info.value.fields == ("agent.model",)
+    assert server.requests == []  # nothing was asked of a model that is not there
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_down_is_a_clear_error_naming_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    start = time.monotonic()
+    with pytest.raises(LlmServerError, match="no server answers there") as info:
+        agent_for(url).propose(campaign_state())
+    assert f"{url}/models" in str(info.value)
+    assert info.value.fields == ("agent.base_url",)
+    assert time.monotonic() - start < 5
+
+
+def test_mistral_gets_nine_character_alphanumeric_tool_call_ids() -> None:
+    model = "mistralai/Mistral-Small-3.1-24B-Instruct-2503"
+    script = [
+        calls(tool_call("get_history", {}, "chatcmpl-tool-5f1e2d3c4b5a69788")),
+        calls(tool_call("get_recipe_space", {}, "AbC123xYz")),
+        calls(tool_call("propose", GOOD, "")),
+    ]
+    with serve([model], script) as server:
+        agent_for(server.url, model=model).propose(campaign_state())
+    sent = server.requests[-1]["messages"]
+    ids = [c["id"] for m in sent if m["role"] == "assistant" for c in m["tool_calls"]]
+    ids += [m["tool_call_id"] for m in sent if m["role"] == "tool"]
+    assert len(ids) == 4
+    assert all(len(i) == 9 and i.isalnum() for i in ids), ids
+    assert "AbC123xYz" in ids  # a valid id is kept as the server gave it
+    # Each tool answer refers to the call it answers.
+    calls_ids = [c["id"] for m in sent if m["role"] == "assistant" for c in m["tool_calls"]]
+    assert calls_ids == [m["tool_call_id"] for m in sent if m["role"] == "tool"]
+
+
+def test_json_schema_mode_asks_for_structured_output_and_corrects_a_bad_answer() -> None:
+    script = [
+        text('{"hypothesis": "more channels", "patch": {"num_channels": 4096}}'),
+        text(json.dumps(GOOD)),
+    ]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url, tool_mode="json_schema").propose(campaign_state())
+    assert proposal.patch == GOOD["patch"]
+    first = server.requests[0]
+    assert "tools" not in first
+    schema = first["response_format"]["json_schema"]["schema"]
+    assert first["response_format"]["type"] == "json_schema"
+    assert schema["properties"]["patch"]["properties"]["lr"]["maximum"] == 0.1
+    assert schema["properties"]["patch"]["additionalProperties"] is False
+    assert "num_channels = 4096 is not allowed" in server.requests[1]["messages"][-1]["content"]
+    assert proposal.cost is not None and proposal.cost.requests == 2
+
+
+def test_the_token_limit_per_iteration_stops_the_conversation() -> None:
+    script = [calls(tool_call("get_history", {}, f"c{i}")) for i in range(5)]
+    with (
+        serve([MODEL], script) as server,
+        pytest.raises(AgentFailed, match="token limit of 1500 per iteration") as info,
+    ):
+        agent_for(server.url, max_tokens_per_iteration=1500).propose(campaign_state())
+    cost = info.value.cost
+    assert cost is not None and cost.total_tokens >= 1500
+    assert len(server.requests) == cost.requests < 5
+    # No call asks for more completion tokens than the iteration has left.
+    assert all(r["max_tokens"] <= 1500 for r in server.requests)
+
+
+def test_forcing_the_propose_tool_and_qwen_thinking_switch_are_sent() -> None:
+    with serve([MODEL], [calls(tool_call("propose", GOOD))]) as server:
+        agent_for(server.url, tool_choice="propose", thinking=False).propose(campaign_state())
+    sent = server.requests[0]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "propose"}}
+    assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_reasoning_is_recorded_but_not_sent_back() -> None:
+    thinking = calls(tool_call("get_history", {}, "c1"))
+    thinking["reasoning_content"] = "Energy is far off; E0s first."
+    script = [thinking, calls(tool_call("propose", GOOD, "c2"))]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url).propose(campaign_state())
+    assert "Energy is far off" not in json.dumps(server.requests[1]["messages"])
+    assert proposal.cost is not None
+    assert proposal.cost.transcript[2]["reasoning"] == "Energy is far off; E0s first."
+
+
+def test_api_key_from_the_named_variable_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLIPILOT_LLM_KEY", "sk-test-123")
+    with serve([MODEL], [calls(tool_call("propose", GOOD))]) as server:
+        config = AgentConfig(
+            kind="llm", base_url=server.url, model=MODEL, api_key_env="MLIPILOT_LLM_KEY"
+        )
+        agent = make_agent(config)
+        assert isinstance(agent.propose(campaign_state()), Proposal)
+    assert server.headers[0]["Authorization"] == "Bearer sk-test-123"
+
+
+def test_a_state_costs_few_tokens() -> None:
+    """The whole first prompt (rules, state, recipe space, tool definitions) stays small:
+    the paper's Qwen3-32B spent 162k tokens per iteration."""
+    history = campaign_state().history * 12
+    with serve([MODEL], [calls(tool_call("propose", GOOD))]) as server:
+        proposal = agent_for(server.url).propose(campaign_state(history=history))
+    assert proposal.cost is not None
+    assert proposal.cost.prompt_tokens < 4000, proposal.cost.prompt_tokens
+
+
+def test_a_cut_off_answer_and_a_rambling_hypothesis_are_answered() -> None:
+    ramble = {"hypothesis": "mae_" * 200, "patch": {"lr": 0.01}}
+    script = [
+        {**text('{"hypothesis": "the energy mae_mae_mae_mae'), "_finish": "length"},
+        text(json.dumps(ramble)),
+        text(json.dumps(GOOD)),
+    ]
+    with serve([MODEL], script) as server:
+        agent = agent_for(
+            server.url, tool_mode="json_schema", extra_body={"repetition_penalty": 1.1}
+        )
+        proposal = agent.propose(campaign_state())
+    assert proposal.patch == GOOD["patch"]
+    assert server.requests[0]["repetition_penalty"] == 1.1  # server-specific settings sent
+    schema = server.requests[0]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["hypothesis"]["maxLength"] == 400
+    answers = [m["content"] for m in server.requests[2]["messages"] if m["role"] == "user"]
+    assert answers[1].startswith("error: your answer was cut off at the token limit")
+    assert "hypothesis is longer than 400 characters" in answers[2]
