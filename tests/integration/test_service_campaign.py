@@ -135,8 +135,9 @@ def test_evaluate_honours_the_callers_deadline(watched) -> None:
     with pytest.raises(grpc.RpcError) as err:
         list(stack.scorecard_stub().Evaluate(request, timeout=0.3))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # The service stops the abandoned evaluation at its next stage boundary or MD chunk.
-    deadline = time.monotonic() + 60
+    # The service stops the abandoned evaluation at its next stage boundary or MD chunk. That
+    # comes within seconds here; the margin is for a CI machine busy with other jobs.
+    deadline = time.monotonic() + 180
     while stack.metric(stack.scorecard, aborted) == aborted_before:
         assert time.monotonic() < deadline, "the evaluation ran on after its deadline"
         time.sleep(0.2)
