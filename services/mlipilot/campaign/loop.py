@@ -578,28 +578,22 @@ def _ask_agent(
             faults.reached("agent", iteration)
             inc.recipe.patched(proposal.patch)
             return proposal
-        except AgentFailed as exc:
-            _record_agent_call(run, agent, iteration, candidate, "failed", exc.cost, str(exc))
+        except AgentGaveUp as exc:  # AgentFailed: this iteration only, the campaign goes on
+            failed = isinstance(exc, AgentFailed)
+            status = "failed" if failed else "gave_up"
+            _record_agent_call(run, agent, iteration, candidate, status, exc.cost, str(exc))
             run.record(
                 event="agent_failure",
                 iteration=iteration,
                 agent=agent.name,
-                status="failed",
+                status=status,
                 reason=str(exc),
             )
-            run.reporter.note(f"iteration {iteration}: agent {agent.name} failed: {exc}")
-            run.agent_failed.add(iteration)
-            return None
-        except AgentGaveUp as exc:
-            _record_agent_call(run, agent, iteration, candidate, "gave_up", exc.cost, str(exc))
-            run.record(
-                event="agent_failure",
-                iteration=iteration,
-                agent=agent.name,
-                status="gave_up",
-                reason=str(exc),
-            )
-            run.reporter.note(f"agent {agent.name} gave up: {exc}")
+            if failed:
+                run.reporter.note(f"iteration {iteration}: agent {agent.name} failed: {exc}")
+                run.agent_failed.add(iteration)
+            else:
+                run.reporter.note(f"agent {agent.name} gave up: {exc}")
             return None
         except RecipeError as exc:
             last_error = str(exc)
