@@ -3,6 +3,11 @@
 Each replica (start frame x temperature x seed) runs Langevin NVT, then VelocityVerlet NVE, and
 stops at the first failure. Every candidate of a campaign runs this, so the step loop avoids work
 the verdict does not need (stress, repeated force calls, a second neighbour search).
+
+Two engines move the atoms (``md.engine`` in the spec): this module's ASE loop, one calculator
+call per replica and step, kept as the reference; and the batched engine (md_batched.py), all
+replicas in one model call per step. Both hand each step's state to the same ReplicaMonitor,
+which applies the failure tests and writes the traces and outcomes.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 import numpy as np
 import torch
@@ -26,7 +31,7 @@ from mace.calculators import MACECalculator
 from pydantic import BaseModel
 
 from mlipilot.errors import MlipilotError
-from mlipilot.scoring.spec import MDSettings
+from mlipilot.scoring.spec import MDSettings, Precision
 
 try:  # ASE >= 3.29 deprecates MaxwellBoltzmannDistribution in favour of thermalize_momenta
     from ase.md.velocitydistribution import thermalize_momenta
@@ -81,13 +86,15 @@ class ForcesOnlyMACE(MACECalculator):
         }
 
 
-def load_md_calculator(model_path: Path, device: str = "cpu") -> ForcesOnlyMACE:
-    """Load a mace_run_train model file (float64) as a stress-free MD calculator."""
+def load_md_calculator(
+    model_path: Path, device: str = "cpu", dtype: Precision = "float64"
+) -> ForcesOnlyMACE:
+    """Load a mace_run_train model file as a stress-free MD calculator evaluated in ``dtype``."""
     if not Path(model_path).is_file():
         raise MlipilotError(f"MACE model {model_path}: no such file")
     # Loaded here rather than via model_paths= so a path with glob characters still works.
     model = torch.load(model_path, map_location="cpu", weights_only=False)
-    return ForcesOnlyMACE(models=model, device=device, default_dtype="float64")
+    return ForcesOnlyMACE(models=model, device=device, default_dtype=dtype)
 
 
 class ReplicaOutcome(BaseModel):
@@ -121,112 +128,159 @@ def _finite_state(atoms: Atoms, results: dict) -> bool:
     )
 
 
+class ReplicaMonitor:
+    """The failure tests, trace rows and outcome of one replica, whichever engine moves it.
+
+    The engine calls ``observe`` once per step (step 0 is the start) with that step's state;
+    the monitor decides whether the replica has failed, writes every ``trace_every``-th row and
+    the last one, and counts the steps done for the progress bar.
+    """
+
+    def __init__(self, job: ReplicaJob, settings: MDSettings, n_atoms: int, trace: TextIO) -> None:
+        self.job, self.settings, self.n_atoms = job, settings, n_atoms
+        self.status: Status = "stable"
+        self.done = False
+        self.step = 0
+        self._reported = 0
+        self._temps: deque[float] = deque(maxlen=RUNAWAY_WINDOW)
+        self.max_temp, self.min_dist = -math.inf, math.inf
+        self._nve_energy: list[tuple[float, float]] = []
+        self._writer = csv.writer(trace)
+        self._writer.writerow(TRACE_COLUMNS)
+
+    def observe(
+        self,
+        step: int,
+        *,
+        temperature_K: float,
+        potential_eV: float,
+        kinetic_eV: float,
+        min_distance_A: float,
+        finite: bool,
+    ) -> int:
+        """Test the state after ``step``; return the integration steps it completes."""
+        s = self.settings
+        n_nvt, total = s.nvt_steps, s.nvt_steps + s.nve_steps
+        dt_ps = s.timestep_fs / 1000.0
+        self.step = step
+        t_now, dist = temperature_K, min_distance_A
+        self._temps.append(t_now)
+        self.max_temp = max(self.max_temp, t_now) if not math.isnan(t_now) else self.max_temp
+        if not math.isnan(dist):
+            self.min_dist = min(self.min_dist, dist)
+        if not finite:
+            self.status = "non_finite"
+        elif dist < s.min_distance_A:
+            self.status = "min_distance"
+        elif (
+            len(self._temps) == RUNAWAY_WINDOW  # a full window: one hot early step is no runaway
+            and sum(self._temps) / RUNAWAY_WINDOW
+            > s.max_temperature_factor * self.job.temperature_K
+        ):
+            self.status = "temperature_runaway"
+        e_total = potential_eV + kinetic_eV
+        if step >= n_nvt and self.status == "stable":
+            self._nve_energy.append((step * dt_ps, e_total / self.n_atoms))
+        self.done = self.status != "stable" or step == total
+        if not (self.done or step % s.trace_every == 0):
+            return 0
+        phase = "init" if step == 0 else ("nvt" if step <= n_nvt else "nve")
+        row = (step, step * dt_ps, phase, t_now, potential_eV, e_total, dist)
+        self._writer.writerow([f"{v:.10g}" if isinstance(v, float) else v for v in row])
+        # At the end, an early failure forfeits the rest: count it as done.
+        upto = total if self.done else step
+        steps, self._reported = upto - self._reported, upto
+        return steps
+
+    def outcome(self) -> ReplicaOutcome:
+        s = self.settings
+        n_nvt, total = s.nvt_steps, s.nvt_steps + s.nve_steps
+        dt_ps = s.timestep_fs / 1000.0
+        status = self.status
+        drift = None
+        if status == "stable" and len(self._nve_energy) >= 2:
+            t, e = np.array(self._nve_energy).T
+            drift = abs(float(np.polyfit(t, e, 1)[0])) * 1000.0  # eV/atom/ps -> meV/atom/ps
+            if not drift <= s.max_energy_drift_meV_per_atom_per_ps:
+                status = "energy_drift"
+        if status == "stable":
+            survived, failure_ps = total, None
+        elif status == "energy_drift":
+            survived, failure_ps = n_nvt, total * dt_ps  # the NVE segment is lost, found at its end
+        else:
+            survived, failure_ps = max(self.step - 1, 0), self.step * dt_ps
+        return ReplicaOutcome(
+            start_frame=self.job.frame_idx,
+            temperature_K=self.job.temperature_K,
+            seed=self.job.seed,
+            status=status,
+            survived_steps=survived,
+            survived_ps=survived * dt_ps,
+            failure_ps=failure_ps,
+            max_temperature_K=self.max_temp,
+            min_distance_A=self.min_dist,
+            nve_drift_meV_per_atom_per_ps=drift,
+            trace_file=self.job.trace_path.name,
+        )
+
+
+def initial_state(job: ReplicaJob) -> tuple[Atoms, np.random.Generator]:
+    """The replica's start: Maxwell-Boltzmann momenta from its seed, no centre-of-mass drift.
+
+    The generator returned goes on to draw the Langevin noise, so both engines see one stream.
+    """
+    atoms = job.frame.copy()
+    rng = np.random.default_rng(job.seed)
+    thermalize_momenta(atoms, job.temperature_K, rng=rng)
+    Stationary(atoms)
+    return atoms, rng
+
+
 def _run_replica(
-    calc: ForcesOnlyMACE,
-    frame: Atoms,
-    names: tuple[int, float, int],
-    settings: MDSettings,
-    trace_path: Path,
-    on_steps: Callable[[int], None],
+    calc: ForcesOnlyMACE, job: ReplicaJob, settings: MDSettings, on_steps: Callable[[int], None]
 ) -> ReplicaOutcome:
-    frame_idx, temp, seed = names
-    n_nvt, total = settings.nvt_steps, settings.nvt_steps + settings.nve_steps
-    dt_ps = settings.timestep_fs / 1000.0
-    atoms = frame.copy()
+    atoms, rng = initial_state(job)
     atoms.calc = calc
     calc.reset()
-    rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temp, rng=rng)
-    Stationary(atoms)
     dt = settings.timestep_fs * units.fs
-    # fixcm=False: ASE deprecates fixcm=True; Stationary() above already zeroes the COM drift.
+    # fixcm=False: ASE deprecates fixcm=True; Stationary() already zeroed the COM drift.
     nvt = Langevin(
         atoms,
         dt,
-        temperature_K=temp,
+        temperature_K=job.temperature_K,
         friction=settings.friction_per_fs / units.fs,
         fixcm=False,
         rng=rng,
     )
     nve = VelocityVerlet(atoms, dt)
-
-    status: Status = "stable"
-    step, reported = 0, 0
-    temps: deque[float] = deque(maxlen=RUNAWAY_WINDOW)
-    max_temp, min_dist = -math.inf, math.inf
-    nve_energy: list[tuple[float, float]] = []
-    forces = None
-    with trace_path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(TRACE_COLUMNS)
+    step, forces = 0, None
+    with job.trace_path.open("w", newline="") as fh:
+        monitor = ReplicaMonitor(job, settings, len(atoms), fh)
         while True:
             try:
                 if step == 0:
                     forces = atoms.get_forces()
                 else:
                     # Each step ends with forces at the new positions: hand them on, not recompute.
-                    forces = (nvt if step <= n_nvt else nve).step(forces)
+                    forces = (nvt if step <= settings.nvt_steps else nve).step(forces)
             except Exception:
                 if _finite_state(atoms, calc.results):
                     raise
                 calc.results = {}  # a crash on a blown-up state is that state's verdict
             res = calc.results
-            t_now = atoms.get_temperature()
-            temps.append(t_now)
-            max_temp = max(max_temp, t_now) if not math.isnan(t_now) else max_temp
-            dist = res.get("min_distance", math.nan)
-            if not math.isnan(dist):
-                min_dist = min(min_dist, dist)
-            if not _finite_state(atoms, res):
-                status = "non_finite"
-            elif dist < settings.min_distance_A:
-                status = "min_distance"
-            elif (
-                len(temps) == RUNAWAY_WINDOW  # a full window: one hot early step is no runaway
-                and sum(temps) / RUNAWAY_WINDOW > settings.max_temperature_factor * temp
-            ):
-                status = "temperature_runaway"
-            potential = res.get("energy", math.nan)
-            e_total = potential + atoms.get_kinetic_energy()
-            if step >= n_nvt and status == "stable":
-                nve_energy.append((step * dt_ps, e_total / len(atoms)))
-            done = status != "stable" or step == total
-            if done or step % settings.trace_every == 0:
-                phase = "init" if step == 0 else ("nvt" if step <= n_nvt else "nve")
-                row = (step, step * dt_ps, phase, t_now, potential, e_total, dist)
-                writer.writerow([f"{v:.10g}" if isinstance(v, float) else v for v in row])
-                on_steps(step - reported)
-                reported = step
-            if done:
-                break
+            on_steps(
+                monitor.observe(
+                    step,
+                    temperature_K=atoms.get_temperature(),
+                    potential_eV=res.get("energy", math.nan),
+                    kinetic_eV=atoms.get_kinetic_energy(),
+                    min_distance_A=res.get("min_distance", math.nan),
+                    finite=_finite_state(atoms, res),
+                )
+            )
+            if monitor.done:
+                return monitor.outcome()
             step += 1
-    on_steps(total - reported)  # an early failure forfeits the rest: count it as done
-
-    drift = None
-    if status == "stable" and len(nve_energy) >= 2:
-        t, e = np.array(nve_energy).T
-        drift = abs(float(np.polyfit(t, e, 1)[0])) * 1000.0  # eV/atom/ps -> meV/atom/ps
-        if not drift <= settings.max_energy_drift_meV_per_atom_per_ps:
-            status = "energy_drift"
-    if status == "stable":
-        survived, failure_ps = total, None
-    elif status == "energy_drift":
-        survived, failure_ps = n_nvt, total * dt_ps  # the NVE segment is lost, found at its end
-    else:
-        survived, failure_ps = max(step - 1, 0), step * dt_ps
-    return ReplicaOutcome(
-        start_frame=frame_idx,
-        temperature_K=temp,
-        seed=seed,
-        status=status,
-        survived_steps=survived,
-        survived_ps=survived * dt_ps,
-        failure_ps=failure_ps,
-        max_temperature_K=max_temp,
-        min_distance_A=min_dist,
-        nve_drift_meV_per_atom_per_ps=drift,
-        trace_file=trace_path.name,
-    )
 
 
 @dataclass(frozen=True)
@@ -250,15 +304,20 @@ ReplicaRunner = Callable[
 def run_replicas_here(
     model_path: Path, jobs: list[ReplicaJob], settings: MDSettings, on_steps: Callable[[int], None]
 ) -> list[ReplicaOutcome]:
-    calc = load_md_calculator(model_path)
+    """Run the replicas in this process with the spec's engine (``md.engine``)."""
+    if settings.engine == "batched":
+        from mlipilot.scoring.md_batched import run_replicas_batched
+
+        return run_replicas_batched(model_path, jobs, settings, on_steps)
+    calc = load_md_calculator(model_path, dtype=settings.precision)
     return [run_replica(calc, job, settings, on_steps) for job in jobs]
 
 
 def run_replica(
     calc: ForcesOnlyMACE, job: ReplicaJob, settings: MDSettings, on_steps: Callable[[int], None]
 ) -> ReplicaOutcome:
-    names = (job.frame_idx, float(job.temperature_K), job.seed)
-    return _run_replica(calc, job.frame, names, settings, job.trace_path, on_steps)
+    """One replica on the ASE reference loop (Langevin, then VelocityVerlet)."""
+    return _run_replica(calc, job, settings, on_steps)
 
 
 def run_md_stability(

@@ -1,11 +1,15 @@
-"""MD stability replicas as parallel Ray tasks, one task per replica.
+"""MD stability replicas as parallel Ray tasks.
 
-Each task loads the model from the shared folder, runs its replica and writes its trace there;
-only the replica's start frame goes out and its small outcome comes back.
+With the batched engine (``md.engine: batched``) the replicas are split into as many groups as
+the cluster can run at once, and each group runs as one task that batches its replicas (and
+splits them again if its device's memory asks for it). With the ASE reference engine each
+replica is its own task. A task loads the model from the shared folder and writes its traces
+there; only start frames go out and small outcomes come back.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,15 +24,60 @@ from mlipilot.scoring.md_stability import (
 )
 from mlipilot.scoring.spec import MDSettings
 
+# A GPU runs a few tens of thousands of atoms per model call about as fast as a few hundred:
+# replicas go to another GPU task only beyond this many atoms (the task splits further by its
+# own free memory).
+GPU_TASK_ATOMS = 50_000
 
-@ray.remote
-def _replica_task(model_path: str, job: ReplicaJob, settings: MDSettings) -> ReplicaOutcome:
+
+def _task_setup(threads: int) -> str:
     import torch
 
-    torch.set_num_threads(1)  # one task per core: threads would only fight
-    device = "cuda" if ray.get_gpu_ids() else "cpu"  # the model follows what Ray gave us
-    calc = load_md_calculator(Path(model_path), device=device)
+    torch.set_num_threads(threads)  # threads beyond the task's CPUs would only fight
+    return "cuda" if ray.get_gpu_ids() else "cpu"  # the model follows what Ray gave us
+
+
+@ray.remote
+def _replica_task(
+    model_path: str, job: ReplicaJob, settings: MDSettings, threads: int
+) -> ReplicaOutcome:
+    device = _task_setup(threads)
+    calc = load_md_calculator(Path(model_path), device=device, dtype=settings.precision)
     return run_replica(calc, job, settings, lambda n: None)
+
+
+@ray.remote
+def _batch_task(
+    model_path: str, jobs: list[ReplicaJob], settings: MDSettings, threads: int
+) -> list[ReplicaOutcome]:
+    from mlipilot.scoring.md_batched import run_replicas_batched
+
+    device = _task_setup(threads)
+    return run_replicas_batched(Path(model_path), jobs, settings, lambda n: None, device=device)
+
+
+def task_groups(atoms_per_job: list[int], slots: int, gpu: bool) -> list[list[int]]:
+    """Split jobs (by index) into balanced consecutive groups, one Ray task each.
+
+    On CPU, cores are what runs in parallel and a batch of a few replicas per core already gets
+    most of batching's gain: one group per free slot. On GPU one device batches thousands of
+    atoms at the cost of a few: a new group only per ``GPU_TASK_ATOMS``.
+    """
+    n = len(atoms_per_job)
+    wanted = math.ceil(sum(atoms_per_job) / GPU_TASK_ATOMS) if gpu else n
+    groups = max(1, min(n, slots, wanted))
+    bounds = [i * n // groups for i in range(groups + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
+
+
+def _slots(resources: RayResources) -> int:
+    """How many MD tasks of this size the cluster can run at once (at least one)."""
+    total = ray.cluster_resources()
+    if resources.num_gpus > 0:
+        return max(1, int(total.get("GPU", 0) // resources.num_gpus))
+    if resources.num_cpus > 0:
+        return max(1, int(total.get("CPU", 0) // resources.num_cpus))
+    return 1_000_000  # asks for nothing: as many tasks as there are replicas
 
 
 class RayReplicaRunner:
@@ -44,18 +93,32 @@ class RayReplicaRunner:
         settings: MDSettings,
         on_steps: Callable[[int], None],
     ) -> list[ReplicaOutcome]:
-        task = _replica_task.options(
-            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus
-        )
-        refs = [task.remote(str(model_path), job, settings) for job in jobs]
+        res = self.resources
+        threads = max(1, int(res.num_cpus))
         per_replica = settings.nvt_steps + settings.nve_steps
+        if settings.engine == "batched":
+            task = _batch_task.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+            groups = task_groups([len(j.frame) for j in jobs], _slots(res), res.num_gpus > 0)
+            refs = [
+                task.remote(str(model_path), [jobs[i] for i in g], settings, threads)
+                for g in groups
+            ]
+            sizes = [len(g) for g in groups]
+        else:
+            task = _replica_task.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+            refs = [task.remote(str(model_path), job, settings, threads) for job in jobs]
+            sizes = [1] * len(jobs)
+        replicas_of = dict(zip(refs, sizes, strict=True))
         pending = list(refs)
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-                for _ in ready:
-                    on_steps(per_replica)  # may raise to stop: the finally cancels the rest
-            return ray.get(refs)
+                for ref in ready:
+                    on_steps(per_replica * replicas_of[ref])  # may raise: the finally cancels
+            results = ray.get(refs)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
+        if settings.engine == "batched":
+            return [outcome for group in results for outcome in group]
+        return results

@@ -7,6 +7,7 @@ compared against a different yardstick. No threshold lives in code.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
@@ -58,6 +59,9 @@ class AccuracySettings(_Strict):
     batch_size: int = Field(8, ge=1)
 
 
+Precision = Literal["float32", "float64"]
+
+
 class MDSettings(_Strict):
     """MD stability: NVT replicas (start frame x temperature x seed), then an NVE segment."""
 
@@ -72,6 +76,14 @@ class MDSettings(_Strict):
     max_temperature_factor: float = Field(gt=1, description="T above factor x target = runaway")
     max_energy_drift_meV_per_atom_per_ps: float = Field(gt=0)
     trace_every: int = Field(10, ge=1)
+    engine: Literal["batched", "ase"] = Field(
+        "batched",
+        description="batched: all replicas per model call (scoring/md_batched.py); "
+        "ase: the reference loop, one ASE calculator call per replica and step",
+    )
+    precision: Precision = Field(
+        "float32", description="dtype of the model's evaluation; the integrator stays float64"
+    )
 
 
 class ThroughputSettings(_Strict):
