@@ -331,3 +331,39 @@ def test_ray_task_groups() -> None:
     many = [1000] * (3 * GPU_TASK_ATOMS // 1000)
     assert len(task_groups(many, slots=8, gpu=True)) == 3
     assert len(task_groups(many, slots=2, gpu=True)) == 2
+
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (run it on a GPU machine)"
+)
+
+
+@needs_cuda
+def test_on_a_gpu_the_batched_engine_follows_the_cpu_reference(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """The same code on a GPU: float64 follows the CPU reference loop's trajectories, float32
+    gives the same verdicts, and the batch size comes from the device's free memory."""
+    settings = _settings()
+    starts = [(_cu(4), 300.0, 0), (_cu(5, silver=3), 900.0, 7), (_cluster(), 600.0, 1)]
+    calc = load_md_calculator(model_file)  # the reference: ASE loop, CPU, float64
+    ref_jobs = [_job(f, t, s, tmp_path, f"ref{i}") for i, (f, t, s) in enumerate(starts)]
+    want = [run_replica(calc, job, settings, lambda n: None) for job in ref_jobs]
+    for precision, rel, atol in (("float64", 1e-7, 1e-9), ("float32", 1e-3, 1e-3)):
+        jobs = [_job(f, t, s, tmp_path, f"{precision}{i}") for i, (f, t, s) in enumerate(starts)]
+        got = run_replicas_batched(
+            model_file,
+            jobs,
+            settings.model_copy(update={"precision": precision}),
+            lambda n: None,
+            device="cuda",
+        )
+        for w, g, rj, gj in zip(want, got, ref_jobs, jobs, strict=True):
+            assert (g.status, g.survived_steps) == (w.status, w.survived_steps)
+            assert g.max_temperature_K == pytest.approx(w.max_temperature_K, rel=rel)
+            traces = _trace(gj.trace_path), _trace(rj.trace_path)
+            np.testing.assert_allclose(*traces, rtol=rel, atol=atol)
+    model = BatchedMACE.load(model_file, "cuda", "float32")
+    cap = model.max_batch_atoms(_Replica(ref_jobs[0]))
+    free, _ = torch.cuda.mem_get_info()
+    assert 10_000 < cap < free  # thousands of replicas' worth on a GPU, and less than memory
