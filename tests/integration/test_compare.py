@@ -72,6 +72,7 @@ def test_ranking_follows_the_rule_on_the_final_ledger_rows(runs: list[Path]) -> 
             (started,) = ledger.events("campaign_started")
             decisions = ledger.events("decision")
         assert row.agent == started.agent
+        assert (row.tokens, row.llm_calls) == (0, 0)  # neither agent has a model
         assert row.iterations_done == sum(1 for d in decisions if d.iteration) == 2
         assert row.accepted == sum(
             1 for d in decisions if d.decision == "ACCEPT" and d.metrics is not None
@@ -85,16 +86,18 @@ def test_ranking_follows_the_rule_on_the_final_ledger_rows(runs: list[Path]) -> 
     assert {r.agent for r in rows} == set(AGENTS.values())
 
 
-def test_page_names_both_campaigns_and_has_its_figure(runs: list[Path], tmp_path: Path) -> None:
+def test_page_names_both_campaigns_and_has_its_figures(runs: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "site" / "compare.html"
     assert build_comparison(runs, out) == out
     text = out.read_text()
     for root in runs:
         assert root.name in text
     images = re.findall(r"<img src='([^']+)'", text)
-    assert len(images) == 1
-    assert images[0].startswith("compare_files/")
-    assert (out.parent / images[0]).is_file() and (out.parent / images[0]).stat().st_size > 1000
+    assert images == ["compare_files/incumbents.png", "compare_files/tokens.png"]
+    for src in images:
+        assert (out.parent / src).is_file() and (out.parent / src).stat().st_size > 1000
+    # Neither agent has a model: both spend no tokens, and the table says so.
+    assert text.count("<td class='num'>0 (no LLM)</td>") == 2
     _, spec_hash = load_spec(runs[0] / "scorecard.yaml")
     assert spec_hash[:12] in text
     assert "<script" not in text.lower() and "http" not in text.lower()

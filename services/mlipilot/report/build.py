@@ -21,15 +21,24 @@ def build_report(run_dir: Path) -> Path:
     out = view.run_dir / FIGURE_DIR
     out.mkdir(exist_ok=True)
     md = data.md_figure(view)
+    score = data.score_figure(view)
+    seeds = sorted({len(p.noise.seeds) for p in score.points if p.noise is not None})
     drawn = [
         (
             "score.png",
-            figures.draw_score(data.score_figure(view)),
+            figures.draw_score(score),
             "Composite score and total violation",
             "Top: composite score (lower is better) of feasible candidates; bottom: total "
             "normalized violation of infeasible ones (symlog axis; 0 = feasible, dashed). "
             "Colour is the decision; the black step line is the incumbent after each decision; "
-            "hatched columns are failed candidates.",
+            "hatched columns are failed candidates."
+            + (
+                " Diamonds with bars: noise checks, the candidate (right, filled) and the "
+                f"incumbent (left, open) re-scored over {'/'.join(map(str, seeds))} seeds, "
+                "mean ± sample sd; the gain and spread are in the table below."
+                if seeds
+                else ""
+            ),
         ),
         (
             "decisions.png",
@@ -56,6 +65,21 @@ def build_report(run_dir: Path) -> Path:
             + (f" Traces not found: {', '.join(md.missing)}." if md.missing else ""),
         ),
     ]
+    tokens = data.token_figure(view)
+    if tokens.spent:  # agents without a model spend none; the header says so
+        drawn.insert(
+            1,
+            (
+                "tokens.png",
+                figures.draw_tokens(tokens),
+                "Score reached against LLM tokens spent",
+                "Top: prompt and completion tokens of the agent's conversations per iteration "
+                "(failed and refused proposals included), and the running total (black). "
+                "Middle and bottom: the incumbent after each decision against the cumulative "
+                "tokens spent before it (composite while feasible, total violation while "
+                "infeasible, symlog); green dots: a candidate became the incumbent.",
+            ),
+        )
     refs = []
     for name, fig, title, caption in drawn:
         figures.save(fig, out / name)

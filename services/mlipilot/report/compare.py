@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from mlipilot.errors import MlipilotError
 from mlipilot.report import data, figures
@@ -21,6 +22,7 @@ from mlipilot.report.html import CSS, FigureRef, figure_html, fmt
 from mlipilot.report.ledger_view import RunView, load_run
 
 FIGURE = "incumbents.png"
+TOKENS_FIGURE = "tokens.png"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class RankRow:
     iterations_done: int
     accepted: int
     wall_s: float | None
+    tokens: int = 0  # LLM tokens (prompt + completion) of all the agent's conversations
+    llm_calls: int = 0  # 0: an agent without a model (rule-based, random, optuna)
 
     @property
     def score(self) -> float | None:
@@ -64,11 +68,17 @@ def check_comparable(views: Sequence[RunView]) -> None:
             )
 
 
-def _sort_key(row: RankRow) -> tuple[int, float, str]:
+def _sort_key(row: RankRow) -> tuple[int, float, int, str]:
     # The decision rule across campaigns: feasible before infeasible, then the lower composite
-    # (feasible) or violation (infeasible); a campaign with nothing scored comes last.
+    # (feasible) or violation (infeasible); a campaign with nothing scored comes last. The
+    # same score for fewer LLM tokens is the better result.
     score = row.score
-    return (0 if row.feasible else 1, math.inf if score is None else score, row.campaign)
+    return (
+        0 if row.feasible else 1,
+        math.inf if score is None else score,
+        row.tokens,
+        row.campaign,
+    )
 
 
 def ranking(views: Sequence[RunView]) -> list[RankRow]:
@@ -96,6 +106,8 @@ def ranking(views: Sequence[RunView]) -> list[RankRow]:
                 iterations_done=h.iterations_done,
                 accepted=accepted,
                 wall_s=h.wall_s,
+                tokens=h.total_tokens,
+                llm_calls=h.llm_calls,
             )
         )
     rows.sort(key=_sort_key)
@@ -142,6 +154,100 @@ def draw_incumbents(views: Sequence[RunView]) -> Figure:
     return fig
 
 
+@dataclass(frozen=True)
+class CampaignTokens:
+    """One campaign's point on the tokens-vs-score figure, and the path that led there."""
+
+    campaign: str
+    agent: str
+    tokens: int  # total, 0 for an agent without a model
+    llm_calls: int
+    feasible: bool | None  # of the final incumbent
+    composite: float | None
+    violation: float | None
+    path: list[data.TokenScorePoint]  # the incumbent against cumulative tokens, per decision
+
+    @property
+    def label(self) -> str:
+        spent = f"{self.tokens:,} tokens" if self.llm_calls else "no LLM, 0 tokens"
+        return f"{self.campaign} ({self.agent}; {spent})"
+
+
+def tokens_vs_score(views: Sequence[RunView]) -> list[CampaignTokens]:
+    """Per campaign, in the ranking's order: the LLM tokens it spent and the score it ended
+    with (feasible: composite; infeasible: total violation)."""
+    by_name = {row.campaign: row.rank for row in ranking(views)}
+    points = []
+    for view in views:
+        h = data.header(view)
+        tokens = data.token_figure(view)
+        points.append(
+            CampaignTokens(
+                campaign=h.run,
+                agent=h.agent,
+                tokens=h.total_tokens,
+                llm_calls=h.llm_calls,
+                feasible=h.best_feasible,
+                composite=h.best_composite,
+                violation=h.best_violation,
+                path=tokens.incumbent,
+            )
+        )
+    return sorted(points, key=lambda p: by_name[p.campaign])
+
+
+def draw_tokens_vs_score(points: Sequence[CampaignTokens]) -> Figure:
+    """One point per campaign at (tokens spent, final incumbent score); an LLM campaign's
+    incumbent along the way is a thin line of the same colour."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True)
+    most = max((p.tokens for p in points), default=0)
+    for i, p in enumerate(points):
+        color = f"C{i % 10}"
+        if p.llm_calls:
+            xs = [float(s.tokens) for s in p.path] + [float(p.tokens)]
+            steps = [*p.path, p.path[-1]] if p.path else []
+            figures.incumbent_panels(
+                top, bottom, xs[: len(steps)], steps, "_nolegend_", color=color, lw=1, alpha=0.5
+            )
+        if p.feasible is None:
+            continue
+        ax, y = (top, p.composite) if p.feasible else (bottom, p.violation)
+        marker = "o" if p.llm_calls else "s"
+        ax.scatter(p.tokens, figures.nan_if_none(y), color=color, marker=marker, s=60, zorder=3)
+        # Labels right of the point, left of it for the big spenders (else they run off the
+        # axes); staggered, since agents without tokens all sit at x = 0.
+        right = p.tokens <= most / 2
+        ax.annotate(
+            p.label,
+            (p.tokens, figures.nan_if_none(y)),
+            textcoords="offset points",
+            xytext=(6 if right else -6, 6 + 11 * (i % 3)),
+            ha="left" if right else "right",
+            fontsize=8,
+            color=color,
+        )
+    if not any(p.feasible for p in points):
+        top.text(0.5, 0.5, "no feasible incumbent", ha="center", transform=top.transAxes)
+    bottom.axhline(0.0, color="0.5", ls="--", lw=1)
+    bottom.set_yscale("symlog", linthresh=0.1)
+    bottom.set_ylim(*figures.violation_limits([p.violation for p in points if not p.feasible]))
+    top.set_ylabel("incumbent composite\n(feasible, lower is better)")
+    bottom.set_ylabel("incumbent total violation\n(infeasible)")
+    bottom.set_xlabel("LLM tokens spent (prompt + completion)")
+    top.set_xlim(-0.06 * max(1, most), max(1, most) * 1.12)
+    figures.thousands(bottom.xaxis)
+    handles = [
+        Line2D([], [], marker="o", ls="", color="0.3", label="LLM agent: final incumbent"),
+        Line2D([], [], color="0.3", lw=1, alpha=0.5, label="LLM agent: incumbent so far"),
+        Line2D([], [], marker="s", ls="", color="0.3", label="agent without LLM (0 tokens)"),
+    ]
+    top.legend(handles=handles, fontsize=8, loc="best")
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def _rank_table(rows: Sequence[RankRow]) -> str:
     head = [
         "rank",
@@ -153,6 +259,7 @@ def _rank_table(rows: Sequence[RankRow]) -> str:
         "first feasible at",
         "iterations",
         "accepted",
+        "LLM tokens",
         "wall time",
     ]
     lines = ["<table class='ranking'>", "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
@@ -174,6 +281,7 @@ def _rank_table(rows: Sequence[RankRow]) -> str:
             f"<td class='num'>{first}</td>",
             f"<td class='num'>{r.iterations_done}</td>",
             f"<td class='num'>{r.accepted}</td>",
+            f"<td class='num'>{f'{r.tokens:,}' if r.llm_calls else '0 (no LLM)'}</td>",
             f"<td class='num'>{wall}</td>",
         ]
         lines.append("<tr>" + "".join(cells) + "</tr>")
@@ -181,7 +289,7 @@ def _rank_table(rows: Sequence[RankRow]) -> str:
     return "\n".join(lines)
 
 
-def render_comparison(rows: Sequence[RankRow], figure: FigureRef, test_hash: str) -> str:
+def render_comparison(rows: Sequence[RankRow], refs: Sequence[FigureRef], test_hash: str) -> str:
     title = f"mlipilot comparison of {len(rows)} campaign(s)"
     spec = f"{rows[0].spec_name} (sha256 {rows[0].spec_hash})" if rows else "–"
     body = [
@@ -189,9 +297,9 @@ def render_comparison(rows: Sequence[RankRow], figure: FigureRef, test_hash: str
         f"<p>Scorecard {escape(spec)}; test split <span class='hash'>{escape(test_hash)}"
         "</span>. Ranked by the decision rule: feasible before infeasible, then the lower "
         "composite (feasible) or total violation (infeasible) of the final incumbent; ties "
-        "by campaign name.</p>",
+        "by fewer LLM tokens, then campaign name.</p>",
         _rank_table(rows),
-        figure_html(figure),
+        *(figure_html(f) for f in refs),
     ]
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
@@ -214,12 +322,23 @@ def build_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
     out = Path(out)
     files = f"{out.stem}_files"
     figures.save(draw_incumbents(views), out.parent / files / FIGURE)
-    ref = FigureRef(
-        f"{files}/{FIGURE}",
-        "Incumbent per iteration",
-        "One line per campaign: the incumbent after each decision. Top: its composite score "
-        "while feasible (lower is better); bottom: its total normalized violation while "
-        "infeasible (symlog axis; 0 = feasible, dashed).",
-    )
-    out.write_text(render_comparison(rows, ref, data.header(views[0]).test_hash), encoding="utf-8")
+    figures.save(draw_tokens_vs_score(tokens_vs_score(views)), out.parent / files / TOKENS_FIGURE)
+    refs = [
+        FigureRef(
+            f"{files}/{FIGURE}",
+            "Incumbent per iteration",
+            "One line per campaign: the incumbent after each decision. Top: its composite score "
+            "while feasible (lower is better); bottom: its total normalized violation while "
+            "infeasible (symlog axis; 0 = feasible, dashed).",
+        ),
+        FigureRef(
+            f"{files}/{TOKENS_FIGURE}",
+            "Final score against LLM tokens spent",
+            "One point per campaign: the LLM tokens its agent spent (prompt + completion, failed "
+            "conversations included) and its final incumbent's composite (top, feasible) or "
+            "total violation (bottom, infeasible, symlog). Squares at 0: agents without an LLM. "
+            "Thin lines: an LLM campaign's incumbent against the tokens spent so far.",
+        ),
+    ]
+    out.write_text(render_comparison(rows, refs, data.header(views[0]).test_hash), encoding="utf-8")
     return out

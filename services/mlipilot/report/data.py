@@ -73,12 +73,20 @@ class Header:
     best_feasible: bool | None
     best_composite: float | None
     best_violation: float | None
+    llm_calls: int = 0  # agent_call rows: conversations with an LLM agent
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 def header(view: RunView) -> Header:
     started, finished = view.started, view.finished
     steps = incumbent_steps(view)
     best = steps[-1] if steps else None
+    prompt, completion = token_totals(view.agent_calls)
     return Header(
         campaign=str(view.campaign_setting("name") or view.run_dir.name),
         run=view.run_dir.name,
@@ -99,6 +107,9 @@ def header(view: RunView) -> Header:
         best_feasible=best.feasible if best else None,
         best_composite=best.composite if best else None,
         best_violation=best.violation if best else None,
+        llm_calls=len(view.agent_calls),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
     )
 
 
@@ -113,6 +124,8 @@ class ScorePoint:
     feasible: bool | None
     composite: float | None
     violation: float | None
+    candidate: str = ""
+    noise: NoiseCheck | None = None  # the seed re-evaluation behind the decision, if any
 
 
 @dataclass(frozen=True)
@@ -165,6 +178,8 @@ def score_figure(view: RunView) -> ScoreFigure:
             feasible=d.feasible,
             composite=d.composite,
             violation=d.violation,
+            candidate=candidate_of(d),
+            noise=noise_check(d),
         )
         for d in view.decisions
     ]
@@ -424,9 +439,12 @@ class TableRow:
     decision: str
     failed: bool
     reason: str
+    tokens: int | None = None  # LLM tokens spent proposing this candidate; None: no LLM call
+    noise: NoiseCheck | None = None
 
 
 def iteration_table(view: RunView) -> list[TableRow]:
+    tokens = candidate_tokens(view)
     return [
         TableRow(
             iteration=d.iteration or 0,
@@ -440,6 +458,230 @@ def iteration_table(view: RunView) -> list[TableRow]:
             decision=d.decision or "?",
             failed=is_failed(d),
             reason=d.reason or "",
+            tokens=tokens.get(candidate_of(d)),
+            noise=noise_check(d),
         )
         for d in view.decisions
     ]
+
+
+# --- LLM tokens: what the agent cost, against the score it reached -------------------------
+
+
+def _count(value: Any) -> int:
+    """A token count from a row's detail; anything unreadable counts as none spent."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def call_tokens(call: LedgerEvent) -> tuple[int, int]:
+    """(prompt, completion) tokens of one ``agent_call`` row."""
+    detail = call.detail or {}
+    return _count(detail.get("prompt_tokens")), _count(detail.get("completion_tokens"))
+
+
+def token_totals(calls: list[LedgerEvent]) -> tuple[int, int]:
+    """(prompt, completion) tokens of these ``agent_call`` rows together."""
+    pairs = [call_tokens(c) for c in calls]
+    return sum(p for p, _ in pairs), sum(c for _, c in pairs)
+
+
+def candidate_tokens(view: RunView) -> dict[str, int]:
+    """Tokens spent on each candidate's proposal (all its conversations, failed ones too)."""
+    spent: dict[str, int] = {}
+    for call in view.agent_calls:
+        name = candidate_of(call)
+        spent[name] = spent.get(name, 0) + sum(call_tokens(call))
+    return spent
+
+
+@dataclass(frozen=True)
+class TokenIteration:
+    """The LLM tokens of one iteration (every candidate, failed conversations included)."""
+
+    iteration: int
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cumulative_tokens: int  # everything spent up to the end of this iteration
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TokenScorePoint:
+    """The incumbent after one decision, against the tokens spent before that decision."""
+
+    iteration: int
+    candidate: str  # the decided candidate
+    tokens: int  # cumulative tokens of the agent_call rows written before the decision
+    incumbent_candidate: str | None
+    feasible: bool | None
+    composite: float | None
+    violation: float | None
+
+
+@dataclass(frozen=True)
+class TokenFigure:
+    agent: str
+    iterations: list[TokenIteration]  # 0 .. the last iteration with a decision or a call
+    incumbent: list[TokenScorePoint]  # one per decision, in ledger order
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def spent(self) -> bool:
+        """False for agents without a model (rule-based, random, optuna): nothing to draw."""
+        return self.calls > 0
+
+
+def token_figure(view: RunView) -> TokenFigure:
+    calls = view.agent_calls
+    per_iteration: dict[int, list[LedgerEvent]] = {}
+    for call in calls:
+        per_iteration.setdefault(call.iteration or 0, []).append(call)
+    # Iterations without a decision still cost tokens (an agent that failed or gave up).
+    last = max([d.iteration or 0 for d in view.decisions] + list(per_iteration), default=0)
+    iterations, running = [], 0
+    for it in range(last + 1):
+        prompt, completion = token_totals(per_iteration.get(it, []))
+        running += prompt + completion
+        iterations.append(
+            TokenIteration(it, len(per_iteration.get(it, [])), prompt, completion, running)
+        )
+    # Ledger order decides what was spent before a decision: row ids grow with time.
+    incumbent = []
+    for d, step in zip(view.decisions, incumbent_steps(view), strict=True):
+        before = [c for c in calls if (c.id or 0) < (d.id or 0)]
+        incumbent.append(
+            TokenScorePoint(
+                iteration=step.iteration,
+                candidate=step.candidate,
+                tokens=sum(token_totals(before)),
+                incumbent_candidate=step.incumbent_candidate,
+                feasible=step.feasible,
+                composite=step.composite,
+                violation=step.violation,
+            )
+        )
+    prompt, completion = token_totals(calls)
+    return TokenFigure(
+        agent=header(view).agent,
+        iterations=iterations,
+        incumbent=incumbent,
+        calls=len(calls),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+    )
+
+
+# --- noise-aware acceptance: the seed re-evaluation behind a decision ----------------------
+
+
+@dataclass(frozen=True)
+class SeedScores:
+    """One side of a noise check: a candidate's score over the re-evaluation seeds."""
+
+    candidate: str
+    values: list[float]  # NaN where a seed has no result
+    feasible: list[bool | None]  # None where a seed has no result
+
+    @property
+    def finite(self) -> list[float]:
+        return [v for v in self.values if math.isfinite(v)]
+
+    @property
+    def mean(self) -> float | None:
+        vals = self.finite
+        return sum(vals) / len(vals) if vals else None
+
+    @property
+    def sd(self) -> float | None:
+        """Sample standard deviation (n - 1); 0 for a single seed."""
+        vals, mean = self.finite, self.mean
+        if mean is None:
+            return None
+        if len(vals) < 2:
+            return 0.0
+        return math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+@dataclass(frozen=True)
+class NoiseCheck:
+    """``detail.noise`` of a decision (``campaign.decision``): the would-be winner and the
+    incumbent re-scored over several seeds. ``gain`` is the incumbent's mean minus the
+    candidate's, ``spread`` the two sample sds combined in quadrature; the gain had to exceed
+    ``k * spread``. Both are None when a seed failed."""
+
+    seeds: list[int]
+    k: float | None
+    metric: str  # "composite" (both feasible) or "violation"
+    incumbent: SeedScores
+    candidate: SeedScores
+    gain: float | None
+    spread: float | None
+
+    @property
+    def bar(self) -> float | None:
+        """What the gain had to exceed: ``k * spread``."""
+        if self.spread is None:
+            return None
+        return (1.0 if self.k is None else self.k) * self.spread
+
+    @property
+    def beats_noise(self) -> bool | None:
+        bar = self.bar
+        if self.gain is None or bar is None:
+            return None
+        return self.gain > bar
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _seed_scores(node: Any) -> SeedScores | None:
+    if not isinstance(node, dict) or not isinstance(node.get("values"), list):
+        return None
+    values = [_float(v) for v in node["values"]]
+    flags = node.get("feasible") if isinstance(node.get("feasible"), list) else []
+    return SeedScores(
+        candidate=str(node.get("candidate") or "?"),
+        values=[math.nan if v is None else v for v in values],
+        feasible=[None if f is None else bool(f) for f in flags],
+    )
+
+
+def noise_check(decision: LedgerEvent) -> NoiseCheck | None:
+    """The decision's noise check, or None: most ledgers have none, and a malformed one is
+    shown as absent rather than breaking the report."""
+    node = (decision.detail or {}).get("noise")
+    if not isinstance(node, dict):
+        return None
+    incumbent, candidate = _seed_scores(node.get("incumbent")), _seed_scores(node.get("candidate"))
+    if incumbent is None or candidate is None:
+        return None
+    seeds = node.get("seeds") if isinstance(node.get("seeds"), list) else []
+    return NoiseCheck(
+        seeds=[int(s) for s in seeds if isinstance(s, int | float) and not isinstance(s, bool)],
+        k=_float(node.get("k")),
+        metric=str(node.get("metric") or "composite"),
+        incumbent=incumbent,
+        candidate=candidate,
+        gain=_float(node.get("gain")),
+        spread=_float(node.get("spread")),
+    )

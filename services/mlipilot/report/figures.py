@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from mlipilot.report.data import (
     DECISION_COLORS,
     ConstraintFigure,
     DecisionFigure,
+    IncumbentStep,
     MDFigure,
+    NoiseCheck,
     ScoreFigure,
+    TokenFigure,
+    TokenScorePoint,
 )
 
 DPI = 130
@@ -31,11 +40,46 @@ def nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+def violation_limits(values: Sequence[float | None]) -> tuple[float, float]:
+    """Y limits of a symlog violation panel: from just below 0 to twice the largest."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return -0.02, max([1.0, *finite]) * 2
+
+
 def iteration_axis(ax: plt.Axes, iterations: list[int]) -> None:
     if iterations:
         ax.set_xticks(iterations)
         ax.set_xlim(min(iterations) - 0.6, max(iterations) + 0.6)
     ax.grid(True, alpha=0.3)
+
+
+# Noise checks: where the would-be winner and the incumbent sit beside the decision's column.
+NOISE_OFFSET = 0.18
+
+
+def thousands(axis: Axis) -> None:
+    """Token counts with thousands separators (12,000 rather than 1.2e4)."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+
+
+def _draw_noise(ax: plt.Axes, x: float, noise: NoiseCheck, color: str) -> None:
+    """Mean +- sd over the seeds: the candidate right of its column, the incumbent left."""
+    for side, scores, face in ((+1, noise.candidate, color), (-1, noise.incumbent, "white")):
+        mean, sd = scores.mean, scores.sd
+        if mean is None:
+            continue
+        ax.errorbar(
+            x + side * NOISE_OFFSET,
+            mean,
+            yerr=sd or 0.0,
+            fmt="D",
+            ms=5,
+            color=color if side > 0 else "black",
+            mfc=face,
+            capsize=3,
+            lw=1.2,
+            zorder=4,
+        )
 
 
 def draw_score(data: ScoreFigure) -> Figure:
@@ -51,6 +95,10 @@ def draw_score(data: ScoreFigure) -> Figure:
             top.scatter(p.iteration, nan_if_none(p.composite), color=color, s=40, zorder=3)
         else:
             bottom.scatter(p.iteration, nan_if_none(p.violation), color=color, s=40, zorder=3)
+        if p.noise is not None:
+            _draw_noise(
+                top if p.noise.metric == "composite" else bottom, p.iteration, p.noise, color
+            )
     # The incumbent after each decision: on the composite panel while it is feasible, on the
     # violation panel while it is not.
     xs = [s.iteration for s in data.incumbent]
@@ -74,8 +122,7 @@ def draw_score(data: ScoreFigure) -> Figure:
         data.feasibility_threshold, color="tab:blue", ls="--", lw=1, label="feasible (violation 0)"
     )
     bottom.set_yscale("symlog", linthresh=0.1)
-    top_v = max((nan_if_none(p.violation) for p in data.points if p.feasible is False), default=1.0)
-    bottom.set_ylim(-0.02, max(1.0, top_v if math.isfinite(top_v) else 1.0) * 2)
+    bottom.set_ylim(*violation_limits([p.violation for p in data.points if p.feasible is False]))
     top.set_ylabel("composite (feasible)\nlower is better")
     bottom.set_ylabel("total violation\n(infeasible)")
     bottom.set_xlabel("iteration")
@@ -83,8 +130,119 @@ def draw_score(data: ScoreFigure) -> Figure:
     iteration_axis(bottom, its)
     handles = [Patch(color=DECISION_COLORS[k], label=k) for k in ("BASELINE", "ACCEPT", "REVERT")]
     handles.append(Patch(facecolor="0.85", hatch="//", label="failed"))
-    top.legend(handles=[*handles, *top.get_legend_handles_labels()[0]], fontsize=8, ncol=3)
+    if any(p.noise is not None for p in data.points):
+        handles.append(_noise_handle("candidate: seed mean ± sd", "0.3", "0.3"))
+        handles.append(_noise_handle("incumbent: seed mean ± sd", "black", "white"))
+    # Above the panel: with the noise entries the legend would hide points inside it.
+    top.legend(
+        handles=[*handles, *top.get_legend_handles_labels()[0]],
+        fontsize=8,
+        ncol=4,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.01),
+    )
     bottom.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _noise_handle(label: str, color: str, face: str) -> Line2D:
+    return Line2D([], [], marker="D", ms=5, color=color, mfc=face, ls="-", lw=1.2, label=label)
+
+
+def incumbent_panels(
+    top: plt.Axes,
+    bottom: plt.Axes,
+    xs: Sequence[float],
+    steps: Sequence[IncumbentStep | TokenScorePoint],
+    label: str,
+    **style: Any,
+) -> None:
+    """The incumbent as a step line: composite on ``top`` while it is feasible, violation on
+    ``bottom`` while it is not (``steps`` carry ``feasible``, ``composite``, ``violation``)."""
+    top.step(
+        xs,
+        [nan_if_none(s.composite) if s.feasible else math.nan for s in steps],
+        where="post",
+        label=label,
+        **style,
+    )
+    bottom.step(
+        xs,
+        [nan_if_none(s.violation) if s.feasible is False else math.nan for s in steps],
+        where="post",
+        label=label,
+        **style,
+    )
+
+
+def draw_tokens(data: TokenFigure) -> Figure:
+    """Top: LLM tokens per iteration (prompt and completion stacked) and their running total.
+    Below: the incumbent's score against the cumulative tokens spent before each decision."""
+    fig, (per_it, top, bottom) = plt.subplots(
+        3, 1, figsize=(7.5, 7.5), gridspec_kw={"height_ratios": [1.0, 1.2, 1.0]}
+    )
+    top.sharex(bottom)  # both score panels on the tokens axis, labelled once
+    top.tick_params(labelbottom=False)
+    its = [t.iteration for t in data.iterations]
+    prompt = [t.prompt_tokens for t in data.iterations]
+    per_it.bar(its, prompt, width=0.6, color="tab:blue", label="prompt")
+    per_it.bar(
+        its,
+        [t.completion_tokens for t in data.iterations],
+        width=0.6,
+        bottom=prompt,
+        color="tab:orange",
+        label="completion",
+    )
+    per_it.plot(
+        its,
+        [t.cumulative_tokens for t in data.iterations],
+        "o-",
+        color="black",
+        ms=4,
+        lw=1.2,
+        label="cumulative",
+    )
+    per_it.set_ylabel("LLM tokens")
+    per_it.set_xlabel("iteration")
+    iteration_axis(per_it, its)
+    thousands(per_it.yaxis)
+    per_it.legend(fontsize=8, loc="upper left")
+    per_it.set_title(
+        f"{data.agent}: {data.total_tokens:,} tokens in {data.calls} conversation(s)", fontsize=10
+    )
+    # The score reached for the tokens spent: the last step runs on to the total, so tokens
+    # spent after the last decision (a failed or refused proposal) show as a flat tail.
+    steps = list(data.incumbent)
+    xs: list[float] = [float(p.tokens) for p in steps]
+    if steps and data.total_tokens > steps[-1].tokens:
+        steps.append(steps[-1])
+        xs.append(float(data.total_tokens))
+    incumbent_panels(top, bottom, xs, steps, "incumbent", color="black", lw=1.5)
+    for p in data.incumbent:
+        feasible = p.feasible is True
+        ax = top if feasible else bottom
+        y = p.composite if feasible else p.violation
+        if p.incumbent_candidate == p.candidate and y is not None:
+            ax.scatter(p.tokens, y, color=DECISION_COLORS["ACCEPT"], s=36, zorder=3)
+            ax.annotate(
+                p.candidate, (p.tokens, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+    if not any(p.feasible for p in data.incumbent):
+        top.text(0.5, 0.5, "no feasible incumbent", ha="center", transform=top.transAxes)
+    bottom.axhline(0.0, color="tab:blue", ls="--", lw=1, label="feasible (violation 0)")
+    bottom.set_yscale("symlog", linthresh=0.1)
+    bottom.set_ylim(*violation_limits([p.violation for p in data.incumbent if p.feasible is False]))
+    top.set_ylabel("incumbent composite\n(feasible, lower is better)")
+    bottom.set_ylabel("incumbent total violation\n(infeasible)")
+    bottom.set_xlabel("cumulative LLM tokens spent (prompt + completion)")
+    top.scatter([], [], color=DECISION_COLORS["ACCEPT"], s=36, label="new incumbent")
+    for ax in (top, bottom):
+        ax.set_xlim(left=-0.02 * max(1, data.total_tokens), right=max(1, data.total_tokens) * 1.08)
+        thousands(ax.xaxis)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from mlipilot.report.data import TABLE_METRICS, Header, RecipeDiff, TableRow, iteration_label
+from mlipilot.report.data import (
+    TABLE_METRICS,
+    Header,
+    NoiseCheck,
+    RecipeDiff,
+    TableRow,
+    iteration_label,
+)
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -17,6 +24,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; text-align: left; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.noise { font-size: 0.9em; white-space: nowrap; }
 code, .hash { font-family: ui-monospace, monospace; font-size: 0.9em; }
 tr.ACCEPT td.decision { background: #d8f0d8; }
 tr.REVERT td.decision { background: #f6d6d6; }
@@ -47,6 +55,16 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def _value(value: Any) -> str:
     return escape(json.dumps(value) if not isinstance(value, str) else value)
+
+
+def tokens_text(h: Header) -> str:
+    """The LLM tokens line of the summary: failed conversations count, they were paid for."""
+    if h.llm_calls == 0:
+        return "none (the agent made no LLM calls)"
+    return (
+        f"{h.total_tokens:,} ({h.prompt_tokens:,} prompt + {h.completion_tokens:,} completion) "
+        f"in {h.llm_calls} conversation(s)"
+    )
 
 
 def _header(h: Header) -> str:
@@ -81,6 +99,7 @@ def _header(h: Header) -> str:
         ),
         ("status", escape(h.status)),
         ("wall time", wall),
+        ("LLM tokens", escape(tokens_text(h))),
         ("best", escape(best)),
     ]
     body = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
@@ -115,10 +134,31 @@ def _recipe(diff: RecipeDiff) -> str:
     return "\n".join(parts)
 
 
+def _mean_sd(mean: float | None, sd: float | None) -> str:
+    return "–" if mean is None else f"{fmt(mean)} ± {fmt(sd)}"
+
+
+def noise_text(n: NoiseCheck) -> str:
+    """One table cell: gain against spread, and both sides' seed mean ± sd."""
+    verdict = {True: "beats noise", False: "within noise", None: "a seed failed"}[n.beats_noise]
+    k = "" if n.k is None else f"{n.k:g} × "
+    return (
+        f"{escape(n.metric)} gain {fmt(n.gain)} vs {k}spread {fmt(n.spread)} ({verdict}, "
+        f"{len(n.seeds)} seeds)<br>{escape(n.candidate.candidate)} "
+        f"{_mean_sd(n.candidate.mean, n.candidate.sd)}<br>"
+        f"{escape(n.incumbent.candidate)} {_mean_sd(n.incumbent.mean, n.incumbent.sd)}"
+    )
+
+
 def _table(rows: Sequence[TableRow]) -> str:
+    # Token and noise columns only where the campaign has them: most have neither.
+    tokens = any(r.tokens is not None for r in rows)
+    noise = any(r.noise is not None for r in rows)
     head = ["candidate", "hypothesis", "changed"]
     head += [escape(v) for v in TABLE_METRICS.values()]
     head += ["feasible", "composite", "violation", "decision", "reason"]
+    head += ["LLM tokens"] if tokens else []
+    head += ["noise check (seed mean ± sd)"] if noise else []
     lines = [
         "<table class='iterations'>",
         "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
@@ -139,6 +179,10 @@ def _table(rows: Sequence[TableRow]) -> str:
             f"<td class='decision'>{escape(category)}</td>",
             f"<td class='reason'>{escape(r.reason)}</td>",
         ]
+        if tokens:
+            cells.append(f"<td class='num'>{'–' if r.tokens is None else f'{r.tokens:,}'}</td>")
+        if noise:
+            cells.append(f"<td class='noise'>{'' if r.noise is None else noise_text(r.noise)}</td>")
         lines.append(f"<tr class='{escape(category)}'>" + "".join(cells) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)

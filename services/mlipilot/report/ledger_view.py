@@ -5,7 +5,7 @@ Everything the report shows comes from here, so the report needs nothing but the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ class RunView:
     decisions: list[LedgerEvent]  # in ledger order, one per candidate (several per iteration)
     proposals: dict[str, LedgerEvent]  # the last proposal recorded for each candidate name
     evaluations: dict[str, LedgerEvent]  # successful scorings by candidate name
+    # Conversations with an LLM agent (prompt/completion tokens in ``detail``), in ledger
+    # order; empty for agents without a model. Failed conversations spent tokens too.
+    agent_calls: list[LedgerEvent] = field(default_factory=list)
 
     @property
     def baseline(self) -> Recipe:
@@ -114,4 +117,5 @@ def load_run(run_dir: Path) -> RunView:
         decisions=decisions,
         proposals=proposals,
         evaluations=evaluations,
+        agent_calls=[e for e in events if e.event == "agent_call"],
     )
