@@ -122,6 +122,25 @@ class ComputeConfig(_Strict):
         return self.ray_address is not None or candidates_per_iteration > 1
 
 
+class NoiseConfig(_Strict):
+    """Noise-aware acceptance: a would-be accept is checked again over several training seeds.
+
+    Seeds run ``recipe.seed``, ``recipe.seed + 1``, ... (``seeds`` of them per side); the gain
+    must exceed ``k`` times the spread of a difference of two single runs (campaign/decision.py).
+    ``seeds: 1`` switches it off, as leaving the section out does.
+    """
+
+    seeds: int = Field(
+        ge=1,
+        le=10,
+        description="training seeds per side (candidate and incumbent), the recipe's own first; "
+        "1 is off",
+    )
+    k: float = Field(
+        1.0, gt=0.0, le=10.0, description="accept only when the mean gain exceeds k x spread"
+    )
+
+
 class Campaign(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -134,6 +153,14 @@ class Campaign(_Strict):
     min_improvement: float = Field(
         0.0, ge=0.0, lt=1.0, description="relative composite gain needed to accept"
     )
+    noise: NoiseConfig | None = Field(
+        None, description="repeat a would-be accept and its incumbent over seeds (off: absent)"
+    )
+
+    @property
+    def noise_seeds(self) -> int:
+        """Training seeds per side for a would-be accept: 1 when noise-aware acceptance is off."""
+        return self.noise.seeds if self.noise is not None else 1
 
     @field_validator("baseline", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ import json
 
 import pytest
 import yaml
-from llm_server import calls, serve, tool_call
+from llm_server import HttpError, calls, serve, tool_call
 from tiny_campaign import write_tiny_campaign
 from typer.testing import CliRunner
 
@@ -95,6 +95,11 @@ def test_every_message_and_token_is_in_the_ledger(llm_run) -> None:
     assert transcript[: len(server.requests[3]["messages"])] == server.requests[3]["messages"]
     tool_answers = [m["content"] for m in transcript if m["role"] == "tool"]
     assert "MD replicas" in tool_answers[0] and tool_answers[1].startswith("accepted")
+    # get_run tells how the baseline's training went, read off its recorded curve.
+    training = events[[e.event for e in events].index("training")]
+    epochs = sum(1 for e in training.detail["curve"] if e["epoch"] >= 0)
+    assert f"training: ok, {epochs} epochs in" in tool_answers[0]
+    assert "validation (meV units" in tool_answers[0]
     failed = agent_calls[0].detail["transcript"]
     assert "unknown key(s) ['learning_rate']" in failed[3]["content"]
     assert "not valid JSON" in failed[5]["content"]
@@ -132,3 +137,27 @@ def test_a_server_that_is_not_there_fails_before_the_baseline_trains(tmp_path) -
     [run_dir] = (tmp_path / "runs").iterdir()
     kinds = [e.event for e in read_events(run_dir / "ledger.sqlite")]
     assert kinds == ["campaign_finished"]  # nothing trained, the reason recorded
+
+
+def test_a_server_lost_mid_conversation_stops_the_campaign_with_its_tokens_recorded(
+    tmp_path,
+) -> None:
+    """The server answers one call, then fails for good: the campaign stops (it can be
+    resumed), and the conversation up to the break is in the ledger with its tokens."""
+    path = write_tiny_campaign(tmp_path, name="lost", data_path=tmp_path / "data", iterations=2)
+    data = yaml.safe_load(path.read_text())
+    data["agent"] = {"kind": "rule-based", "max_retries": 0}
+    path.write_text(yaml.safe_dump(data))
+    script = [step(calls(tool_call("get_history", {}, "call_1"))), HttpError(503)]
+    with serve([MODEL], script) as server:
+        args = ["run", str(path), "--out", str(tmp_path / "runs"), "--agent", "llm"]
+        result = CliRunner().invoke(app, [*args, "--base-url", server.url, "--model", MODEL])
+    assert result.exit_code != 0
+    [run_dir] = (tmp_path / "runs").iterdir()
+    events = read_events(run_dir / "ledger.sqlite")
+    [call] = [e for e in events if e.event == "agent_call"]
+    assert (call.iteration, call.status) == (1, "server_error")
+    assert "HTTP 503" in call.reason
+    assert call.detail["prompt_tokens"] == USAGE[0] and call.detail["requests"] == 1
+    assert [m["role"] for m in call.detail["transcript"]][-1] == "tool"
+    assert events[-1].event == "campaign_finished" and events[-1].status == "failed"

@@ -242,3 +242,37 @@ def test_candidates_per_iteration_bounds(tmp_path: Path) -> None:
 def test_every_example_campaign_loads(example: Path) -> None:
     campaign, _ = load_campaign(example)
     assert campaign.scorecard.is_file()
+
+
+def test_noise_is_off_unless_asked_for(tmp_path: Path) -> None:
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML))
+    assert campaign.noise is None and campaign.noise_seeds == 1
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML + "noise: {seeds: 1}\n"))
+    assert campaign.noise_seeds == 1  # one seed per side: nothing to repeat
+
+
+def test_noise_option_loads(tmp_path: Path) -> None:
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML + "noise:\n  seeds: 3\n  k: 2\n"))
+    assert campaign.noise is not None
+    assert (campaign.noise.seeds, campaign.noise.k, campaign.noise_seeds) == (3, 2.0, 3)
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML + "noise: {seeds: 2}\n"))
+    assert campaign.noise is not None and campaign.noise.k == 1.0  # default
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "says"),
+    [
+        ("noise: {seeds: 0}", "noise.seeds", "greater than or equal to 1"),
+        ("noise: {seeds: 11}", "noise.seeds", "less than or equal to 10"),
+        ("noise: {seeds: many}", "noise.seeds", "integer"),
+        ("noise: {k: 2}", "noise.seeds", "required"),
+        ("noise: {seeds: 3, k: 0}", "noise.k", "greater than 0"),
+        ("noise: {seeds: 3, k: -1}", "noise.k", "greater than 0"),
+        ("noise: {seeds: 3, repeats: 2}", "noise.repeats", "unknown key"),
+        ("noise: 3", "noise", ""),
+    ],
+)
+def test_bad_noise_names_the_key(tmp_path: Path, extra: str, key: str, says: str) -> None:
+    path, message = load_error(tmp_path, CAMPAIGN_YAML + extra + "\n")
+    assert f"campaign file {path}" in message and key in message
+    assert says in message

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mlipilot.campaign.decision import decide
+from mlipilot.campaign.decision import SeedRun, decide, decide_over_seeds, repeat_seeds
 from mlipilot.errors import MlipilotError
 from mlipilot.scoring.result import ScoreResult, judge
 from mlipilot.scoring.spec import Constraint, ScorecardSpec, load_spec
@@ -316,3 +316,170 @@ def test_broken_candidate_loses_to_bad_incumbent() -> None:
     candidate = result({"energy_mae": math.nan, "survival": 1.0})
     assert decide(candidate, incumbent).verdict == "REVERT"
     assert decide(incumbent, candidate).verdict == "ACCEPT"
+
+
+# -- decide over seeds (noise-aware acceptance) -------------------------------------------------
+
+
+def runs(name: str, energies: list[float], survival: float = 1.0, seed: int = 1) -> list[SeedRun]:
+    """One side: seed ``seed`` is the original ``name``, later seeds are ``name.seed<n>``.
+
+    Composite = energy_mae / 10 + 2 x survival / 0.8, so with survival 1.0 it is e/10 + 2.5.
+    """
+    return [
+        SeedRun(
+            seed + i,
+            name if i == 0 else f"{name}.seed{seed + i}",
+            result({"energy_mae": e, "survival": survival}),
+        )
+        for i, e in enumerate(energies)
+    ]
+
+
+def sample_sd(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def test_repeat_seeds_start_at_the_recipe_seed_and_wrap_at_the_bound() -> None:
+    assert repeat_seeds(1, 3) == [1, 2, 3]
+    assert repeat_seeds(7, 1) == [7]
+    assert repeat_seeds(2**31 - 1, 3) == [2**31 - 1, 0, 1]
+
+
+def test_gain_above_the_spread_is_accepted() -> None:
+    inc = runs("it000", [5.0, 5.2, 4.8])  # composites 3.00, 3.02, 2.98
+    cand = runs("it003", [3.0, 3.2, 2.8])  # composites 2.80, 2.82, 2.78
+    d, noise = decide_over_seeds(cand, inc, k=1.0)
+    assert d.verdict == "ACCEPT", d.reason
+    spread = math.hypot(sample_sd([3.0, 3.02, 2.98]), sample_sd([2.8, 2.82, 2.78]))
+    assert noise["gain"] == pytest.approx(0.2, rel=1e-9)
+    assert noise["spread"] == pytest.approx(spread, rel=1e-9)
+    assert d.reason == f"composite 3.000 -> 2.800 over 3 seeds: gain 0.200 > spread {spread:.3f}"
+    assert noise["seeds"] == [1, 2, 3] and noise["k"] == 1.0 and noise["metric"] == "composite"
+    assert noise["candidate"]["candidate"] == "it003"
+    assert noise["candidate"]["runs"] == ["it003", "it003.seed2", "it003.seed3"]
+    assert noise["candidate"]["values"] == pytest.approx([2.8, 2.82, 2.78], rel=1e-9)
+    assert noise["incumbent"]["candidate"] == "it000"
+    assert noise["incumbent"]["values"] == pytest.approx([3.0, 3.02, 2.98], rel=1e-9)
+    assert noise["incumbent"]["feasible"] == [True, True, True]
+
+
+def test_gain_within_the_spread_is_refused() -> None:
+    inc = runs("it000", [5.0, 7.0, 3.0])  # composites 3.0, 3.2, 2.8: sd 0.2
+    cand = runs("it003", [4.0, 6.0, 2.0])  # composites 2.9, 3.1, 2.7: gain 0.1
+    # On the first seeds alone the candidate would be accepted.
+    assert decide(cand[0].result, inc[0].result).verdict == "ACCEPT"
+    d, noise = decide_over_seeds(cand, inc, k=1.0)
+    assert d.verdict == "REVERT"
+    assert noise["gain"] == pytest.approx(0.1, rel=1e-9)
+    assert noise["spread"] == pytest.approx(math.hypot(0.2, 0.2), rel=1e-9)
+    assert d.reason == "composite 3.000 -> 2.900 over 3 seeds: gain 0.100 not above spread 0.283"
+
+
+def test_k_scales_the_bar() -> None:
+    inc = runs("it000", [5.0, 5.2, 4.8])
+    cand = runs("it003", [3.0, 3.2, 2.8])  # gain 0.2, spread 0.028
+    assert decide_over_seeds(cand, inc, k=5.0)[0].verdict == "ACCEPT"  # bar 0.14
+    d, noise = decide_over_seeds(cand, inc, k=10.0)  # bar 0.28
+    assert d.verdict == "REVERT"
+    assert noise["k"] == 10.0
+    assert "not above 10 x spread 0.028 = 0.283" in d.reason
+
+
+def test_min_improvement_still_holds_over_seeds() -> None:
+    inc = runs("it000", [5.0, 5.0])  # 3.0, 3.0
+    cand = runs("it003", [4.0, 4.0])  # 2.9, 2.9: a 3.3 % gain, no spread at all
+    assert decide_over_seeds(cand, inc, k=1.0)[0].verdict == "ACCEPT"
+    d, _ = decide_over_seeds(cand, inc, k=1.0, min_improvement=0.05)
+    assert d.verdict == "REVERT"
+    assert "below 5%" in d.reason
+
+
+def test_equal_results_are_refused_even_without_spread() -> None:
+    inc = runs("it000", [5.0, 5.0])
+    d, noise = decide_over_seeds(runs("it003", [5.0, 5.0]), inc, k=1.0)
+    assert d.verdict == "REVERT"
+    assert noise["gain"] == 0.0 and noise["spread"] == 0.0
+
+
+def test_one_infeasible_seed_makes_the_candidate_infeasible() -> None:
+    inc = runs("it000", [5.0, 5.0])
+    cand = [
+        *runs("it003", [1.0]),
+        SeedRun(2, "it003.seed2", result({"energy_mae": 1.0, "survival": 0.7})),
+    ]
+    d, noise = decide_over_seeds(cand, inc, k=1.0)
+    assert d.verdict == "REVERT"
+    assert d.reason.startswith("infeasible on seed 2 (it003.seed2: violates survival)")
+    assert noise["candidate"]["feasible"] == [True, False]
+    assert noise["metric"] == "violation"
+
+
+def test_first_seed_feasible_but_another_not_is_reverted_against_an_infeasible_incumbent() -> None:
+    inc = runs("it000", [20.0, 20.0], survival=0.4)  # infeasible on both seeds
+    cand = [
+        *runs("it003", [1.0]),
+        SeedRun(2, "it003.seed2", result({"energy_mae": 1.0, "survival": 0.7})),
+    ]
+    assert decide(cand[0].result, inc[0].result).verdict == "ACCEPT"  # feasible beats infeasible
+    d, _ = decide_over_seeds(cand, inc, k=1.0)
+    assert d.verdict == "REVERT"
+    assert d.reason == (
+        "feasible on seed 1 but infeasible on seed 2 (it003.seed2: violates survival)"
+    )
+
+
+def test_feasible_on_every_seed_beats_an_incumbent_infeasible_on_one() -> None:
+    inc = [
+        *runs("it000", [5.0]),
+        SeedRun(2, "it000.seed2", result({"energy_mae": 5.0, "survival": 0.7})),
+    ]
+    d, noise = decide_over_seeds(runs("it003", [6.0, 6.0]), inc, k=1.0)
+    assert d.verdict == "ACCEPT"
+    assert d.reason == "feasible on all 2 seeds; the incumbent is infeasible on seed 2"
+    assert noise["incumbent"]["feasible"] == [True, False]
+
+
+def test_infeasible_vs_infeasible_compares_violation_over_seeds() -> None:
+    inc = runs("it000", [20.0, 21.0], survival=0.4)  # violations 1.5, 1.6
+    better = runs("it003", [12.0, 12.5], survival=0.4)  # violations 0.7, 0.75
+    d, noise = decide_over_seeds(better, inc, k=1.0)
+    assert d.verdict == "ACCEPT", d.reason
+    assert noise["metric"] == "violation"
+    assert noise["incumbent"]["values"] == pytest.approx([1.5, 1.6], rel=1e-9)
+    assert noise["candidate"]["values"] == pytest.approx([0.7, 0.75], rel=1e-9)
+    assert noise["gain"] == pytest.approx(0.825, rel=1e-9)
+    spread = math.hypot(sample_sd([1.5, 1.6]), sample_sd([0.7, 0.75]))
+    assert noise["spread"] == pytest.approx(spread, rel=1e-9)
+    assert d.reason.startswith("less infeasible: violation 1.550 -> 0.725 over 2 seeds")
+    # A lucky first seed, a bad second one: the mean violation does not improve.
+    noisy = runs("it003", [12.0, 30.0], survival=0.4)  # violations 0.7, 2.5
+    assert decide(noisy[0].result, inc[0].result).verdict == "ACCEPT"
+    d, noise = decide_over_seeds(noisy, inc, k=1.0)
+    assert d.verdict == "REVERT"
+    assert "not above spread" in d.reason
+
+
+def test_a_failed_candidate_repeat_reverts_and_a_failed_incumbent_repeat_is_left_out() -> None:
+    inc = runs("it000", [5.0, 5.0])
+    cand = [
+        *runs("it003", [1.0]),
+        SeedRun(2, "it003.seed2", None, "training failed: non-finite loss (nan) at epoch 2"),
+    ]
+    d, noise = decide_over_seeds(cand, inc, k=1.0)
+    assert d.verdict == "REVERT"
+    assert d.reason == (
+        "candidate's seed 2 (it003.seed2) failed: training failed: non-finite loss (nan) at epoch 2"
+    )
+    assert noise["gain"] is None and noise["spread"] is None
+    assert noise["candidate"]["values"][1] is None
+    # The incumbent's failed repeat is reused while it stays incumbent: were it to revert every
+    # candidate, the campaign would stall. It is left out of the incumbent's side instead.
+    inc_failed = [*runs("it000", [5.0]), SeedRun(2, "it000.seed2", None, "training timeout")]
+    d, noise = decide_over_seeds(runs("it003", [1.0, 1.0]), inc_failed, k=1.0)
+    assert d.verdict == "ACCEPT", d.reason
+    assert "(incumbent's seed 2 failed, left out)" in d.reason
+    assert noise["incumbent"]["values"][1] is None and noise["spread"] == 0.0
+    d, _ = decide_over_seeds(runs("it003", [4.0, 6.0]), inc_failed, k=1.0)
+    assert d.verdict == "REVERT"  # mean 5.0 against 5.0: no gain

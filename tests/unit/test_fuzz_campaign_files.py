@@ -49,6 +49,7 @@ VALID: dict[str, Any] = {
         "md": {"num_cpus": 0.5, "num_gpus": 0},
     },
     "min_improvement": 0.01,
+    "noise": {"seeds": 3, "k": 1.5},
 }
 
 # Scalars that sit on or just past the schema's bounds, or are of a type YAML makes easily.

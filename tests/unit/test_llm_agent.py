@@ -13,7 +13,13 @@ from llm_server import HttpError, calls, serve, text, tool_call
 from spec_factory import make_spec
 
 from mlipilot.agents import make_agent
-from mlipilot.agents.base import AgentFailed, CampaignState, HistoryEntry, Proposal
+from mlipilot.agents.base import (
+    AgentFailed,
+    CampaignState,
+    HistoryEntry,
+    Proposal,
+    TrainingSummary,
+)
 from mlipilot.agents.llm import LlmAgent, LlmServerError, LlmSettings
 from mlipilot.config import AgentConfig
 from mlipilot.recipe import Recipe
@@ -60,6 +66,33 @@ def baseline_result() -> ScoreResult:
     )
 
 
+# A baseline's curve as the trainer records it (mace's log): epoch -1 is before training.
+CURVE = [
+    {"epoch": -1, "loss": 0.158, "valid": {"MAE_E_per_atom": 92.5, "MAE_F": 553.9}},
+    *(
+        {"epoch": e, "loss": 0.155 - 0.006 * e, "valid": {"MAE_E_per_atom": 91.0 - 2 * e}}
+        for e in range(10)
+    ),
+]
+
+
+def test_training_summary_reads_the_curve() -> None:
+    t = TrainingSummary.from_curve("ok", CURVE, 23.4)
+    assert t.epochs == 10  # epoch -1 is not an epoch trained
+    assert t.first_loss == pytest.approx(0.155) and t.last_loss == pytest.approx(0.101)
+    assert (t.best_epoch, t.best_loss) == (9, pytest.approx(0.101))
+    # The last 3 epochs against the one before them: 0.101 / 0.119 - 1.
+    assert t.recent_loss_change == pytest.approx(0.101 / 0.119 - 1)
+    assert t.first_valid == {"MAE_E_per_atom": 92.5, "MAE_F": 553.9}
+    assert t.last_valid == {"MAE_E_per_atom": 73.0}
+    flat = TrainingSummary.from_curve(
+        "ok", [{"epoch": e, "loss": 1.0, "valid": {}} for e in range(5)], 1
+    )
+    assert flat.recent_loss_change == 0.0 and flat.last_valid == {}
+    failed = TrainingSummary.from_curve("failed", [], 2.0, cause="loss is NaN at epoch 0")
+    assert failed.epochs == 0 and failed.last_loss is None
+
+
 def campaign_state(**changes: Any) -> CampaignState:
     result = baseline_result()
     entry = HistoryEntry(
@@ -70,6 +103,7 @@ def campaign_state(**changes: Any) -> CampaignState:
         verdict="BASELINE",
         reason="first result",
         result=result,
+        training=TrainingSummary.from_curve("ok", CURVE, 23.4),
     )
     data: dict[str, Any] = {
         "iteration": 1,
@@ -105,6 +139,12 @@ def test_tool_calls_lead_to_a_validated_proposal_with_its_cost() -> None:
     tool_msg = next(m for m in second if m["role"] == "tool")
     assert tool_msg["tool_call_id"] == "call_a"
     assert "collapsed" in tool_msg["content"] and "margin" in tool_msg["content"]
+    # ... and how training went: the loss still falling when the epochs ran out.
+    assert "training: ok, 10 epochs in 23 s" in tool_msg["content"]
+    assert (
+        "still falling" in tool_msg["content"]
+        and "MAE_E_per_atom 92.5 -> 73" in tool_msg["content"]
+    )
     everything_sent = json.dumps(server.requests)
     assert TRACE not in everything_sent and "/secret" not in everything_sent
     assert "node-17" not in everything_sent
@@ -207,6 +247,21 @@ def test_retries_exhausted_is_a_clear_error_naming_the_url() -> None:
         agent_for(server.url).propose(campaign_state())
     assert f"{server.url}/chat/completions" in str(info.value)
     assert len(server.requests) == 3  # max_retries=2: three attempts, then stop
+
+
+def test_a_server_lost_mid_conversation_keeps_what_the_answered_calls_cost() -> None:
+    """The first call is answered, then the server fails for good: the error carries the
+    conversation so far, so the loop records the tokens already spent."""
+    script = [calls(tool_call("get_history", {}, "call_a")), *[HttpError(503)] * 3]
+    with (
+        serve([MODEL], script) as server,
+        pytest.raises(LlmServerError, match="no answer after 3 attempts") as info,
+    ):
+        agent_for(server.url).propose(campaign_state())
+    cost = info.value.cost
+    assert cost is not None and cost.requests == 1
+    assert cost.prompt_tokens == server.usage[0]["prompt_tokens"] > 0
+    assert [m["role"] for m in cost.transcript] == ["system", "user", "assistant", "tool"]
 
 
 def test_a_client_error_is_not_retried() -> None:

@@ -135,3 +135,23 @@ def test_each_ledger_row_becomes_its_typed_event() -> None:
     finished = events[6].campaign_finished
     assert finished.status == orchestrator_pb2.CAMPAIGN_STATUS_CANCELLED
     assert status_name(finished.status) == "cancelled"
+
+
+def test_every_ledger_event_kind_has_a_typed_event() -> None:
+    """A watcher sees what each row is: no ledger kind streams as an untyped event."""
+    from typing import get_args
+
+    from mlipilot.campaign.ledger import EventKind
+    from mlipilot.rpc.orchestrator_client import describe_event
+
+    detail = {"repeat_of": "it003", "side": "candidate", "seed": 2, "stage": "md"}
+    for kind in get_args(EventKind):
+        row = LedgerEvent(id=1, campaign="c", event=kind, candidate="it003.seed2", detail=detail)
+        event = event_to_proto(row, "c")
+        assert event.WhichOneof("event") is not None, kind
+    repeat = event_to_proto(
+        LedgerEvent(id=9, campaign="c", event="repeat", iteration=3, detail=detail), "c"
+    )
+    assert (repeat.seed_repeat.repeat_of, repeat.seed_repeat.side) == ("it003", "candidate")
+    assert repeat.seed_repeat.seed == 2
+    assert "trained again with seed 2" in describe_event(repeat)

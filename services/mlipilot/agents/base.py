@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.spec import ScorecardSpec
@@ -43,6 +44,52 @@ class Proposal(BaseModel):
     cost: AgentCost | None = Field(default=None, exclude=True, repr=False)
 
 
+class TrainingSummary(BaseModel):
+    """How a candidate's training went, in a few numbers: what a researcher reads off the curve.
+
+    Built from the trainer's per-epoch records (train loss and mace's validation errors on the
+    train split's held-out part, never the test split).
+    """
+
+    status: str  # ok | failed | timeout | cancelled
+    cause: str | None = None
+    seconds: float
+    epochs: int  # epochs logged (the evaluation before training not counted)
+    first_loss: float | None = None
+    last_loss: float | None = None
+    best_loss: float | None = None
+    best_epoch: int | None = None
+    # The last few epochs' loss relative to the one before them: < 0 still falling.
+    recent_loss_change: float | None = None
+    first_valid: dict[str, float] = {}
+    last_valid: dict[str, float] = {}
+
+    @classmethod
+    def from_curve(
+        cls, status: str, curve: list[dict[str, Any]], seconds: float, cause: str | None = None
+    ) -> TrainingSummary:
+        epochs = [e for e in curve if int(e.get("epoch", -1)) >= 0]
+        losses = [(int(e["epoch"]), float(e["loss"])) for e in epochs]
+        summary = cls(status=status, cause=cause, seconds=seconds, epochs=len(epochs))
+        if losses:
+            best = min(losses, key=lambda el: el[1])
+            summary.first_loss, summary.last_loss = losses[0][1], losses[-1][1]
+            summary.best_epoch, summary.best_loss = best
+            window = losses[-RECENT_EPOCHS - 1 :]
+            if len(window) > 1 and window[0][1] > 0:
+                summary.recent_loss_change = window[-1][1] / window[0][1] - 1.0
+        valid = [e for e in curve if e.get("valid")]
+        if valid:
+            summary.first_valid, summary.last_valid = (
+                dict(valid[0]["valid"]),
+                dict(valid[-1]["valid"]),
+            )
+        return summary
+
+
+RECENT_EPOCHS = 3  # the tail of the loss curve that says "still falling" or "flat"
+
+
 class HistoryEntry(BaseModel):
     """One tried candidate, as an agent sees it (no paths, no test data)."""
 
@@ -53,6 +100,7 @@ class HistoryEntry(BaseModel):
     verdict: str  # ACCEPT | REVERT | BASELINE | FAILED
     reason: str
     result: ScoreResult | None
+    training: TrainingSummary | None = None  # absent when no training ran (or none recorded)
 
 
 class CampaignState(BaseModel):
@@ -84,6 +132,15 @@ class AgentGaveUp(Exception):
     def __init__(self, message: str, cost: AgentCost | None = None) -> None:
         super().__init__(message)
         self.cost = cost
+
+
+class AgentUnreachable(MlipilotError):
+    """The agent's model server is gone (after retries): the campaign stops, resumable.
+
+    ``cost`` holds the conversation up to the break, so tokens already spent are recorded.
+    """
+
+    cost: AgentCost | None = None
 
 
 class AgentFailed(AgentGaveUp):

@@ -22,6 +22,7 @@ EventKind = Literal[
     "campaign_resumed",  # a later process took over an unfinished campaign (--resume, restart)
     "iteration_started",
     "proposal",
+    "repeat",  # noise-aware acceptance: a recipe trained again with another seed (detail)
     "agent_failure",
     "agent_call",  # one conversation with an LLM agent: its messages and tokens (detail)
     "progress",  # training epochs and scorecard stages, so a watcher sees work in flight

@@ -35,9 +35,11 @@ from mlipilot.agents.base import (
     AgentCost,
     AgentFailed,
     AgentGaveUp,
+    AgentUnreachable,
     CampaignState,
     HistoryEntry,
     Proposal,
+    TrainingSummary,
 )
 from mlipilot.campaign.candidates import (
     CandidateJob,
@@ -52,7 +54,13 @@ from mlipilot.campaign.candidates import (
     rank,
     run_candidates,
 )
-from mlipilot.campaign.decision import Decision, decide
+from mlipilot.campaign.decision import (
+    Decision,
+    SeedRun,
+    decide,
+    decide_over_seeds,
+    repeat_seeds,
+)
 from mlipilot.campaign.layout import RunLayout
 from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
@@ -88,6 +96,7 @@ class CampaignOutcome:
 @dataclass
 class _Incumbent:
     iteration: int
+    name: str  # its candidate: it000, it003, it003-2, ...
     recipe: Recipe
     result: ScoreResult
     model: Path
@@ -535,7 +544,7 @@ def _run_baseline(run: _Run) -> _Incumbent:
     if done.result is None or done.model is None:
         raise MlipilotError(f"the baseline could not be trained and scored: {done.failure}")
     shutil.copyfile(done.model, run.layout.best_model)
-    return _Incumbent(0, recipe, done.result, done.model)
+    return _Incumbent(0, "it000", recipe, done.result, done.model)
 
 
 def _ask_agent_batch(run: _Run, agent: Agent, iteration: int, inc: _Incumbent) -> list[Proposal]:
@@ -595,6 +604,11 @@ def _ask_agent(
             else:
                 run.reporter.note(f"agent {agent.name} gave up: {exc}")
             return None
+        except AgentUnreachable as exc:
+            # The server is gone: the campaign stops (resumable), but the calls answered
+            # before the break cost tokens, which the budget and the report must count.
+            _record_agent_call(run, agent, iteration, candidate, "server_error", exc.cost, str(exc))
+            raise
         except RecipeError as exc:
             last_error = str(exc)
             run.record(
@@ -670,7 +684,8 @@ def _try_candidates(
 
     The best is the first of ``rank`` (feasible first, then lower composite or violation, then
     the earlier proposal); only it can be accepted, by the same rule as a lone candidate.
-    Every candidate gets its own decision row.
+    Every candidate gets its own decision row. With noise-aware acceptance on, a best that the
+    rule would accept is judged again over seeds (``_judge_over_seeds``).
     """
     epochs = run.campaign.budget.epochs
     jobs, to_train, same_as = [], [], {}
@@ -703,22 +718,108 @@ def _try_candidates(
             finished.append(Finished(job, prior.model, prior.result, prior.failure))
     ranked = rank(finished)
     best = ranked[0] if ranked else None
+    min_improvement = run.campaign.min_improvement
+    over_seeds: tuple[Decision, dict[str, Any]] | None = None
+    if best is not None and run.campaign.noise_seeds > 1:
+        alone = decide(best.result, inc.result, min_improvement=min_improvement)
+        if alone.verdict == "ACCEPT":  # only a would-be accept costs extra trainings
+            over_seeds = _judge_over_seeds(run, iteration, best, inc, baseline_model)
     new_incumbent = inc
     for f in finished:
-        decision = decide(
-            f.result, inc.result, failure=f.failure, min_improvement=run.campaign.min_improvement
-        )
+        decision = decide(f.result, inc.result, failure=f.failure, min_improvement=min_improvement)
+        noise = None
         if best is not None and f is not best and decision.verdict == "ACCEPT":
             reason = f"{best.job.name} ranked first this iteration; alone: {decision.reason}"
             decision = Decision(verdict="REVERT", reason=reason)
+        elif f is best and over_seeds is not None:
+            decision, noise = over_seeds
         if f.job.name in same_as:
             reason = f"same training as {same_as[f.job.name]}, not retrained; {decision.reason}"
             decision = Decision(verdict=decision.verdict, reason=reason)
-        _record_decision(run, f.job, f.job.proposal.patch, f.result, decision)
+        _record_decision(run, f.job, f.job.proposal.patch, f.result, decision, noise)
         if decision.verdict == "ACCEPT" and f.model is not None and f.result is not None:
             shutil.copyfile(f.model, run.layout.best_model)
-            new_incumbent = _Incumbent(iteration, f.job.recipe, f.result, f.model)
+            new_incumbent = _Incumbent(iteration, f.job.name, f.job.recipe, f.result, f.model)
     return new_incumbent
+
+
+def _judge_over_seeds(
+    run: _Run, iteration: int, best: Finished, inc: _Incumbent, baseline_model: Path
+) -> tuple[Decision, dict[str, Any]]:
+    """The would-be winner and the incumbent, each over ``noise.seeds`` training seeds.
+
+    Each side's recipe is trained again with seeds ``seed + 1``, ``seed + 2``, ... as
+    ``<candidate>.seed<n>`` (e.g. ``it003.seed2``, ``it000.seed2``), through the same trainers
+    and scorecard as candidates. A repeat whose training ran before (the incumbent's, while it
+    stays incumbent, or any candidate with the same training key) is reused, not retrained.
+    """
+    noise = run.campaign.noise
+    assert noise is not None
+    epochs = run.campaign.budget.epochs
+    sides = [
+        ("candidate", best.job.name, best.job.recipe, best.result, best.failure),
+        ("incumbent", inc.name, inc.recipe, inc.result, None),
+    ]
+    planned: dict[str, CandidateJob] = {}  # training key -> repeat to train now
+    keys: dict[str, list[tuple[int, str]]] = {}  # side -> (seed, training key) per repeat
+    repeats: list[tuple[CandidateJob, str, str]] = []  # (job, side, repeat of)
+    for side, name, recipe, *_ in sides:
+        keys[side] = []
+        for index, seed in enumerate(repeat_seeds(recipe.seed, noise.seeds)[1:], start=1):
+            repeated = recipe.patched({"seed": seed})
+            key = training_key(repeated, epochs)
+            keys[side].append((seed, key))
+            if key in run.trained or key in planned:
+                continue
+            job_name = f"{name}.seed{seed}"
+            proposal = Proposal(hypothesis=f"seed repeat of {name}", patch={"seed": seed})
+            job = CandidateJob(
+                iteration, index, job_name, repeated, proposal, run.layout.candidate_dir(job_name)
+            )
+            planned[key] = job
+            repeats.append((job, side, name))
+    _record_repeats(run, repeats)
+    jobs = list(planned.values())
+    # In process, one training at a time (as candidates are); on Ray, side by side.
+    batches = ([jobs] if jobs else []) if run.uses_ray else [[job] for job in jobs]
+    for batch in batches:
+        for f in _train_and_score(run, batch, baseline_model):
+            run.trained[training_key(f.job.recipe, epochs)] = _Trained(
+                f.job.name, f.model, f.result, f.failure
+            )
+    runs: dict[str, list[SeedRun]] = {}
+    for side, name, recipe, result, failure in sides:
+        runs[side] = [SeedRun(recipe.seed, name, result, failure)]
+        for seed, key in keys[side]:
+            done = run.trained[key]
+            runs[side].append(SeedRun(seed, done.candidate, done.result, done.failure))
+    return decide_over_seeds(
+        runs["candidate"],
+        runs["incumbent"],
+        k=noise.k,
+        min_improvement=run.campaign.min_improvement,
+    )
+
+
+def _record_repeats(run: _Run, repeats: list[tuple[CandidateJob, str, str]]) -> None:
+    """``repeat`` rows (one transaction) for the seed repeats about to train: a resumed
+    campaign knows them, and does not ask for them again."""
+    events = [
+        LedgerEvent(
+            campaign=run.layout.root.name,
+            event="repeat",
+            iteration=job.iteration,
+            candidate=job.name,
+            agent=run.agent_name,
+            recipe=job.recipe.model_dump(),
+            recipe_hash=job.recipe.digest(),
+            detail={"repeat_of": of, "side": side, "seed": job.recipe.seed},
+        )
+        for job, side, of in repeats
+        if job.name not in run.prior.repeated
+    ]
+    if events:
+        run.ledger.append_all(events)
 
 
 def _record_proposals(run: _Run, jobs: list[tuple[CandidateJob, str | None]]) -> None:
@@ -752,7 +853,7 @@ def _train_and_score(
     known = {j.name: run.prior.known[j.name] for j in jobs if j.name in run.prior.known}
     to_run = [j for j in jobs if j.name not in known]
     for job in to_run:
-        if job.name in run.prior.proposed and job.work_dir.exists():
+        if run.prior.dispatched(job.name) and job.work_dir.exists():
             _set_aside(job.work_dir)  # killed mid-way: keep its logs, start clean
         job.work_dir.mkdir(parents=True, exist_ok=True)
         (job.work_dir / "recipe.yaml").write_text(
@@ -795,9 +896,10 @@ def _record_decision(
     patch: dict[str, Any],
     result: ScoreResult | None,
     decision: Decision,
+    noise: dict[str, Any] | None = None,
 ) -> None:
     """The decision's row (unless a resumed campaign recorded it already), what the agent
-    sees of it next, and the table's line."""
+    sees of it next, and the table's line. ``noise``: the comparison over seeds, if any."""
     if job.name not in run.prior.decided:
         run.record(
             event="decision",
@@ -815,6 +917,7 @@ def _record_decision(
             reason=decision.reason,
             spec_hash=run.scorecard.spec_hash,
             test_hash=run.scorecard.test_hash,
+            detail={"noise": noise} if noise is not None else None,
         )
         faults.reached("decision", job.iteration)  # recorded; the incumbent not yet copied
     verdict = decision.verdict if result is not None or job.iteration == 0 else "FAILED"
@@ -827,11 +930,14 @@ def _record_decision(
             verdict=verdict,
             reason=decision.reason,
             result=result,
+            training=_training_summary(run, job.name),
         )
     )
     row = IterationRow.build(
         job.iteration, job.proposal.hypothesis, patch, result, decision, candidate=job.name
     )
+    if noise is not None:
+        row = row.model_copy(update={"spread": noise.get("spread")})
     if job.proposal.cost is not None:  # an LLM agent's proposal: what asking for it cost
         cost = job.proposal.cost
         row = row.model_copy(
@@ -842,6 +948,19 @@ def _record_decision(
         )
     run.rows.append(row)
     run.reporter.decision(row)
+
+
+def _training_summary(run: _Run, candidate: str) -> TrainingSummary | None:
+    """How the candidate's training went, from its ledger row (also one a resume replays);
+    None for a candidate answered from another's training (a duplicate) or never trained."""
+    rows = [e for e in run.ledger.events("training") if e.candidate == candidate]
+    if not rows:
+        return None
+    last = rows[-1]  # a training killed and run again: the last attempt counts
+    curve = (last.detail or {}).get("curve") or []
+    return TrainingSummary.from_curve(
+        last.status or "?", curve, float(last.duration_s or 0.0), cause=last.reason
+    )
 
 
 def _write_summary(outcome: CampaignOutcome) -> None:

@@ -36,6 +36,7 @@ class IterationRow(BaseModel):
     reason: str
     prompt_tokens: int | None = None  # LLM agents: what the proposal cost
     completion_tokens: int | None = None
+    spread: float | None = None  # noise-aware acceptance: the seed spread the gain had to beat
 
     @classmethod
     def build(

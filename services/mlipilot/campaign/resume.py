@@ -10,6 +10,10 @@ A candidate counts as done when the ledger has its scoring (or a training that f
 own: error, non-finite loss, time-out). One that was in flight (no such row, a cancelled
 training, or a model file gone) is trained again; its old folder is kept beside the new one as
 ``<name>.interrupted``.
+
+Seed repeats (noise-aware acceptance) are candidates of their own for this purpose: a ``repeat``
+row says one was dispatched, and its training and scoring rows say it is done, so a resumed
+campaign reuses it and trains again only the ones in flight.
 """
 
 from __future__ import annotations
@@ -44,13 +48,19 @@ class PriorRun:
     iterations_started: set[int] = field(default_factory=set)
     proposals: dict[int, list[Proposal]] = field(default_factory=dict)  # in candidate order
     proposed: set[str] = field(default_factory=set)
+    repeated: set[str] = field(default_factory=set)  # seed repeats dispatched (``repeat`` rows)
     known: dict[str, KnownOutcome] = field(default_factory=dict)
     decided: set[str] = field(default_factory=set)
 
     @property
     def in_flight(self) -> list[str]:
-        """Candidates proposed but neither scored nor failed: they are trained again."""
-        return sorted(self.proposed - set(self.known))
+        """Candidates (and seed repeats) dispatched but neither scored nor failed: they are
+        trained again."""
+        return sorted((self.proposed | self.repeated) - set(self.known))
+
+    def dispatched(self, name: str) -> bool:
+        """Whether an earlier run already sent ``name`` to a trainer (its folder may exist)."""
+        return name in self.proposed or name in self.repeated
 
 
 def read_prior_run(run_dir: Path, events: list[LedgerEvent]) -> PriorRun:
@@ -71,6 +81,8 @@ def read_prior_run(run_dir: Path, events: list[LedgerEvent]) -> PriorRun:
                 hypothesis=e.hypothesis or "-", patch=e.patch or {"-": "-"}
             )  # the baseline's row has no patch
             by_iteration.setdefault(e.iteration, {})[candidate_index(e.candidate)] = proposal
+        elif e.event == "repeat" and e.candidate:
+            prior.repeated.add(e.candidate)
         elif e.event == "training" and e.candidate:
             trainings[e.candidate] = e  # the last attempt counts
             evaluations.pop(e.candidate, None)

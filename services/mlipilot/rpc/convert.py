@@ -215,6 +215,14 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
                 reason=e.reason or "",
             )
         )
+    elif e.event == "repeat":
+        msg.seed_repeat.CopyFrom(
+            orchestrator_pb2.SeedRepeat(
+                repeat_of=str(detail.get("repeat_of", "")),
+                side=str(detail.get("side", "")),
+                seed=int(detail.get("seed", 0)),
+            )
+        )
     elif e.event == "progress" and detail.get("stage") == "train":
         msg.training_progress.CopyFrom(
             orchestrator_pb2.TrainingProgress(

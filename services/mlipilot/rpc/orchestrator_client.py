@@ -122,6 +122,8 @@ def describe_event(event: orchestrator_pb2.CampaignEvent) -> str:
             f"agent {body.agent} {body.status} after {body.requests} call(s), {tokens}, "
             f"{body.duration_seconds:.1f} s{why}"
         )
+    elif kind == "seed_repeat":
+        text = f"{body.side} {body.repeat_of} trained again with seed {body.seed} (noise check)"
     elif kind == "training_progress":
         text = f"train epoch {body.epoch}/{body.epochs_budget} loss {body.loss:.4g}"
     elif kind == "training_finished":

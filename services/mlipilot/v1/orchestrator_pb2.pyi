@@ -146,7 +146,7 @@ class CancelCampaignRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class CampaignEvent(_message.Message):
-    __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished", "campaign_resumed", "agent_call")
+    __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished", "campaign_resumed", "agent_call", "seed_repeat")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class CampaignEvent(_message.Message):
     CAMPAIGN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_RESUMED_FIELD_NUMBER: _ClassVar[int]
     AGENT_CALL_FIELD_NUMBER: _ClassVar[int]
+    SEED_REPEAT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     campaign_id: str
@@ -181,7 +182,8 @@ class CampaignEvent(_message.Message):
     campaign_finished: CampaignFinished
     campaign_resumed: CampaignResumed
     agent_call: AgentCall
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., campaign_id: _Optional[str] = ..., iteration: _Optional[int] = ..., candidate: _Optional[str] = ..., campaign_started: _Optional[_Union[CampaignStarted, _Mapping]] = ..., iteration_started: _Optional[_Union[IterationStarted, _Mapping]] = ..., proposal: _Optional[_Union[ProposalMade, _Mapping]] = ..., agent_failure: _Optional[_Union[AgentFailure, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., scorecard_progress: _Optional[_Union[ScorecardProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluationFinished, _Mapping]] = ..., decision: _Optional[_Union[DecisionMade, _Mapping]] = ..., campaign_finished: _Optional[_Union[CampaignFinished, _Mapping]] = ..., campaign_resumed: _Optional[_Union[CampaignResumed, _Mapping]] = ..., agent_call: _Optional[_Union[AgentCall, _Mapping]] = ...) -> None: ...
+    seed_repeat: SeedRepeat
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., campaign_id: _Optional[str] = ..., iteration: _Optional[int] = ..., candidate: _Optional[str] = ..., campaign_started: _Optional[_Union[CampaignStarted, _Mapping]] = ..., iteration_started: _Optional[_Union[IterationStarted, _Mapping]] = ..., proposal: _Optional[_Union[ProposalMade, _Mapping]] = ..., agent_failure: _Optional[_Union[AgentFailure, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., scorecard_progress: _Optional[_Union[ScorecardProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluationFinished, _Mapping]] = ..., decision: _Optional[_Union[DecisionMade, _Mapping]] = ..., campaign_finished: _Optional[_Union[CampaignFinished, _Mapping]] = ..., campaign_resumed: _Optional[_Union[CampaignResumed, _Mapping]] = ..., agent_call: _Optional[_Union[AgentCall, _Mapping]] = ..., seed_repeat: _Optional[_Union[SeedRepeat, _Mapping]] = ...) -> None: ...
 
 class CampaignStarted(_message.Message):
     __slots__ = ("agent", "scorecard_sha256", "train_set_sha256", "test_set_sha256", "baseline_recipe")
@@ -262,6 +264,16 @@ class AgentCall(_message.Message):
     duration_seconds: float
     reason: str
     def __init__(self, agent: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., requests: _Optional[int] = ..., messages: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SeedRepeat(_message.Message):
+    __slots__ = ("repeat_of", "side", "seed")
+    REPEAT_OF_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    repeat_of: str
+    side: str
+    seed: int
+    def __init__(self, repeat_of: _Optional[str] = ..., side: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
     __slots__ = ("epoch", "epochs_budget", "loss", "validation")

@@ -23,7 +23,7 @@ from typing import Any
 
 from mlipilot.agents.base import AgentCost, AgentFailed, CampaignState, Proposal
 from mlipilot.agents.llm import state_view
-from mlipilot.agents.llm.client import ChatClient
+from mlipilot.agents.llm.client import ChatClient, LlmServerError
 from mlipilot.agents.llm.tools import (
     PROPOSE,
     TOOLS,
@@ -140,10 +140,14 @@ class LlmAgent:
         if not self._checked:
             self.check_server()
         conv = _Conversation(self.settings.model)
-        if self.settings.tool_mode == "json_schema":
-            proposal = self._converse_json(state, conv)
-        else:
-            proposal = self._converse_tools(state, conv)
+        try:
+            if self.settings.tool_mode == "json_schema":
+                proposal = self._converse_json(state, conv)
+            else:
+                proposal = self._converse_tools(state, conv)
+        except LlmServerError as exc:
+            exc.cost = conv.cost()  # the calls answered before the break spent tokens too
+            raise
         return proposal.model_copy(update={"cost": conv.cost()})
 
     # -- tool calling

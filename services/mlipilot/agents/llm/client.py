@@ -16,12 +16,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlipilot.errors import MlipilotError, clipped
+from mlipilot.agents.base import AgentUnreachable
+from mlipilot.errors import clipped
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
-class LlmServerError(MlipilotError):
+class LlmServerError(AgentUnreachable):
     """The model server could not give an answer (after retries, where retrying made sense)."""
 
 

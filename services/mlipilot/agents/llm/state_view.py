@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlipilot.agents.base import CampaignState, HistoryEntry
+from mlipilot.agents.base import CampaignState, HistoryEntry, TrainingSummary
 from mlipilot.recipe import Recipe, recipe_space
 from mlipilot.scoring.result import ScoreResult
 
@@ -110,10 +110,38 @@ def run_details(state: CampaignState, iteration: int) -> str:
         out.append(f"iteration {h.iteration}: {h.verdict} ({h.reason})")
         out.append(f"hypothesis: {h.hypothesis}")
         out.append(f"patch: {compact(h.patch) if h.patch else '(baseline)'}")
+        if h.training is not None:
+            out.append(f"training: {training_text(h.training)}")
         out.append(f"result: {result_text(h.result)}")
         if h.result is not None:
             out.extend(_md_lines(h.result))
     return "\n".join(out)
+
+
+def training_text(t: TrainingSummary) -> str:
+    """One line: status, epochs and time, the loss curve's shape, validation errors first/last."""
+    head = f"{t.status}" + (f" ({t.cause})" if t.cause else "")
+    parts = [f"{head}, {t.epochs} epochs in {t.seconds:.0f} s"]
+    if t.first_loss is not None and t.last_loss is not None:
+        parts.append(
+            f"loss {num(t.first_loss)} -> {num(t.last_loss)} (best {num(t.best_loss)} at epoch "
+            f"{t.best_epoch})"
+        )
+    if t.recent_loss_change is not None:
+        trend = (
+            "still falling"
+            if t.recent_loss_change < -0.02
+            else ("rising" if t.recent_loss_change > 0.02 else "flat")
+        )
+        parts.append(f"last epochs {trend} ({t.recent_loss_change:+.1%})")
+    if t.last_valid:
+        parts.append(
+            "validation (meV units, a held-out part of the train split) "
+            + ", ".join(
+                f"{k} {num(t.first_valid.get(k))} -> {num(v)}" for k, v in t.last_valid.items()
+            )
+        )
+    return "; ".join(parts)
 
 
 def _md_lines(result: ScoreResult) -> list[str]:
