@@ -18,13 +18,17 @@ from mlipilot.report.data import (
 )
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
 h1 { margin-bottom: 0.2em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; text-align: left; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.noise { font-size: 0.9em; white-space: nowrap; }
+td.noise { font-size: 0.9em; min-width: 12em; }
+/* Metric names in reasons are long unbroken words: let them wrap, so the table fits the page;
+   a table still too wide (token and noise columns) scrolls in its box, not the page. */
+td.text, td.reason { overflow-wrap: anywhere; min-width: 10em; }
+div.wide { overflow-x: auto; }
 code, .hash { font-family: ui-monospace, monospace; font-size: 0.9em; }
 tr.ACCEPT td.decision { background: #d8f0d8; }
 tr.REVERT td.decision { background: #f6d6d6; }
@@ -160,7 +164,7 @@ def _table(rows: Sequence[TableRow]) -> str:
     head += ["LLM tokens"] if tokens else []
     head += ["noise check (seed mean ± sd)"] if noise else []
     lines = [
-        "<table class='iterations'>",
+        "<div class='wide'><table class='iterations'>",
         "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
     ]
     for r in rows:
@@ -168,8 +172,8 @@ def _table(rows: Sequence[TableRow]) -> str:
         changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(r.changed.items()))
         cells = [
             f"<td>{escape(r.candidate)}</td>",
-            f"<td>{escape(r.hypothesis)}</td>",
-            f"<td><code>{escape(changed)}</code></td>",
+            f"<td class='text'>{escape(r.hypothesis)}</td>",
+            f"<td class='text'><code>{escape(changed)}</code></td>",
         ]
         cells += [f"<td class='num'>{fmt(r.metrics.get(k))}</td>" for k in TABLE_METRICS]
         cells += [
@@ -184,7 +188,7 @@ def _table(rows: Sequence[TableRow]) -> str:
         if noise:
             cells.append(f"<td class='noise'>{'' if r.noise is None else noise_text(r.noise)}</td>")
         lines.append(f"<tr class='{escape(category)}'>" + "".join(cells) + "</tr>")
-    lines.append("</table>")
+    lines.append("</table></div>")
     return "\n".join(lines)
 
 
