@@ -155,6 +155,65 @@ def data_check(files: list[Path]) -> None:
         typer.echo(f"{f}: {len(frames)} frames ok")
 
 
+@data_app.command("qm7")
+def data_qm7(
+    level: Annotated[
+        str, typer.Option(help="labels: 'b3lyp/6-31g*' (PySCF) or 'quick' (GFN2-xTB, tblite)")
+    ],
+    molecules: Annotated[int, typer.Option(help="first N molecules of the list")] = 200,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("data/qm7"),
+    configs: Annotated[int, typer.Option(help="sampled configurations per molecule")] = 4,
+    seed: Annotated[int, typer.Option(help="sampling and split seed")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="share of molecules held out")] = 0.2,
+    molecule_list: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
+        typer.Option(help="CSV id,smiles,heavy_atoms (default: the shipped QM7-like list)"),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="serial | process | ray")] = "serial",
+    workers: Annotated[int, typer.Option(help="process backend: worker processes")] = 2,
+    ray_address: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="ray backend: 'local' (default) or a cluster address"),
+    ] = None,
+) -> None:
+    """QM7-like molecules: sampled off-equilibrium geometries, labelled, split by molecule.
+
+    Resumable: rerun the same command after a crash and finished labels are reused.
+    """
+    from mlipilot.data.molecules.fanout import BACKENDS
+    from mlipilot.data.molecules.molecule_list import SHIPPED_LIST
+    from mlipilot.data.molecules.qm7 import Execution, ensure_qm7
+
+    try:
+        if backend not in BACKENDS:
+            raise MlipilotError(
+                f"--backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}"
+            )
+        result = ensure_qm7(
+            out,
+            molecules=molecules,
+            level=level,
+            configs_per_molecule=configs,
+            seed=seed,
+            test_fraction=test_fraction,
+            molecule_list=molecule_list or SHIPPED_LIST,
+            execution=Execution(backend, workers, ray_address),  # type: ignore[arg-type]
+            progress=typer.echo,
+        )
+    except MlipilotError as exc:
+        fail(exc)
+    ds, stats = result.dataset, result.stats
+    for split, info in ds.manifest.splits.items():
+        typer.echo(f"{split}: {ds.path(split)}  {info.n_frames} frames  sha256 {info.sha256}")
+    typer.echo(f"level: {ds.manifest.params['level_description']}")
+    typer.echo(f"labels_computed: {stats.labels_computed}")
+    typer.echo(f"labels_reused: {stats.labels_reused}")
+    typer.echo(f"failures: {ds.manifest.params['n_failures']} (see {ds.root / 'failures.json'})")
+    if stats.label_seconds:
+        mean = sum(stats.label_seconds) / len(stats.label_seconds)
+        typer.echo(f"seconds_per_label: {mean:.3f}")
+
+
 @ledger_app.command("export")
 def ledger_export(
     run_dir: Path,
