@@ -93,7 +93,8 @@ def test_page_names_both_campaigns_and_has_its_figures(runs: list[Path], tmp_pat
     for root in runs:
         assert root.name in text
     images = re.findall(r"<img src='([^']+)'", text)
-    assert images == ["compare_files/incumbents.png", "compare_files/tokens.png"]
+    # No agent spent LLM tokens: no tokens figure, the table's column says "0 (no LLM)".
+    assert images == ["compare_files/incumbents.png"]
     for src in images:
         assert (out.parent / src).is_file() and (out.parent / src).stat().st_size > 1000
     # Neither agent has a model: both spend no tokens, and the table says so.

@@ -266,3 +266,7 @@ def test_comparison_has_tokens_column_and_figure(
     images = re.findall(r"<img src='([^']+)'", text)
     assert images == ["cmp_files/incumbents.png", "cmp_files/tokens.png"]
     assert all((out.parent / src).stat().st_size > 1000 for src in images)
+    # Campaigns that spent no tokens at all: the column says so, no figure of zeros.
+    alone = build_comparison([rule_root], tmp_path / "alone" / "cmp.html").read_text()
+    assert re.findall(r"<img src='([^']+)'", alone) == ["cmp_files/incumbents.png"]
+    assert not (tmp_path / "alone" / "cmp_files" / "tokens.png").exists()

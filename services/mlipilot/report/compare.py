@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from mlipilot.errors import MlipilotError
 from mlipilot.report import data, figures
@@ -235,6 +236,7 @@ def draw_tokens_vs_score(points: Sequence[CampaignTokens]) -> Figure:
     bottom.set_ylabel("incumbent total violation\n(infeasible)")
     bottom.set_xlabel("LLM tokens spent (prompt + completion)")
     top.set_xlim(-0.06 * max(1, most), max(1, most) * 1.12)
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))  # tokens come whole
     figures.thousands(bottom.xaxis)
     handles = [
         Line2D([], [], marker="o", ls="", color="0.3", label="LLM agent: final incumbent"),
@@ -322,7 +324,6 @@ def build_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
     out = Path(out)
     files = f"{out.stem}_files"
     figures.save(draw_incumbents(views), out.parent / files / FIGURE)
-    figures.save(draw_tokens_vs_score(tokens_vs_score(views)), out.parent / files / TOKENS_FIGURE)
     refs = [
         FigureRef(
             f"{files}/{FIGURE}",
@@ -340,5 +341,10 @@ def build_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
             "Thin lines: an LLM campaign's incumbent against the tokens spent so far.",
         ),
     ]
+    points = tokens_vs_score(views)
+    if any(p.llm_calls for p in points):
+        figures.save(draw_tokens_vs_score(points), out.parent / files / TOKENS_FIGURE)
+    else:  # every agent spent 0 tokens: the table's column says so, a plot would not add to it
+        refs.pop()
     out.write_text(render_comparison(rows, refs, data.header(views[0]).test_hash), encoding="utf-8")
     return out
