@@ -75,6 +75,14 @@ class Recipe(BaseModel):
                 "stage_two cannot be combined with loss=forces_only: stage two re-weights the "
                 "energy term, which forces_only does not have"
             )
+        # Found by the Optuna agent: mace-torch 0.3.x's symmetric contraction raises "view size
+        # is not compatible" in training for this combination (at 25+ channels on 4-atom Cu;
+        # where exactly depends on the shapes, so the whole combination is refused).
+        if self.correlation == 1 and self.max_L >= 1 and self.num_interactions >= 2:
+            raise ValueError(
+                "correlation=1 with max_L>=1 and num_interactions>=2 fails inside mace-torch's "
+                "symmetric contraction; use correlation>=2, max_L=0 or num_interactions=1"
+            )
         return self
 
     def patched(self, patch: Mapping[str, Any]) -> Recipe:

@@ -132,10 +132,15 @@ def _check_refusal(exc: RecipeError, base: Recipe, patch: dict[Any, Any]) -> Non
         for key in bad:
             assert f"recipe patch: {key} = " in msg and "allowed: " in msg, (key, msg)
         return
-    # Each value is fine alone: only the stage_two/forces_only pair is refused together.
+    # Each value is fine alone: only the stage_two/forces_only pair and mace's failing
+    # correlation=1 capacity are refused together.
     merged = {**base.model_dump(), **patch}
-    assert merged["stage_two"] and merged["loss"] == "forces_only", msg
-    assert "stage_two" in msg and "forces_only" in msg
+    if merged["stage_two"] and merged["loss"] == "forces_only":
+        assert "stage_two" in msg and "forces_only" in msg
+        return
+    corr, max_l, n_int = (float(merged[k]) for k in ("correlation", "max_L", "num_interactions"))
+    assert corr == 1 and max_l >= 1 and n_int >= 2, msg  # values as sent: "1", 1.0, ...
+    assert "correlation=1 with max_L>=1 and num_interactions>=2" in msg
 
 
 @settings(max_examples=200)

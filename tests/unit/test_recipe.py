@@ -296,3 +296,73 @@ def test_stage_two_with_forces_only_is_refused_before_training() -> None:
     # Each alone is fine.
     assert Recipe().patched({"stage_two": True}).stage_two
     assert Recipe().patched({"loss": "forces_only"}).loss == "forces_only"
+
+
+def test_the_correlation_one_capacity_mace_cannot_train_is_refused() -> None:
+    with pytest.raises(RecipeError, match="correlation=1 with max_L>=1 and num_interactions>=2"):
+        Recipe().patched({"correlation": 1, "max_L": 1, "num_interactions": 2})
+    for fine in ({"correlation": 1, "max_L": 0}, {"correlation": 1, "num_interactions": 1}):
+        assert Recipe().patched({**fine, "max_L": fine.get("max_L", 2)}).correlation == 1
+
+
+def test_the_refused_capacity_really_fails_in_mace() -> None:
+    """The refusal stands for a real mace-torch failure: when an upgrade fixes it, this test
+    fails and the rule in Recipe._consistent can go."""
+    import numpy as np
+    import torch
+    from ase.build import bulk
+    from mace import data as mace_data
+    from mace import modules, tools
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    table = tools.AtomicNumberTable([29])
+    config = mace_data.AtomicData.from_config(
+        mace_data.config_from_atoms(atoms), z_table=table, cutoff=4.0
+    )
+    loader = tools.torch_geometric.dataloader.DataLoader([config], batch_size=1)
+    batch = next(iter(loader)).to_dict()
+
+    def forward(correlation: int) -> None:
+        from e3nn import o3  # after mace, which sets how torch.load treats e3nn's constants
+
+        torch.manual_seed(0)
+        model = modules.MACE(
+            r_max=4.0,
+            num_bessel=8,
+            num_polynomial_cutoff=5,
+            max_ell=3,
+            interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+            interaction_cls_first=modules.interaction_classes[
+                "RealAgnosticResidualInteractionBlock"
+            ],
+            num_interactions=2,
+            num_elements=1,
+            hidden_irreps=o3.Irreps("32x0e+32x1o"),
+            MLP_irreps=o3.Irreps("16x0e"),
+            atomic_energies=np.array([-3.0]),
+            avg_num_neighbors=12.0,
+            atomic_numbers=[29],
+            correlation=correlation,
+            gate=torch.nn.functional.silu,
+        ).double()
+        batch64 = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+        model(batch64, training=True)
+
+    forward(2)  # the same model with correlation 2 trains
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        forward(1)
+
+
+def test_a_batch_larger_than_the_frames_mace_trains_on_is_refused(tmp_path: Path) -> None:
+    from mace.data.utils import random_train_valid_split
+
+    from mlipilot.training.mace_args import batch_fits, frames_trained_on
+
+    for n in (2, 9, 10, 11, 48, 96, 1000):  # the same split as mace's own
+        train, _ = random_train_valid_split(list(range(n)), 0.1, 0, str(tmp_path))
+        assert frames_trained_on(n) == len(train), n
+    assert batch_fits(Recipe(batch_size=44), 48) is None
+    why = batch_fits(Recipe(batch_size=45), 48)
+    assert why is not None
+    assert why.startswith("batch_size 45 is larger than the 44 frames mace trains on here")
+    assert why.endswith("use batch_size <= 44")

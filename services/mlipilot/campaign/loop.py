@@ -73,7 +73,7 @@ from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
-from mlipilot.training.mace_args import training_key
+from mlipilot.training.mace_args import batch_fits, training_key
 from mlipilot.training.trainer import TrainingBudget
 
 # Builds the scorer for a campaign: (spec, spec sha256, dataset) -> Scorer.
@@ -524,8 +524,18 @@ def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
     return incumbent
 
 
+def _check_fits_data(run: _Run, recipe: Recipe) -> None:
+    """Refuse (as an invalid patch) a recipe that cannot train on this campaign's data."""
+    why = batch_fits(recipe, run.dataset.n_frames("train"))
+    if why is not None:
+        raise RecipeError(why)
+
+
 def _run_baseline(run: _Run) -> _Incumbent:
     recipe = run.campaign.baseline
+    why = batch_fits(recipe, run.dataset.n_frames("train"))
+    if why is not None:
+        raise MlipilotError(f"baseline: {why}")
     proposal = Proposal(hypothesis="baseline recipe from the campaign file", patch={"-": "-"})
     if 0 not in run.prior.iterations_started:
         run.record(
@@ -585,7 +595,7 @@ def _ask_agent(
             proposal = agent.propose(state)
             _record_agent_call(run, agent, iteration, candidate, "proposed", proposal.cost)
             faults.reached("agent", iteration)
-            inc.recipe.patched(proposal.patch)
+            _check_fits_data(run, inc.recipe.patched(proposal.patch))
             return proposal
         except AgentGaveUp as exc:  # AgentFailed: this iteration only, the campaign goes on
             failed = isinstance(exc, AgentFailed)

@@ -92,6 +92,9 @@ class Dataset:
     def hash(self, split: str) -> str:
         return self._split(split).sha256
 
+    def n_frames(self, split: str) -> int:
+        return self._split(split).n_frames
+
     def load(self, split: str, *, require_stress: bool = False) -> list[Atoms]:
         """Frames of ``split``, re-checked against the manifest hash and validated."""
         _verify_split(self.root, split, self._split(split))

@@ -12,6 +12,32 @@ from mlipilot.recipe import Recipe
 MODEL_NAME = "candidate"
 
 
+VALID_FRACTION = 0.1  # of the train split, held out by mace_run_train for its validation
+
+
+def frames_trained_on(n_train: int, valid_fraction: float = VALID_FRACTION) -> int:
+    """The frames mace trains on, after it holds out its validation frames (as
+    ``mace.data.utils.random_train_valid_split`` computes it)."""
+    return max(0, min(n_train - int(valid_fraction * n_train), n_train - 1))
+
+
+def batch_fits(recipe: Recipe, n_train: int) -> str | None:
+    """Why the recipe's batch cannot train on ``n_train`` frames, or None when it can.
+
+    mace drops the last incomplete batch of an epoch: a batch larger than the frames it trains
+    on leaves no batch at all, and mace fails deep inside (``torch.cat(): expected a non-empty
+    list``) after spending the start-up.
+    """
+    usable = frames_trained_on(n_train)
+    if recipe.batch_size <= usable:
+        return None
+    return (
+        f"batch_size {recipe.batch_size} is larger than the {usable} frames mace trains on here "
+        f"({n_train} train frames, {VALID_FRACTION:.0%} held out for validation): mace drops "
+        f"the incomplete batch, so none would be left; use batch_size <= {usable}"
+    )
+
+
 def to_mace_args(
     recipe: Recipe,
     *,
@@ -19,7 +45,7 @@ def to_mace_args(
     work_dir: Path,
     epochs: int,
     atomic_numbers: Sequence[int],
-    valid_fraction: float = 0.1,
+    valid_fraction: float = VALID_FRACTION,
     device: str = "cpu",
 ) -> list[str]:
     """Flags for one training run under a fixed epoch budget.
