@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import bulk
+from model_surgery import scaled_model
 
 from mlipilot.config import RayResources
 from mlipilot.scoring.md_stability import MDReport, ReplicaJob, run_md_stability, run_replicas_here
@@ -37,13 +37,6 @@ def _settings(**overrides: object) -> MDSettings:
     values = spec.md.model_dump()
     values.update({"nvt_steps": 50, "nve_steps": 10, "trace_every": 5, **overrides})
     return MDSettings.model_validate(values)
-
-
-def _scaled_model(model_path: Path, factor: float, out: Path) -> Path:
-    model = torch.load(model_path, map_location="cpu", weights_only=False)
-    model.scale_shift.scale *= factor
-    torch.save(model, out)
-    return out
 
 
 def _nvt_temperatures(report: MDReport, folder: Path) -> list[float]:
@@ -95,7 +88,7 @@ def test_engines_agree_on_an_unstable_model(
     tiny_cu_model: Path, cu_test_frames: list[Atoms], tmp_path: Path
 ) -> None:
     # Flipped and amplified: the learnt repulsion becomes a strong attraction.
-    bad = _scaled_model(tiny_cu_model, -50.0, tmp_path / "bad.model")
+    bad = scaled_model(tiny_cu_model, -50.0, tmp_path / "bad.model")
     frames = cu_test_frames[:2]
     ase = _run(bad, frames, tmp_path / "ase", engine="ase", precision="float64")
     b64 = _run(bad, frames, tmp_path / "b64", engine="batched", precision="float64")
@@ -145,7 +138,7 @@ def test_scorecard_verdict_is_the_same_with_either_engine(
     assert (spec.md.engine, spec.md.precision) == ("batched", "float32")  # the shipped default
     short = {"nvt_steps": 30, "nve_steps": 10}
     quick = spec.throughput.model_copy(update={"md_steps": 5, "repeats": 1})
-    bad = _scaled_model(tiny_cu_model, -50.0, tmp_path / "bad.model")
+    bad = scaled_model(tiny_cu_model, -50.0, tmp_path / "bad.model")
     verdicts = {}
     for engine, precision in (("ase", "float64"), ("batched", "float32")):
         md = spec.md.model_copy(update={"engine": engine, "precision": precision, **short})

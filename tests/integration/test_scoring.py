@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from mace.calculators import MACECalculator
+from model_surgery import scaled_model
 
 from mlipilot.scoring.accuracy import evaluate_accuracy
 from mlipilot.scoring.md_stability import TRACE_COLUMNS, run_md_stability
@@ -36,14 +36,6 @@ def _md_settings(**overrides: object) -> MDSettings:
     }
     values.update(overrides)
     return MDSettings.model_validate(values)
-
-
-def _scaled_model(model_path: Path, factor: float, out: Path) -> Path:
-    """The trained model with its energy scale multiplied: negative flips every force."""
-    model = torch.load(model_path, map_location="cpu", weights_only=False)
-    model.scale_shift.scale *= factor
-    torch.save(model, out)
-    return out
 
 
 def _read_trace(path: Path) -> list[dict[str, str]]:
@@ -80,7 +72,7 @@ def test_accuracy_equals_independent_computation(
 def test_nan_model_is_inf_in_accuracy_and_non_finite_in_md(
     tiny_cu_model: Path, cu_test_frames: list[Atoms], tmp_path: Path
 ) -> None:
-    nan_model = _scaled_model(tiny_cu_model, math.nan, tmp_path / "nan.model")
+    nan_model = scaled_model(tiny_cu_model, math.nan, tmp_path / "nan.model")
     got = evaluate_accuracy(nan_model, cu_test_frames[:2], AccuracySettings())
     assert got == {k: math.inf for k in got} and len(got) == 4
 
@@ -120,7 +112,7 @@ def test_model_that_collapses_is_flagged(
     tiny_cu_model: Path, cu_test_frames: list[Atoms], tmp_path: Path
 ) -> None:
     # Flipped and amplified: the learnt repulsion becomes a strong attraction.
-    bad = _scaled_model(tiny_cu_model, -50.0, tmp_path / "bad.model")
+    bad = scaled_model(tiny_cu_model, -50.0, tmp_path / "bad.model")
     # A huge runaway factor, so what is tested is the collapse itself.
     settings = _md_settings(max_temperature_factor=1e9)
     calls: list[tuple[int, int]] = []

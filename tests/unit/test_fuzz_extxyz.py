@@ -306,7 +306,7 @@ def test_a_failed_write_leaves_the_old_file_or_none(
         if stage == "write":
             patch = mock.patch("ase.io.write", _failing_write(cut, error))
         else:
-            patch = mock.patch("mlipilot.data.extxyz.os.replace", side_effect=error)
+            patch = mock.patch("mlipilot.atomic_files.os.replace", side_effect=error)
         with patch, pytest.raises(type(error)):
             write_extxyz(target, FRAMES_B)
         assert sorted(p.name for p in Path(tmp).iterdir()) == (["train.xyz"] if previous else [])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from mlipilot.atomic_files import write_text_atomically
 from mlipilot.data.extxyz import load_extxyz
 from mlipilot.errors import MlipilotError, format_validation_error
 
@@ -63,12 +63,7 @@ def write_manifest(root: Path, manifest: DatasetManifest) -> Path:
     """Write ``root/manifest.json`` atomically and deterministically (sorted keys, no times)."""
     path = Path(root) / MANIFEST_NAME
     text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomically(path, text)
     return path
 
 

@@ -8,7 +8,6 @@ problem is reported with the file, the 0-based frame and the key so the user can
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
+from mlipilot.atomic_files import replaced_atomically
 from mlipilot.errors import MlipilotError
 
 ENERGY_KEY = "REF_energy"  # atoms.info, eV
@@ -62,13 +62,8 @@ def write_extxyz(path: str | Path, frames: Sequence[Atoms]) -> Path:
     otherwise ASE would add them under the plain names the loader rejects.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            ase.io.write(fh, list(frames), format="extxyz", write_results=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        ase.io.write(fh, list(frames), format="extxyz", write_results=False)
     return path
 
 

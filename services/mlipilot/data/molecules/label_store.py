@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
+from mlipilot.atomic_files import replaced_atomically, write_text_atomically
 from mlipilot.data.extxyz import ENERGY_KEY, FORCES_KEY, write_extxyz
 from mlipilot.data.molecules.levels import Level, level_slug
 
@@ -35,15 +35,6 @@ class Failure:
 
     def as_dict(self) -> dict[str, str]:
         return dict(self.__dict__)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ConfigStore:
@@ -61,13 +52,8 @@ class ConfigStore:
 
     def save(self, mol_id: str, key: str, frames: list[Atoms]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.path(mol_id, key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with replaced_atomically(self.path(mol_id, key)) as tmp:
             ase.io.write(tmp, frames, format="extxyz")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 class LabelStore:
@@ -113,7 +99,7 @@ class LabelStore:
             reason=reason,
         )
         text = json.dumps(failure.as_dict(), indent=2, sort_keys=True) + "\n"
-        _atomic_write_text(self.dir / f"{self._stem(atoms)}.failed.json", text)
+        write_text_atomically(self.dir / f"{self._stem(atoms)}.failed.json", text)
         return failure
 
 
