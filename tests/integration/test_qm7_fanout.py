@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +34,26 @@ def test_ray_tasks_give_the_same_bytes(
     ray_session: None, tmp_path: Path, serial_hashes: dict[str, str]
 ) -> None:
     assert _build(tmp_path, Execution("ray")) == serial_hashes
+
+
+def test_the_thread_count_does_not_change_the_data(
+    tmp_path: Path, serial_hashes: dict[str, str]
+) -> None:
+    """tblite's OpenMP sums round differently per thread count: pinned to one thread, a
+    serial build in a process given 2 threads writes the same bytes."""
+    script = (
+        "import json, sys; from pathlib import Path\n"
+        "from mlipilot.data.molecules.qm7 import Execution, ensure_qm7\n"
+        "r = ensure_qm7(Path(sys.argv[1]), molecules=3, level='quick', configs_per_molecule=2,"
+        " execution=Execution())\n"
+        "print(json.dumps({s: i.sha256 for s, i in r.dataset.manifest.splits.items()}))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == serial_hashes
