@@ -166,6 +166,22 @@ def test_tool_calls_lead_to_a_validated_proposal_with_its_cost() -> None:
     assert "propose" in cost.calls[0]["tools"] and cost.calls[0]["finish_reason"] == "tool_calls"
 
 
+def test_a_batch_larger_than_the_training_data_is_refused_by_the_tool() -> None:
+    """The state says how many frames training sees; the tool refuses a batch that cannot
+    train on them, before the loop would (and before mace fails after its start-up)."""
+    script = [
+        calls(tool_call("propose", {"hypothesis": "big batches", "patch": {"batch_size": 60}})),
+        calls(tool_call("propose", GOOD, "c2")),
+    ]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url).propose(campaign_state(train_frames=48))
+    assert proposal.patch == GOOD["patch"]
+    first_prompt = server.requests[0]["messages"][1]["content"]
+    assert "Training data: 48 frames (batch_size at most 44)." in first_prompt
+    refusal = server.requests[1]["messages"][-1]["content"]
+    assert refusal.startswith("error: proposal refused: batch_size 60 is larger than the 44")
+
+
 def test_malformed_arguments_and_a_refused_patch_go_back_as_tool_errors() -> None:
     script = [
         calls(tool_call("propose", '{"hypothesis": "x", "patch": {"lr": 0.01', "c1")),

@@ -212,3 +212,16 @@ def test_tpe_beats_random_sampling_of_the_same_space() -> None:
     tpe = [min(run_loop(OptunaAgent(seed=s), 20)[1]) for s in seeds]
     rnd = [min(run_loop(OptunaAgent(seed=s, n_startup_trials=100), 20)[1]) for s in seeds]
     assert sum(tpe) < 0.8 * sum(rnd), (tpe, rnd)
+
+
+def test_a_batch_the_data_cannot_fill_is_failed_and_asked_again() -> None:
+    """With 8 train frames mace trains on 7: every trial with batch_size > 7 is failed in
+    the study (TPE learns to avoid it) and never proposed."""
+    agent = OptunaAgent(seed=0)
+    history = [entry(0, BASELINE, synthetic(BASELINE))]
+    st = state(history).model_copy(update={"train_frames": 8})
+    for _ in range(5):
+        recipe = BASELINE.patched(agent.propose(st).patch)
+        assert recipe.batch_size <= 7
+    too_big = [t for t in agent.study.trials if t.params["batch_size"] > 7]
+    assert too_big and all(t.state == TrialState.FAIL for t in too_big)

@@ -114,6 +114,9 @@ class CampaignState(BaseModel):
     # Recipes already proposed this iteration (several candidates per iteration), not yet tried.
     pending: list[Recipe] = []
     last_error: str | None = None  # why the previous proposal was refused, if it was
+    # Frames of the train split (a count, no data): a batch larger than what training sees
+    # cannot train, and an agent that checks its own proposals can say so at once.
+    train_frames: int | None = None
 
     def tried(self, recipe: Recipe) -> bool:
         """Tried before, or already proposed for this iteration."""

@@ -26,6 +26,7 @@ from mlipilot.agents.base import AgentGaveUp, CampaignState, HistoryEntry, Propo
 from mlipilot.agents.random_search import LOG_KEYS
 from mlipilot.recipe import Recipe, RecipeError, bounds, choices
 from mlipilot.scoring.result import ScoreResult
+from mlipilot.training.mace_args import batch_fits
 
 INFEASIBLE_OFFSET = 1e3
 FAILED_VALUE = 1e6
@@ -101,6 +102,9 @@ class OptunaAgent:
                 recipe = state.incumbent.patched(trial.params)
             except RecipeError:  # an inconsistent pair (stage two with forces_only): fail it
                 self.study.tell(trial, state=TrialState.FAIL)
+                continue
+            if state.train_frames is not None and batch_fits(recipe, state.train_frames):
+                self.study.tell(trial, state=TrialState.FAIL)  # no batch left to train on
                 continue
             if recipe in state.pending:  # a sibling candidate trains it already
                 self.study.tell(trial, state=TrialState.FAIL)

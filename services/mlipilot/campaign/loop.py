@@ -590,6 +590,7 @@ def _ask_agent(
             history=run.history,
             pending=pending,
             last_error=last_error,
+            train_frames=run.dataset.n_frames("train"),
         )
         try:
             proposal = agent.propose(state)

@@ -13,6 +13,7 @@ from typing import Any
 from mlipilot.agents.base import CampaignState, HistoryEntry, TrainingSummary
 from mlipilot.recipe import Recipe, recipe_space
 from mlipilot.scoring.result import ScoreResult
+from mlipilot.training.mace_args import frames_trained_on
 
 HISTORY_ROWS = 12  # the newest rows shown in the history table; older ones are counted
 HYPOTHESIS_CHARS = 90
@@ -167,8 +168,12 @@ def incumbent_text(state: CampaignState) -> str:
 
 def overview(state: CampaignState) -> str:
     """The first user message: everything needed for a proposal, in one compact block."""
+    head = f"Iteration {state.iteration} of {state.iterations_total}."
+    if state.train_frames is not None:
+        usable = frames_trained_on(state.train_frames)
+        head += f" Training data: {state.train_frames} frames (batch_size at most {usable})."
     parts = [
-        f"Iteration {state.iteration} of {state.iterations_total}.",
+        head,
         scorecard_text(state),
         incumbent_text(state),
         "history:\n" + history_table(state.history),

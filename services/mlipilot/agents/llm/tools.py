@@ -17,6 +17,7 @@ from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.agents.llm import state_view
 from mlipilot.errors import clipped
 from mlipilot.recipe import Recipe, RecipeError
+from mlipilot.training.mace_args import batch_fits
 
 PROPOSE = "propose"
 HYPOTHESIS_MAX = 400  # characters: one or two sentences (also stops a model that rambles)
@@ -157,6 +158,8 @@ def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
         recipe = state.incumbent.patched(patch)
     except RecipeError as exc:
         return _refused(str(exc))
+    if state.train_frames is not None and (why := batch_fits(recipe, state.train_frames)):
+        return _refused(why)
     if recipe == state.incumbent:
         return _refused("the patch changes nothing: every value equals the incumbent's")
     if state.tried(recipe):
