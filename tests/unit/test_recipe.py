@@ -179,7 +179,6 @@ def test_default_recipe_flags_snapshot() -> None:
         "--loss=weighted",
         "--energy_weight=1.0",
         "--forces_weight=100.0",
-        "--huber_delta=0.01",
         "--lr=0.01",
         "--scheduler=ReduceLROnPlateau",
         "--scheduler_patience=5",
@@ -284,6 +283,10 @@ def test_training_key_ignores_inert_knobs_and_sees_real_changes() -> None:
     assert not base.stage_two
     inert = base.patched({"stage_two_start": 0.5, "stage_two_lr": 0.01})
     assert training_key(inert, 10) == training_key(base, 10)
+    assert base.loss != "huber"  # huber_delta is read by the huber loss alone
+    assert training_key(base.patched({"huber_delta": 0.3}), 10) == training_key(base, 10)
+    huber = base.patched({"loss": "huber"})
+    assert training_key(huber.patched({"huber_delta": 0.3}), 10) != training_key(huber, 10)
     assert training_key(base.patched({"lr": 0.02}), 10) != training_key(base, 10)
     assert training_key(base, 11) != training_key(base, 10)
     staged = base.patched({"stage_two": True})

@@ -72,7 +72,6 @@ def to_mace_args(
         "loss": r.loss,
         "energy_weight": r.energy_weight,
         "forces_weight": r.forces_weight,
-        "huber_delta": r.huber_delta,
         "lr": r.lr,
         "scheduler": "ReduceLROnPlateau",
         "scheduler_patience": r.scheduler_patience,
@@ -96,6 +95,8 @@ def to_mace_args(
         "error_table": "PerAtomMAE",
     }
     flags = [f"--{key}={value}" for key, value in args.items()]
+    if r.loss == "huber":  # the other losses never read it: left out, it keys no new training
+        flags.append(f"--huber_delta={r.huber_delta}")
     if r.ema:
         flags += ["--ema", f"--ema_decay={r.ema_decay}"]
     # Stage two needs at least one epoch before it; with a 1-epoch budget it cannot happen.
