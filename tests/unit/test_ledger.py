@@ -114,6 +114,24 @@ def test_events_filters_by_kind(tmp_path: Path) -> None:
         assert len(ledger.events()) == 5
 
 
+def test_events_filters_by_candidate(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        for name, status in (("it001", "ok"), ("it002", "ok"), ("it001", "failed")):
+            ledger.append(
+                LedgerEvent(campaign="c1", event="training", candidate=name, status=status)
+            )
+        ledger.append(LedgerEvent(campaign="c1", event="evaluation", candidate="it001"))
+        trainings = ledger.events("training", candidate="it001")
+        assert [(e.candidate, e.status) for e in trainings] == [
+            ("it001", "ok"),
+            ("it001", "failed"),
+        ]
+        assert [e.event for e in ledger.events(candidate="it001")] == ["training"] * 2 + [
+            "evaluation"
+        ]
+        assert ledger.events("training", candidate="it009") == []
+
+
 @pytest.mark.parametrize(
     "sql",
     [

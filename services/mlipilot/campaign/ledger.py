@@ -148,10 +148,14 @@ class Ledger:
         self._conn.execute("COMMIT")
         return ids
 
-    def events(self, event: EventKind | None = None) -> list[LedgerEvent]:
-        query, args = "SELECT * FROM events", ()
-        if event is not None:
-            query, args = query + " WHERE event = ?", (event,)
+    def events(
+        self, event: EventKind | None = None, *, candidate: str | None = None
+    ) -> list[LedgerEvent]:
+        """The rows in order, of one kind and of one candidate when given."""
+        where = {"event": event, "candidate": candidate}
+        clauses = [f"{column} = ?" for column, value in where.items() if value is not None]
+        query = "SELECT * FROM events" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        args = tuple(value for value in where.values() if value is not None)
         rows = self._conn.execute(query + " ORDER BY id", args).fetchall()
         return [_from_row(r) for r in rows]
 

@@ -964,7 +964,7 @@ def _record_decision(
 def _training_summary(run: _Run, candidate: str) -> TrainingSummary | None:
     """How the candidate's training went, from its ledger row (also one a resume replays);
     None for a candidate answered from another's training (a duplicate) or never trained."""
-    rows = [e for e in run.ledger.events("training") if e.candidate == candidate]
+    rows = run.ledger.events("training", candidate=candidate)
     if not rows:
         return None
     last = rows[-1]  # a training killed and run again: the last attempt counts

@@ -332,19 +332,21 @@ def build_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
             "while feasible (lower is better); bottom: its total normalized violation while "
             "infeasible (symlog axis; 0 = feasible, dashed).",
         ),
-        FigureRef(
-            f"{files}/{TOKENS_FIGURE}",
-            "Final score against LLM tokens spent",
-            "One point per campaign: the LLM tokens its agent spent (prompt + completion, failed "
-            "conversations included) and its final incumbent's composite (top, feasible) or "
-            "total violation (bottom, infeasible, symlog). Squares at 0: agents without an LLM. "
-            "Thin lines: an LLM campaign's incumbent against the tokens spent so far.",
-        ),
     ]
     points = tokens_vs_score(views)
+    # When every agent spent 0 tokens the table's column says so; a plot would not add to it.
     if any(p.llm_calls for p in points):
         figures.save(draw_tokens_vs_score(points), out.parent / files / TOKENS_FIGURE)
-    else:  # every agent spent 0 tokens: the table's column says so, a plot would not add to it
-        refs.pop()
+        refs.append(
+            FigureRef(
+                f"{files}/{TOKENS_FIGURE}",
+                "Final score against LLM tokens spent",
+                "One point per campaign: the LLM tokens its agent spent (prompt + completion, "
+                "failed conversations included) and its final incumbent's composite (top, "
+                "feasible) or total violation (bottom, infeasible, symlog). Squares at 0: agents "
+                "without an LLM. Thin lines: an LLM campaign's incumbent against the tokens "
+                "spent so far.",
+            )
+        )
     out.write_text(render_comparison(rows, refs, data.header(views[0]).test_hash), encoding="utf-8")
     return out
