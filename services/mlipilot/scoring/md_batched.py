@@ -412,6 +412,7 @@ class _Batch:
                 kinetic_eV=kinetic,
                 min_distance_A=float(self.closest[k]),
                 finite=finite,
+                positions=r.pos,
             )
         return done
 

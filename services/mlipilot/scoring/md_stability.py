@@ -31,6 +31,7 @@ from mace.calculators import MACECalculator
 from pydantic import BaseModel
 
 from mlipilot.errors import MlipilotError
+from mlipilot.scoring.md_molecular import MolecularCheck
 from mlipilot.scoring.spec import MDSettings, Precision
 
 try:  # ASE >= 3.29 deprecates MaxwellBoltzmannDistribution in favour of thermalize_momenta
@@ -42,7 +43,15 @@ except ImportError:  # pragma: no cover - older ASE
         _mb(atoms, temperature_K=temperature_K, rng=rng)
 
 
-Status = Literal["stable", "non_finite", "min_distance", "temperature_runaway", "energy_drift"]
+Status = Literal[
+    "stable",
+    "non_finite",
+    "min_distance",
+    "fragmentation",
+    "bond_deviation",
+    "temperature_runaway",
+    "energy_drift",
+]
 TRACE_COLUMNS = (
     "step",
     "time_ps",
@@ -111,6 +120,7 @@ class ReplicaOutcome(BaseModel):
     max_temperature_K: float
     min_distance_A: float
     nve_drift_meV_per_atom_per_ps: float | None = None
+    max_bond_deviation_A: float | None = None  # with md.molecular only
     trace_file: str
 
 
@@ -145,6 +155,12 @@ class ReplicaMonitor:
         self._temps: deque[float] = deque(maxlen=RUNAWAY_WINDOW)
         self.max_temp, self.min_dist = -math.inf, math.inf
         self._nve_energy: list[tuple[float, float]] = []
+        self.molecular = (
+            MolecularCheck.of(job.frame, settings.molecular, f"MD start frame {job.frame_idx}")
+            if settings.molecular is not None
+            else None
+        )
+        self.max_bond_dev = 0.0
         self._writer = csv.writer(trace)
         self._writer.writerow(TRACE_COLUMNS)
 
@@ -157,6 +173,7 @@ class ReplicaMonitor:
         kinetic_eV: float,
         min_distance_A: float,
         finite: bool,
+        positions: np.ndarray,
     ) -> int:
         """Test the state after ``step``; return the integration steps it completes."""
         s = self.settings
@@ -172,6 +189,8 @@ class ReplicaMonitor:
             self.status = "non_finite"
         elif dist < s.min_distance_A:
             self.status = "min_distance"
+        elif self.molecular is not None and (broken := self._molecular_failure(positions)):
+            self.status = broken
         elif (
             len(self._temps) == RUNAWAY_WINDOW  # a full window: one hot early step is no runaway
             and sum(self._temps) / RUNAWAY_WINDOW
@@ -191,6 +210,17 @@ class ReplicaMonitor:
         upto = total if self.done else step
         steps, self._reported = upto - self._reported, upto
         return steps
+
+    def _molecular_failure(self, positions: np.ndarray) -> Status | None:
+        check = self.molecular
+        assert check is not None
+        deviation = check.max_deviation_A(positions)
+        self.max_bond_dev = max(self.max_bond_dev, deviation)
+        if check.fragmented(positions):
+            return "fragmentation"
+        if deviation > check.settings.max_bond_deviation_A:
+            return "bond_deviation"
+        return None
 
     def outcome(self) -> ReplicaOutcome:
         s = self.settings
@@ -220,6 +250,7 @@ class ReplicaMonitor:
             max_temperature_K=self.max_temp,
             min_distance_A=self.min_dist,
             nve_drift_meV_per_atom_per_ps=drift,
+            max_bond_deviation_A=self.max_bond_dev if self.molecular is not None else None,
             trace_file=self.job.trace_path.name,
         )
 
@@ -276,6 +307,7 @@ def _run_replica(
                     kinetic_eV=atoms.get_kinetic_energy(),
                     min_distance_A=res.get("min_distance", math.nan),
                     finite=_finite_state(atoms, res),
+                    positions=atoms.positions,
                 )
             )
             if monitor.done:
@@ -362,6 +394,9 @@ def run_md_stability(
 def _metrics(outcomes: list[ReplicaOutcome], settings: MDSettings) -> dict[str, float]:
     per_replica = settings.nvt_steps + settings.nve_steps
     drifts = [o.nve_drift_meV_per_atom_per_ps for o in outcomes]
+    molecular = {}
+    if settings.molecular is not None:
+        molecular["md_max_bond_deviation_A"] = max(o.max_bond_deviation_A or 0.0 for o in outcomes)
     return {
         "md_survival_fraction": float(np.mean([o.survived_steps / per_replica for o in outcomes])),
         "md_failed_replicas": float(sum(o.status != "stable" for o in outcomes)),
@@ -369,4 +404,5 @@ def _metrics(outcomes: list[ReplicaOutcome], settings: MDSettings) -> dict[str, 
         "md_max_energy_drift_meV_per_atom_per_ps": max(
             (d for d in drifts if d is not None), default=0.0
         ),
+        **molecular,
     }

@@ -62,6 +62,28 @@ class AccuracySettings(_Strict):
 Precision = Literal["float32", "float64"]
 
 
+class MolecularSettings(_Strict):
+    """Tests for isolated molecules (scoring/md_molecular.py): bonds are the start frame's pairs
+    closer than ``bond_factor`` x the sum of covalent radii."""
+
+    max_bond_deviation_A: float = Field(
+        0.5, gt=0, description="a bond longer or shorter than its start length by more: unstable"
+    )
+    bond_factor: float = Field(1.2, gt=1, le=2, description="bonded: closer than factor x radii")
+    fragment_factor: float = Field(
+        1.5, gt=1, le=5, description="a bond beyond factor x radii is broken; split: fragmented"
+    )
+
+    @model_validator(mode="after")
+    def _broken_beyond_bonded(self) -> MolecularSettings:
+        if self.fragment_factor <= self.bond_factor:
+            raise ValueError(
+                f"fragment_factor {self.fragment_factor} must exceed bond_factor "
+                f"{self.bond_factor}: otherwise a start bond would count as broken"
+            )
+        return self
+
+
 class MDSettings(_Strict):
     """MD stability: NVT replicas (start frame x temperature x seed), then an NVE segment."""
 
@@ -83,6 +105,9 @@ class MDSettings(_Strict):
     )
     precision: Precision = Field(
         "float32", description="dtype of the model's evaluation; the integrator stays float64"
+    )
+    molecular: MolecularSettings | None = Field(
+        None, description="bond-length deviation and fragmentation tests, for molecules"
     )
 
 
