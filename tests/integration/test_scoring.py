@@ -52,18 +52,26 @@ def test_accuracy_equals_independent_computation(
     got = evaluate_accuracy(tiny_cu_model, frames, AccuracySettings(batch_size=8))
 
     calc = MACECalculator(model_paths=str(tiny_cu_model), device="cpu", default_dtype="float64")
-    e_err, f_err = [], []
+    e_err, n_atoms, f_err = [], [], []
     for atoms in frames:
         atoms = atoms.copy()
         atoms.calc = calc
-        e_err.append((atoms.get_potential_energy() - atoms.info["REF_energy"]) / len(atoms))
+        e_err.append(atoms.get_potential_energy() - atoms.info["REF_energy"])
+        n_atoms.append(len(atoms))
         f_err.append((atoms.get_forces() - atoms.arrays["REF_forces"]).ravel())
-    e, f = np.array(e_err) * 1000, np.concatenate(f_err) * 1000
+    e = np.array(e_err) / np.array(n_atoms) * 1000
+    f = np.concatenate(f_err) * 1000
+    kcal = 1.6021766208e-19 * 6.022140857e23 / 4184.0  # kcal/mol per eV, CODATA 2014 as ASE
+    e_mol, f_mol = np.array(e_err) * kcal, np.concatenate(f_err) * kcal
     want = {
         "energy_mae_meV_per_atom": np.mean(np.abs(e)),
         "energy_rmse_meV_per_atom": np.sqrt(np.mean(e**2)),
         "force_mae_meV_per_A": np.mean(np.abs(f)),
         "force_rmse_meV_per_A": np.sqrt(np.mean(f**2)),
+        "energy_mae_kcal_per_mol": np.mean(np.abs(e_mol)),
+        "energy_rmse_kcal_per_mol": np.sqrt(np.mean(e_mol**2)),
+        "force_mae_kcal_per_mol_per_A": np.mean(np.abs(f_mol)),
+        "force_rmse_kcal_per_mol_per_A": np.sqrt(np.mean(f_mol**2)),
     }
     assert all(math.isfinite(v) for v in got.values())
     assert got == pytest.approx(want, rel=1e-8)
@@ -74,7 +82,7 @@ def test_nan_model_is_inf_in_accuracy_and_non_finite_in_md(
 ) -> None:
     nan_model = scaled_model(tiny_cu_model, math.nan, tmp_path / "nan.model")
     got = evaluate_accuracy(nan_model, cu_test_frames[:2], AccuracySettings())
-    assert got == {k: math.inf for k in got} and len(got) == 4
+    assert got == {k: math.inf for k in got} and len(got) == 8
 
     report = run_md_stability(nan_model, cu_test_frames[:1], _md_settings(), tmp_path / "md")
     (rep,) = report.replicas

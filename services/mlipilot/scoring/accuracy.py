@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase import Atoms
+from ase import Atoms, units
 from mace import data as mace_data
 from mace.tools import torch_geometric, torch_tools, utils
 
 from mlipilot.data.extxyz import ENERGY_KEY, FORCES_KEY
 from mlipilot.errors import MlipilotError
 from mlipilot.scoring.spec import AccuracySettings
+
+KCAL_PER_MOL_PER_EV = 1.0 / (units.kcal / units.mol)  # 23.06
 
 
 def _references(frames: list[Atoms]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,7 +75,9 @@ def _mae_rmse(errors: np.ndarray) -> tuple[float, float]:
 def evaluate_accuracy(
     model_path: Path, test_frames: list[Atoms], settings: AccuracySettings
 ) -> dict[str, float]:
-    """Energy per atom (meV/atom) and force component (meV/Å) MAE and RMSE on the test frames."""
+    """MAE and RMSE on the test frames: energy per atom (meV/atom) and force component (meV/Å)
+    as materials scientists quote them, and energy per frame (kcal/mol) and force component
+    (kcal/mol/Å) as chemists do for molecules; a scorecard constrains the ones it needs."""
     if not test_frames:
         raise MlipilotError("accuracy: the test split is empty")
     if not Path(model_path).is_file():
@@ -85,9 +89,15 @@ def evaluate_accuracy(
     pred_e, pred_f = _predict(model, test_frames, settings.batch_size)
     e_mae, e_rmse = _mae_rmse((pred_e - ref_e) / counts * 1000.0)
     f_mae, f_rmse = _mae_rmse((pred_f - ref_f).ravel() * 1000.0)
+    mol_mae, mol_rmse = _mae_rmse((pred_e - ref_e) * KCAL_PER_MOL_PER_EV)
+    kf_mae, kf_rmse = _mae_rmse((pred_f - ref_f).ravel() * KCAL_PER_MOL_PER_EV)
     return {
         "energy_mae_meV_per_atom": e_mae,
         "energy_rmse_meV_per_atom": e_rmse,
         "force_mae_meV_per_A": f_mae,
         "force_rmse_meV_per_A": f_rmse,
+        "energy_mae_kcal_per_mol": mol_mae,
+        "energy_rmse_kcal_per_mol": mol_rmse,
+        "force_mae_kcal_per_mol_per_A": kf_mae,
+        "force_rmse_kcal_per_mol_per_A": kf_rmse,
     }

@@ -10,35 +10,32 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-from ase import Atoms, units
-from ase.md.velocitydistribution import Stationary
-from ase.md.verlet import VelocityVerlet
+from ase import Atoms
+from ase.calculators.calculator import all_changes
 
-from mlipilot.scoring.md_stability import ForcesOnlyMACE, load_md_calculator, thermalize_momenta
+from mlipilot.scoring.md_stability import ForcesOnlyMACE, load_md_calculator
 from mlipilot.scoring.spec import ThroughputSettings
 
 WARMUP_STEPS = 3  # first calls pay for lazy allocations and caches, not the model
-TIMESTEP_FS = 1.0
-TEMPERATURE_K = 300.0
-SEED = 0
 
 
 def _atom_steps_per_s(calc: ForcesOnlyMACE, structure: Atoms, n_steps: int) -> float:
-    """Time n_steps of VelocityVerlet, the same loop (and calculator) as the stability stage."""
+    """Time n_steps of what an MD step costs the model: the graph, energy and forces.
+
+    Every call is at the same structure. Integrating instead would let the model's own
+    dynamics decide what is timed: a model that blows the structure apart leaves atoms
+    scattered over a huge box, and the neighbour search, not the model, sets its speed.
+    """
     atoms = structure.copy()
-    atoms.calc = calc
-    calc.reset()
-    # Same velocities every timing, so both models integrate comparable trajectories.
-    thermalize_momenta(atoms, TEMPERATURE_K, rng=np.random.default_rng(SEED))
-    Stationary(atoms)
-    dyn = VelocityVerlet(atoms, TIMESTEP_FS * units.fs)
-    forces = atoms.get_forces()
+
+    def step() -> None:
+        calc.calculate(atoms, ["energy", "forces"], all_changes)
+
     for _ in range(WARMUP_STEPS):
-        forces = dyn.step(forces)
+        step()
     start = time.perf_counter()
     for _ in range(n_steps):
-        forces = dyn.step(forces)
+        step()
     elapsed = time.perf_counter() - start
     return len(atoms) * n_steps / elapsed
 
