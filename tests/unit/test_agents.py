@@ -367,3 +367,46 @@ def test_a_feasible_incumbent_is_still_improved() -> None:
     proposal = RuleBasedResearcher().propose(st)
     assert rule_of(proposal) == "progressive-schedule"
     assert proposal.patch["stage_two"] is True
+
+
+MOLECULAR_SPEC = make_spec(
+    "agents-unit-molecules",
+    [
+        {"metric": "energy_mae_kcal_per_mol", "max": 15.0, "unit": "kcal/mol"},
+        {"metric": "force_mae_kcal_per_mol_per_A", "max": 8.0, "unit": "kcal/mol/Å"},
+        {"metric": MD, "min": 1.0, "unit": "fraction"},
+        {"metric": SPEED, "min": 0.25, "unit": "x baseline"},
+    ],
+    {"energy_mae_kcal_per_mol": 1.0, "force_mae_kcal_per_mol_per_A": 1.0},
+)
+
+
+@pytest.mark.parametrize(
+    ("energy", "forces", "rule", "quoted"),
+    [
+        (3288.0, 5.0, "normalize-output", "Energy MAE is 3.29e+03 kcal/mol"),
+        (10.0, 125.0, "reweight-forces", "Force MAE is 125 kcal/mol/Å"),
+    ],
+)
+def test_rules_read_the_scorecards_own_accuracy_units(
+    energy: float, forces: float, rule: str, quoted: str
+) -> None:
+    """A molecular scorecard states accuracy in kcal/mol: the same rules fire, in its units."""
+    metrics = {
+        "energy_mae_kcal_per_mol": energy,
+        "force_mae_kcal_per_mol_per_A": forces,
+        MD: 1.0,
+        SPEED: 1.0,
+    }
+    st = state(Recipe().patched({"e0s": "zero", "forces_weight": 1.0}), GOOD).model_copy(
+        update={
+            "spec": MOLECULAR_SPEC,
+            "incumbent_result": ScoreResult.judged(
+                MOLECULAR_SPEC, metrics, spec_hash="s", test_hash="t"
+            ),
+        }
+    )
+    proposal = RuleBasedResearcher().propose(st)
+    assert rule_of(proposal) == rule
+    assert quoted in proposal.hypothesis
+    assert "meV" not in proposal.hypothesis

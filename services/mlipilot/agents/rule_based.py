@@ -16,10 +16,12 @@ from typing import Any
 
 from mlipilot.agents.base import AgentGaveUp, CampaignState, Proposal
 from mlipilot.recipe import Recipe
-from mlipilot.scoring.result import ScoreResult
+from mlipilot.scoring.result import ConstraintOutcome, ScoreResult
 
-ENERGY = "energy_mae_meV_per_atom"
-FORCES = "force_mae_meV_per_A"
+# Accuracy constraints by kind: whatever units the scorecard states them in (meV/atom for Cu,
+# kcal/mol for molecules), a name says which quantity a metric measures.
+ENERGY = "energy_"
+FORCES = "force_"
 MD = "md_survival_fraction"
 SPEED = "relative_throughput"
 
@@ -32,18 +34,29 @@ class Rule:
     hypothesis: Callable[[Recipe, ScoreResult], str]
 
 
+def _constraints(result: ScoreResult, metric: str) -> list[ConstraintOutcome]:
+    """The constraints on ``metric``, or on every metric of a kind (``ENERGY``, ``FORCES``)."""
+    is_kind = metric.endswith("_")
+    return [
+        c
+        for c in result.constraints
+        if c.metric == metric or (is_kind and c.metric.startswith(metric))
+    ]
+
+
 def _fails(result: ScoreResult, metric: str) -> bool:
-    return any(c.metric == metric and not c.satisfied for c in result.constraints)
+    return any(not c.satisfied for c in _constraints(result, metric))
 
 
 def _margin(result: ScoreResult, metric: str) -> float:
-    for c in result.constraints:
-        if c.metric == metric:
-            return c.margin
-    return 0.0
+    return min((c.margin for c in _constraints(result, metric)), default=0.0)
 
 
 def _value(result: ScoreResult, metric: str) -> str:
+    """The value with its unit: the worst constraint of the kind, or the metric itself."""
+    found = sorted(_constraints(result, metric), key=lambda c: c.margin)
+    if found:
+        return f"{found[0].value:.3g} {found[0].unit}"
     v = result.metrics.get(metric)
     return "n/a" if v is None else f"{v:.3g}"
 
@@ -69,7 +82,7 @@ RULES: list[Rule] = [
         lambda r, res, s: _fails(res, ENERGY) and (r.scaling == "no_scaling" or r.e0s == "zero"),
         lambda r: {"e0s": "average", "scaling": "rms_forces_scaling"},
         lambda r, res: (
-            f"Energy MAE is {_value(res, ENERGY)} meV/atom with e0s={r.e0s}, "
+            f"Energy MAE is {_value(res, ENERGY)} with e0s={r.e0s}, "
             f"scaling={r.scaling}: the network must learn the absolute energy scale itself. "
             "Least-squares E0s and RMS-force scaling put its outputs at order one."
         ),
@@ -79,7 +92,7 @@ RULES: list[Rule] = [
         lambda r, res, s: _fails(res, FORCES) and r.forces_weight < 10 * max(r.energy_weight, 1e-9),
         lambda r: {"forces_weight": 100.0, "energy_weight": 1.0},
         lambda r, res: (
-            f"Force MAE is {_value(res, FORCES)} meV/Å with forces:energy weights "
+            f"Force MAE is {_value(res, FORCES)} with forces:energy weights "
             f"{r.forces_weight:g}:{r.energy_weight:g}. Forces carry 3N labels per frame and drive "
             "MD; weight them 100:1 as MACE does by default."
         ),
@@ -98,9 +111,10 @@ RULES: list[Rule] = [
         lambda r, res, s: _fails(res, MD) and r.r_max < 4.5,
         lambda r: {"r_max": 5.0},
         lambda r, res: (
-            f"MD collapsed (survival {_value(res, MD)}) with r_max={r.r_max:g} Å, "
-            "which sees only the nearest shells of fcc Cu (2.55, 3.61 Å). A 5 Å cutoff includes "
-            "the third shell (4.42 Å) and gives the model the environment it needs."
+            f"MD failed (survival {_value(res, MD)}) with r_max={r.r_max:g} Å, which sees only "
+            "the nearest neighbours: the first two shells of fcc Cu (2.55, 3.61 Å), or in a "
+            "molecule little beyond atoms two bonds apart. A 5 Å cutoff includes Cu's third "
+            "shell (4.42 Å) and most of a small molecule: the environment the model needs."
         ),
     ),
     Rule(
@@ -108,8 +122,8 @@ RULES: list[Rule] = [
         lambda r, res, s: _fails(res, MD) and not r.pair_repulsion,
         lambda r: {"pair_repulsion": True},
         lambda r, res: (
-            f"MD still collapses (survival {_value(res, MD)}): atoms reach distances "
-            "absent from the training data. A ZBL pair repulsion keeps them apart."
+            f"MD still fails (survival {_value(res, MD)}): atoms reach distances absent "
+            "from the training data. A ZBL pair repulsion keeps them from collapsing."
         ),
     ),
     Rule(
@@ -126,7 +140,7 @@ RULES: list[Rule] = [
         lambda r, res, s: (_fails(res, ENERGY) or res.feasible) and not r.stage_two,
         lambda r: {"stage_two": True, "stage_two_energy_weight": 1000.0, "stage_two_lr": 0.001},
         lambda r, res: (
-            f"Energy MAE is {_value(res, ENERGY)} meV/atom: with forces weighted 100:1 the "
+            f"Energy MAE is {_value(res, ENERGY)}: with forces weighted 100:1 the "
             "energy is barely fitted. A final stage (MACE stage two) with a high energy weight "
             "and a small lr fits energies once the force field is in place."
         ),
@@ -147,7 +161,7 @@ RULES: list[Rule] = [
         ),
         lambda r: {"num_channels": min(64, r.num_channels * 2)},
         lambda r, res: (
-            f"Force MAE is {_value(res, FORCES)} meV/Å at {r.num_channels} channels and "
+            f"Force MAE is {_value(res, FORCES)} at {r.num_channels} channels and "
             f"throughput has room ({_value(res, SPEED)}x the baseline): double the channels."
         ),
     ),

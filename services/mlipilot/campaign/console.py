@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mlipilot.campaign.reporting import TABLE_METRICS, IterationRow
+from mlipilot.campaign.reporting import IterationRow, table_metrics
+from mlipilot.scoring.spec import load_spec
 
 if TYPE_CHECKING:
     from mlipilot.campaign.layout import RunLayout
@@ -40,6 +41,7 @@ class RichReporter:
             transient=False,
         )
         self._tasks: dict[tuple[str, str], int] = {}
+        self._columns: dict[str, str] = {}
 
     def campaign_started(self, campaign: Campaign, layout: RunLayout, agent: str) -> None:
         c = campaign
@@ -49,6 +51,7 @@ class RichReporter:
             f"candidate, scorecard {c.scorecard.name}, on {c.compute.device}"
         )
         self.console.print(f"results: {layout.root}")
+        self._columns = table_metrics(load_spec(c.scorecard)[0])
         self.progress.start()
 
     def stage(self, candidate: str, stage: str, done: int, total: int) -> None:
@@ -74,7 +77,7 @@ class RichReporter:
 
     def campaign_finished(self, outcome: CampaignOutcome) -> None:
         self.progress.stop()
-        self.console.print(iterations_table(outcome.rows))
+        self.console.print(iterations_table(outcome.rows, self._columns))
         layout = outcome.layout
         best = outcome.best_result
         self.console.print(
@@ -90,18 +93,19 @@ def _changed(row: IterationRow) -> str:
     return ", ".join(f"{k}={v}" for k, v in row.changed.items())
 
 
-def iterations_table(rows: list[IterationRow]) -> Table:
+def iterations_table(rows: list[IterationRow], columns: dict[str, str]) -> Table:
+    """The decisions, one row each; ``columns``: metric -> header (``table_metrics``)."""
     table = Table(title="iterations", show_lines=True)
     table.add_column("candidate", justify="right")
     table.add_column("hypothesis", max_width=42)
     table.add_column("changed", max_width=26)
-    for header in TABLE_METRICS.values():
+    for header in columns.values():
         table.add_column(header, justify="right")
     table.add_column("composite", justify="right")
     table.add_column("decision")
     table.add_column("why", max_width=36)
     for row in rows:
-        metrics = [_fmt(row.metrics.get(m)) for m in TABLE_METRICS]
+        metrics = [_fmt(row.metrics.get(m)) for m in columns]
         if row.feasible is None:
             score = "—"
         elif row.feasible:

@@ -84,7 +84,13 @@ def build_report(run_dir: Path) -> Path:
     for name, fig, title, caption in drawn:
         figures.save(fig, out / name)
         refs.append(FigureRef(f"{FIGURE_DIR}/{name}", title, caption))
-    page = render_page(data.header(view), refs, data.recipe_diff(view), data.iteration_table(view))
+    page = render_page(
+        data.header(view),
+        refs,
+        data.recipe_diff(view),
+        data.iteration_table(view),
+        data.table_columns(view),
+    )
     path = view.run_dir / PAGE
     path.write_text(page, encoding="utf-8")
     return path

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlipilot.campaign.ledger import LedgerEvent
+from mlipilot.campaign.reporting import table_metrics
 from mlipilot.report.ledger_view import RunView, candidate_of
 
 DECISION_COLORS = {
@@ -20,14 +21,6 @@ DECISION_COLORS = {
     "REVERT": "#d62728",
     "BASELINE": "#7f7f7f",
     "FAILED": "#000000",
-}
-
-# The metrics shown in the iteration table, in order, with their headers.
-TABLE_METRICS = {
-    "energy_mae_meV_per_atom": "E MAE (meV/atom)",
-    "force_mae_meV_per_A": "F MAE (meV/Å)",
-    "md_survival_fraction": "MD survival",
-    "relative_throughput": "speed vs baseline",
 }
 
 
@@ -432,7 +425,7 @@ class TableRow:
     candidate: str  # it003, or it003-2 with several candidates per iteration
     hypothesis: str
     changed: dict[str, Any]
-    metrics: dict[str, float]  # the TABLE_METRICS present
+    metrics: dict[str, float]  # the table_columns present
     feasible: bool | None
     composite: float | None
     violation: float | None
@@ -443,7 +436,13 @@ class TableRow:
     noise: NoiseCheck | None = None
 
 
+def table_columns(view: RunView) -> dict[str, str]:
+    """metric -> header: the scorecard's constrained metrics, in its order."""
+    return {m: " ".join(h.split("\n")) for m, h in table_metrics(view.spec).items()}
+
+
 def iteration_table(view: RunView) -> list[TableRow]:
+    columns = table_columns(view)
     tokens = candidate_tokens(view)
     return [
         TableRow(
@@ -451,7 +450,7 @@ def iteration_table(view: RunView) -> list[TableRow]:
             candidate=candidate_of(d),
             hypothesis=d.hypothesis or "",
             changed=dict(d.patch or {}),
-            metrics={k: d.metrics[k] for k in TABLE_METRICS if d.metrics and k in d.metrics},
+            metrics={k: d.metrics[k] for k in columns if d.metrics and k in d.metrics},
             feasible=d.feasible,
             composite=d.composite,
             violation=d.violation,

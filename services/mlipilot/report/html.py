@@ -9,7 +9,6 @@ from html import escape
 from typing import Any
 
 from mlipilot.report.data import (
-    TABLE_METRICS,
     Header,
     NoiseCheck,
     RecipeDiff,
@@ -154,12 +153,12 @@ def noise_text(n: NoiseCheck) -> str:
     )
 
 
-def _table(rows: Sequence[TableRow]) -> str:
+def _table(rows: Sequence[TableRow], columns: dict[str, str]) -> str:
     # Token and noise columns only where the campaign has them: most have neither.
     tokens = any(r.tokens is not None for r in rows)
     noise = any(r.noise is not None for r in rows)
     head = ["candidate", "hypothesis", "changed"]
-    head += [escape(v) for v in TABLE_METRICS.values()]
+    head += [escape(v) for v in columns.values()]
     head += ["feasible", "composite", "violation", "decision", "reason"]
     head += ["LLM tokens"] if tokens else []
     head += ["noise check (seed mean ± sd)"] if noise else []
@@ -175,7 +174,7 @@ def _table(rows: Sequence[TableRow]) -> str:
             f"<td class='text'>{escape(r.hypothesis)}</td>",
             f"<td class='text'><code>{escape(changed)}</code></td>",
         ]
-        cells += [f"<td class='num'>{fmt(r.metrics.get(k))}</td>" for k in TABLE_METRICS]
+        cells += [f"<td class='num'>{fmt(r.metrics.get(k))}</td>" for k in columns]
         cells += [
             f"<td>{fmt(r.feasible)}</td>",
             f"<td class='num'>{fmt(r.composite)}</td>",
@@ -200,7 +199,11 @@ def figure_html(ref: FigureRef) -> str:
 
 
 def render_page(
-    header: Header, figures: Sequence[FigureRef], diff: RecipeDiff, rows: Sequence[TableRow]
+    header: Header,
+    figures: Sequence[FigureRef],
+    diff: RecipeDiff,
+    rows: Sequence[TableRow],
+    columns: dict[str, str],
 ) -> str:
     title = f"mlipilot campaign report: {header.campaign}"
     body = [
@@ -211,7 +214,7 @@ def render_page(
         "<h2>Incumbent recipe (baseline → incumbent)</h2>",
         _recipe(diff),
         "<h2>Iterations</h2>",
-        _table(rows),
+        _table(rows, columns),
     ]
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
