@@ -7,12 +7,14 @@ campaign file works from any working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,12 +29,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(_Strict):
+class CuEmtData(_Strict):
+    """Periodic fcc Cu labelled with ASE's EMT (data/cu_emt.py)."""
+
     kind: Literal["cu-emt"] = "cu-emt"
     path: Path = Field(description="data folder; generated there from the seed when absent")
     seed: int = Field(0, ge=0)
     n_train: int = Field(96, ge=4, le=100_000)
     n_test: int = Field(32, ge=2, le=100_000)
+
+
+class Qm7Data(_Strict):
+    """QM7-like molecules (data/molecules): sampled, labelled at ``level``, split by molecule.
+
+    The same data as ``mlipilot data qm7`` with these settings, which is the way to build a
+    B3LYP set beforehand on a Ray cluster; the campaign then opens it.
+    """
+
+    kind: Literal["qm7"]
+    path: Path = Field(description="data folder; built there when absent, resumable")
+    seed: int = Field(0, ge=0, description="sampling and split seed")
+    molecules: int = Field(40, ge=2, le=100_000, description="first N of the molecule list")
+    level: Literal["quick", "b3lyp/6-31g*"] = Field(
+        "quick", description="quick: GFN2-xTB (tblite), NOT B3LYP; b3lyp/6-31g*: PySCF"
+    )
+    configs_per_molecule: int = Field(4, ge=1, le=1000)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of molecules held out")
+
+
+def _data_kind(value: Any) -> str:
+    # `kind` may be left out of a Cu EMT data section (it was the only kind once).
+    kind = value.get("kind", "cu-emt") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in ("cu-emt", "qm7") else "unknown"
+
+
+DataConfig = Annotated[
+    Annotated[CuEmtData, Tag("cu-emt")] | Annotated[Qm7Data, Tag("qm7")],
+    Discriminator(
+        _data_kind,
+        custom_error_type="data_kind",
+        custom_error_message="data.kind must be 'cu-emt' or 'qm7'",
+    ),
+]
 
 
 class AgentConfig(_Strict):

@@ -1,5 +1,5 @@
-"""The shipped scorecard is calibrated: the default campaign's baseline is infeasible and an
-expert's recipe is feasible, both trained for real with the campaign's own budget."""
+"""The shipped scorecards are calibrated: each example campaign's baseline is infeasible and an
+expert's recipe is feasible, both trained for real with the campaign's own data and budget."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mlipilot.config import load_campaign
-from mlipilot.data.dataset import ensure_cu_emt
+from mlipilot.data.campaign_data import ensure_campaign_data
 from mlipilot.recipe import recipe_from_mapping
 from mlipilot.scoring.scorecard import Scorecard
 from mlipilot.scoring.spec import load_spec
@@ -20,12 +20,19 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_default_campaign_baseline_infeasible_expert_feasible(tmp_path: Path) -> None:
-    campaign, _ = load_campaign(REPO / "examples" / "cu-emt-quick.yaml")
-    expert_file = REPO / "examples" / "recipes" / "cu-emt-expert.yaml"
+@pytest.mark.parametrize(
+    ("campaign_name", "expert_name"),
+    [("cu-emt-quick", "cu-emt-expert"), ("qm7-quick", "qm7-expert")],
+)
+def test_example_campaign_baseline_infeasible_expert_feasible(
+    tmp_path: Path, campaign_name: str, expert_name: str
+) -> None:
+    campaign, _ = load_campaign(REPO / "examples" / f"{campaign_name}.yaml")
+    expert_file = REPO / "examples" / "recipes" / f"{expert_name}.yaml"
     expert = recipe_from_mapping(yaml.safe_load(expert_file.read_text()), str(expert_file))
-    d = campaign.data
-    data = ensure_cu_emt(tmp_path / "data", seed=d.seed, n_train=d.n_train, n_test=d.n_test)
+    # The campaign's own data settings, built afresh here rather than in the repository.
+    data_config = campaign.data.model_copy(update={"path": tmp_path / "data"})
+    data = ensure_campaign_data(data_config)
     spec, spec_hash = load_spec(campaign.scorecard)
     scorecard = Scorecard(spec, spec_hash, data.load("test"), data.hash("test"))
     # The campaign's epochs; the wall-clock guard is not under test here, and a busy machine
@@ -36,7 +43,7 @@ def test_default_campaign_baseline_infeasible_expert_feasible(tmp_path: Path) ->
         outcome = train_recipe(
             recipe,
             train_file=data.path("train"),
-            atomic_numbers=[29],
+            atomic_numbers=data.atomic_numbers("train"),
             work_dir=tmp_path / name,
             budget=budget,
         )

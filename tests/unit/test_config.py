@@ -276,3 +276,49 @@ def test_bad_noise_names_the_key(tmp_path: Path, extra: str, key: str, says: str
     path, message = load_error(tmp_path, CAMPAIGN_YAML + extra + "\n")
     assert f"campaign file {path}" in message and key in message
     assert says in message
+
+
+QM7_DATA = """\
+data:
+  kind: qm7
+  path: data/qm7
+  molecules: 12
+  level: quick
+"""
+
+
+def _with_data(section: str) -> str:
+    start = CAMPAIGN_YAML.index("data:")
+    end = CAMPAIGN_YAML.index("scorecard:")
+    return CAMPAIGN_YAML[:start] + section + CAMPAIGN_YAML[end:]
+
+
+def test_a_qm7_data_section_loads_with_its_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, _with_data(QM7_DATA))
+    campaign, _ = load_campaign(path)
+    data = campaign.data
+    assert data.kind == "qm7"
+    assert (data.molecules, data.level, data.configs_per_molecule) == (12, "quick", 4)
+    assert (data.seed, data.test_fraction) == (0, 0.2)
+    assert data.path == path.parent.resolve() / "data" / "qm7"
+
+
+def test_a_data_section_without_kind_is_cu_emt(tmp_path: Path) -> None:
+    campaign, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML))
+    assert campaign.data.kind == "cu-emt"
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (QM7_DATA.replace("kind: qm7", "kind: qm9"), "data.kind must be 'cu-emt' or 'qm7'"),
+        (QM7_DATA.replace("level: quick", "level: dft"), "level: Input should be 'quick'"),
+        (QM7_DATA + "  n_train: 40\n", "n_train: unknown key"),
+        (QM7_DATA.replace("molecules: 12", "molecules: 1"), "molecules: Input should be"),
+        (QM7_DATA + "  test_fraction: 1.0\n", "test_fraction: Input should be less than 1"),
+    ],
+)
+def test_bad_qm7_data_names_the_key(tmp_path: Path, section: str, expected: str) -> None:
+    path, message = load_error(tmp_path, _with_data(section))
+    assert str(path) in message
+    assert expected in message

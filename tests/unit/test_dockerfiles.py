@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shlex
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +193,17 @@ def test_services_listen_on_all_interfaces_in_the_container(component: str) -> N
     deployment = find(render(), "Deployment", f"mlipilot-{component}")[0]
     args = container(deployment["spec"]["template"]["spec"], component)["args"]
     assert args[args.index("--host") + 1] == "0.0.0.0"  # the CLI's default is 127.0.0.1
+
+
+def test_runtime_installs_the_openmp_runtime_tblite_links_but_does_not_bundle() -> None:
+    import tblite
+
+    package = Path(tblite.__file__).parent
+    extension = next(package.glob("_libtblite*.so"))
+    bundled = [p.name for p in (package.parent / "tblite.libs").glob("*")]
+    # The dynamic section names the library; a bundled copy would carry a hashed name.
+    assert b"libgomp.so.1\x00" in extension.read_bytes()
+    assert not any(name.startswith("libgomp") for name in bundled), bundled
+    runtime = DOCKERFILE.read_text().split("AS runtime", 1)[1]
+    installs = [rest for word, rest in _instructions(runtime) if word == "RUN"]
+    assert any("apt-get install" in r and " libgomp1" in r for r in installs), installs

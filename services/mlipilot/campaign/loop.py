@@ -67,7 +67,8 @@ from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
 from mlipilot.campaign.resume import PriorRun, read_prior_run
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import Campaign
-from mlipilot.data.dataset import Dataset, ensure_cu_emt
+from mlipilot.data.campaign_data import ensure_campaign_data
+from mlipilot.data.dataset import Dataset
 from mlipilot.errors import MlipilotError, format_validation_error
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
@@ -399,12 +400,7 @@ def _start(
     if compute.torch_threads:
         torch.set_num_threads(compute.torch_threads)
     spec, spec_hash = load_spec(campaign.scorecard)
-    dataset = ensure_cu_emt(
-        campaign.data.path,
-        seed=campaign.data.seed,
-        n_train=campaign.data.n_train,
-        n_test=campaign.data.n_test,
-    )
+    dataset = ensure_campaign_data(campaign.data, progress=reporter.note)
     if prior.started is not None:
         _check_same_inputs(layout, prior.started, spec_hash, dataset)
     scorecard = scorer_factory(spec, spec_hash, dataset)
@@ -477,8 +473,9 @@ def _trainer(
     """Trainers here (one candidate at a time), or Ray actors with MD as Ray tasks."""
     compute = campaign.compute
     train_file = dataset.path("train")
+    elements = dataset.atomic_numbers("train")
     if not compute.uses_ray(campaign.budget.candidates_per_iteration):
-        local = LocalTrainer(train_file, [29], compute.device, compute.torch_threads, stop)
+        local = LocalTrainer(train_file, elements, compute.device, compute.torch_threads, stop)
         return local, False
     from mlipilot import ray_runtime
     from mlipilot.scoring.ray_md import RayReplicaRunner
@@ -487,7 +484,7 @@ def _trainer(
     ray_runtime.acquire(compute.ray_address)
     try:
         pool = RayTrainerPool(
-            layout.root.name, train_file, [29], compute.trainer, compute.torch_threads
+            layout.root.name, train_file, elements, compute.trainer, compute.torch_threads
         )
     except BaseException:
         ray_runtime.release()

@@ -90,6 +90,10 @@ class Dataset:
     def n_frames(self, split: str) -> int:
         return self._split(split).n_frames
 
+    def atomic_numbers(self, split: str) -> list[int]:
+        """The elements in ``split``, sorted: what a model trained on it can embed."""
+        return sorted({int(z) for atoms in self.load(split) for z in atoms.numbers})
+
     def load(self, split: str, *, require_stress: bool = False) -> list[Atoms]:
         """Frames of ``split``, re-checked against the manifest hash and validated."""
         _verify_split(self.root, split, self._split(split))
