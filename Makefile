@@ -8,13 +8,14 @@ TORCH_SPEC ?= torch==2.13.0
 # `mlipilot` is linked here so a fresh shell finds it without activating the venv.
 LINK_DIR ?= $(shell if [ -w /usr/local/bin ]; then echo /usr/local/bin; else echo $$HOME/.local/bin; fi)
 
-.PHONY: install test test-fast lint format run protos clean helm llm-local test-llm
+.PHONY: install test test-fast lint format run protos clean helm sandbox-tools llm-local test-llm
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(MAKE) --no-print-directory helm
+	$(MAKE) --no-print-directory sandbox-tools
 	mkdir -p $(LINK_DIR)
 	ln -sf $(abspath $(BIN)/mlipilot) $(LINK_DIR)/mlipilot
 	@echo "installed: $(LINK_DIR)/mlipilot -> $(abspath $(BIN)/mlipilot)"
@@ -43,6 +44,13 @@ os.replace(dest + ".part", dest)
 endef
 export HELM_EXTRACT
 
+# bubblewrap: code mode runs candidates' training programs only inside it (a Debian package).
+sandbox-tools:
+	@if command -v bwrap >/dev/null 2>&1; then echo "bubblewrap: $$(bwrap --version)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null && bwrap --version; \
+	else echo "note: install bubblewrap for code mode (e.g. sudo apt-get install bubblewrap)"; fi
+
 helm:
 	@if [ -x $(BIN)/helm ] && echo "$(HELM_SHA256)  $(BIN)/helm" | sha256sum -c --status -; then \
 	  echo "helm: $(BIN)/helm is the pinned v3.17.2"; \
@@ -63,6 +71,7 @@ test:
 	  ip netns exec $(TEST_NETNS) ip link set lo up; \
 	  echo "tests in network namespace $(TEST_NETNS) (loopback only)"; \
 	  ip netns exec $(TEST_NETNS) env RAY_AUTH_MODE=disabled MLIPILOT_REQUIRE_RAY_TESTS=1 \
+	    MLIPILOT_REQUIRE_SANDBOX_TESTS=$$(command -v apt-get >/dev/null 2>&1 && echo 1) \
 	    $(BIN)/python -m pytest -q; \
 	else \
 	  echo "note: not root or no 'ip' command: the Ray tests will be skipped"; \
