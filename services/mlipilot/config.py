@@ -194,6 +194,41 @@ class Campaign(_Strict):
     noise: NoiseConfig | None = Field(
         None, description="repeat a would-be accept and its incumbent over seeds (off: absent)"
     )
+    mode: Literal["recipe", "code"] = Field(
+        "recipe",
+        description="recipe: agents turn the recipe's knobs; code: they also edit the training "
+        "program (by unified diff), which runs sandboxed",
+    )
+    editable: list[str] = Field(
+        default_factory=lambda: ["training/program.py"],
+        min_length=1,
+        description="code mode: the program files an agent may change, relative to the program",
+    )
+
+    @field_validator("editable")
+    @classmethod
+    def _plain_relative_paths(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            parts = Path(p).parts
+            if not p or Path(p).is_absolute() or ".." in parts or p != Path(p).as_posix():
+                raise ValueError(f"{p!r} must be a plain relative path inside the program")
+        return paths
+
+    @model_validator(mode="after")
+    def _code_mode_scope(self) -> Campaign:
+        if self.mode != "code":
+            return self
+        # Not yet: candidates on Ray need the sandbox on the workers, and repeats over seeds
+        # and resume need the program's history replayed; each is refused rather than wrong.
+        unsupported = {
+            "budget.candidates_per_iteration > 1": self.budget.candidates_per_iteration > 1,
+            "compute.ray_address": self.compute.ray_address is not None,
+            "noise": self.noise_seeds > 1,
+        }
+        used = [k for k, on in unsupported.items() if on]
+        if used:
+            raise ValueError(f"mode: code does not support {', '.join(used)} yet")
+        return self
 
     @property
     def noise_seeds(self) -> int:

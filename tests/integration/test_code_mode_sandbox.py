@@ -11,6 +11,7 @@ import shutil
 import socket
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -229,6 +230,41 @@ def test_an_endless_program_times_out_and_leaves_no_process(
     while _processes_mentioning(marker, str(out)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _processes_mentioning(marker, str(out)) == []
+
+
+def test_lines_stream_as_they_come_and_a_cancel_stops_the_program(
+    program_dir: Path, cu: Path, tmp_path: Path
+) -> None:
+    _edit(
+        program_dir,
+        """
+        import time
+        for epoch in range(1000):
+            print(f"epoch {epoch}", flush=True)
+            time.sleep(0.05)
+        """,
+    )
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if len(seen) == 3:
+            cancel.set()
+
+    result = run_sandboxed(
+        program_dir,
+        TINY_JOB,
+        cu / "train.xyz",
+        tmp_path / "out",
+        QUICK,
+        on_line=on_line,
+        cancel=cancel,
+    )
+    assert result.status == "cancelled"
+    assert seen[:3] == ["epoch 0", "epoch 1", "epoch 2"]
+    assert len(seen) < 100 and result.seconds < 10  # stopped, not run out
+    assert "stopped: the campaign was cancelled" in result.log_tail
 
 
 def test_the_test_split_and_the_project_are_not_there(

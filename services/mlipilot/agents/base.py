@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
@@ -39,9 +39,17 @@ class AgentCost(BaseModel):
 
 class Proposal(BaseModel):
     hypothesis: str = Field(min_length=1)
-    patch: dict[str, Any] = Field(min_length=1)
+    patch: dict[str, Any] = Field(default_factory=dict)
+    # Code mode: a unified diff of the editable files, applied to the incumbent's program.
+    diff: str | None = Field(None, min_length=1)
     # How the proposal was obtained (LLM agents): recorded by the loop, not part of the patch.
     cost: AgentCost | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Proposal:
+        if not self.patch and self.diff is None:
+            raise ValueError("a proposal needs a recipe patch, a diff of the program, or both")
+        return self
 
 
 class TrainingSummary(BaseModel):
@@ -101,6 +109,9 @@ class HistoryEntry(BaseModel):
     reason: str
     result: ScoreResult | None
     training: TrainingSummary | None = None  # absent when no training ran (or none recorded)
+    # Code mode: the candidate's diff and the digest of the program it trained with.
+    diff: str | None = None
+    program_sha256: str | None = None
 
 
 class CampaignState(BaseModel):
@@ -117,10 +128,17 @@ class CampaignState(BaseModel):
     # Frames of the train split (a count, no data): a batch larger than what training sees
     # cannot train, and an agent that checks its own proposals can say so at once.
     train_frames: int | None = None
+    # Code mode: the editable files of the incumbent's training program (path -> text).
+    program: dict[str, str] | None = None
+    program_sha256: str | None = None  # their digest (code_mode.program_files.program_digest)
 
-    def tried(self, recipe: Recipe) -> bool:
-        """Tried before, or already proposed for this iteration."""
-        return any(h.recipe == recipe for h in self.history) or recipe in self.pending
+    def tried(self, recipe: Recipe, program_sha256: str | None = None) -> bool:
+        """Tried before, or already proposed for this iteration. In code mode a candidate is a
+        recipe and a program (default: the incumbent's)."""
+        program = program_sha256 or self.program_sha256
+        if any(h.recipe == recipe and h.program_sha256 == program for h in self.history):
+            return True
+        return program == self.program_sha256 and recipe in self.pending
 
 
 class Agent(Protocol):

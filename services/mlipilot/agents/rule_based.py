@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlipilot.agents.base import AgentGaveUp, CampaignState, Proposal
-from mlipilot.recipe import Recipe
+from mlipilot.code_mode.edits import propose_code_edit
+from mlipilot.code_mode.program_files import (
+    PROGRAM,
+    TEMPLATE_KNOBS,
+    program_digest,
+    program_knobs,
+    recipe_job,
+)
+from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ConstraintOutcome, ScoreResult
 
 # Accuracy constraints by kind: whatever units the scorecard states them in (meV/atom for Cu,
@@ -183,6 +191,11 @@ RULES: list[Rule] = [
 ]
 
 
+# In code mode the program's own edits (code_mode/edits.py) are tried where the recipe's
+# progressive schedule would be: after normalization, loss balance, lr and cutoff.
+CODE_EDITS_BEFORE = "progressive-schedule"
+
+
 class RuleBasedResearcher:
     name = "rule-based"
 
@@ -194,6 +207,8 @@ class RuleBasedResearcher:
         if result is None:
             raise AgentGaveUp("the baseline has no result to reason from")
         for rule in self.rules:
+            if rule.name == CODE_EDITS_BEFORE and (edit := _code_edit(state, result)):
+                return edit
             if not rule.applies(state.incumbent, result, state):
                 continue
             patch = {
@@ -203,7 +218,39 @@ class RuleBasedResearcher:
             }
             if not patch or state.tried(state.incumbent.patched(patch)):
                 continue
+            if not _program_takes(state, state.incumbent.patched(patch)):
+                continue
             return Proposal(
                 hypothesis=f"[{rule.name}] {rule.hypothesis(state.incumbent, result)}", patch=patch
             )
+        if edit := _code_edit(state, result):
+            return edit
         raise AgentGaveUp("no rule applies to the incumbent that has not been tried")
+
+
+def _program_takes(state: CampaignState, recipe: Recipe) -> bool:
+    """Recipe mode: always. Code mode: only recipes the program has knobs for."""
+    if state.program is None:
+        return True
+    knobs = program_knobs(state.program.get(PROGRAM, "")) or TEMPLATE_KNOBS
+    try:
+        recipe_job(recipe, knobs)
+    except RecipeError:
+        return False
+    return True
+
+
+def _code_edit(state: CampaignState, result: ScoreResult) -> Proposal | None:
+    """Code mode: the first edit of the program that applies and was not tried."""
+    if state.program is None:
+        return None
+    program = state.program
+
+    def tried(text: str) -> bool:
+        return state.tried(state.incumbent, program_digest({**program, PROGRAM: text}))
+
+    found = propose_code_edit(program, result, tried)
+    if found is None:
+        return None
+    name, hypothesis, diff = found
+    return Proposal(hypothesis=f"[{name}] {hypothesis}", diff=diff)

@@ -59,6 +59,11 @@ class RunLayout:
         return self.root / "summary.json"
 
     @property
+    def code(self) -> Path:
+        """Code mode: the training program's git repository (its log is the research history)."""
+        return self.root / "code"
+
+    @property
     def best_model(self) -> Path:
         return self.root / "best.model"
 

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,6 +67,9 @@ from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
 from mlipilot.campaign.resume import PriorRun, read_prior_run
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
+from mlipilot.code_mode.program_files import TEMPLATE, program_digest, recipe_job
+from mlipilot.code_mode.repo import CodeEditError, ProgramRepo
+from mlipilot.code_mode.trainer import CodeTrainer
 from mlipilot.config import Campaign
 from mlipilot.data.campaign_data import ensure_campaign_data
 from mlipilot.data.dataset import Dataset
@@ -132,6 +136,7 @@ class _Run:
     _progress_marks: dict[tuple[str, str], int] = field(default_factory=dict)
     tokens_spent: int | None = None  # LLM tokens so far, this run and any before a resume
     agent_failed: set[int] = field(default_factory=set)  # iterations the agent failed
+    program: ProgramRepo | None = None  # code mode: the training program's repository
 
     @property
     def per_iteration(self) -> int:
@@ -275,6 +280,11 @@ def resume_campaign(
     if not layout.ledger.is_file():
         raise MlipilotError(f"{run_dir}: no ledger.sqlite there, so no campaign to resume")
     campaign = recorded_campaign(layout)
+    if campaign.mode == "code":
+        raise MlipilotError(
+            f"{run_dir}: resuming a code-mode campaign is not supported yet; its program "
+            f"history is in {layout.code} (git log), its decisions in the ledger"
+        )
     return run_in_layout(
         campaign,
         layout,
@@ -405,7 +415,12 @@ def _start(
         _check_same_inputs(layout, prior.started, spec_hash, dataset)
     scorecard = scorer_factory(spec, spec_hash, dataset)
     agent = agent or make_agent(campaign.agent)
-    trainer, uses_ray = _trainer(campaign, layout, dataset, scorecard, stop)
+    program = _program_repo(campaign, layout) if campaign.mode == "code" else None
+    if program is not None:
+        trainer: Trainer = CodeTrainer(program, dataset.path("train"), compute.torch_threads, stop)
+        uses_ray = False
+    else:
+        trainer, uses_ray = _trainer(campaign, layout, dataset, scorecard, stop)
     run = _Run(
         campaign,
         layout,
@@ -418,6 +433,7 @@ def _start(
         trainer,
         uses_ray,
         prior,
+        program=program,
     )
     reporter.campaign_started(campaign, layout, agent.name)
     inputs = {
@@ -441,10 +457,23 @@ def _start(
     run.record(
         event="campaign_started",
         recipe=campaign.baseline.model_dump(),
-        detail={"campaign": campaign.model_dump(mode="json"), "hardware": hardware()},
+        detail={
+            "campaign": campaign.model_dump(mode="json"),
+            "hardware": hardware(),
+            **({"program_commit": program.head()} if program is not None else {}),
+        },
         **inputs,
     )
     return run, agent
+
+
+def _program_repo(campaign: Campaign, layout: RunLayout) -> ProgramRepo:
+    """Code mode: the campaign's copy of the baseline training program, under git."""
+    try:
+        recipe_job(campaign.baseline)
+    except RecipeError as exc:
+        raise MlipilotError(f"baseline: {exc}") from exc
+    return ProgramRepo.create(layout.code, TEMPLATE, campaign.editable)
 
 
 def _check_same_inputs(
@@ -528,6 +557,37 @@ def _check_fits_data(run: _Run, recipe: Recipe) -> None:
         raise RecipeError(why)
 
 
+def _check_proposal(run: _Run, recipe: Recipe, proposal: Proposal) -> None:
+    """Refuse (as an invalid patch, told to the agent) what cannot be trained: a recipe too big
+    for the data; in code mode a knob the program lacks, or a diff that cannot apply."""
+    _check_fits_data(run, recipe)
+    if run.program is None:
+        if proposal.diff is not None:
+            raise RecipeError("a diff of the program needs `mode: code` in the campaign file")
+        return
+    recipe_job(recipe)
+    if proposal.diff is not None:
+        run.program.check(proposal.diff)
+
+
+def _program_after(run: _Run, diff: str | None) -> str | None:
+    """Code mode: the digest of the incumbent's program with ``diff`` applied."""
+    if run.program is None:
+        return None
+    if diff is None:
+        return program_digest(run.program.files())
+    with tempfile.TemporaryDirectory(prefix="mlipilot-program-") as tmp:
+        copy = run.program.materialize(diff, Path(tmp) / "program")
+        return program_digest({p: (copy / p).read_text() for p in run.campaign.editable})
+
+
+def _key(run: _Run, recipe: Recipe, proposal: Proposal) -> str:
+    """What identifies a training: the recipe's flags, and in code mode the program too."""
+    key = training_key(recipe, run.campaign.budget.epochs)
+    program = _program_after(run, proposal.diff)
+    return key if program is None else f"{key}:{program}"
+
+
 def _run_baseline(run: _Run) -> _Incumbent:
     recipe = run.campaign.baseline
     why = batch_fits(recipe, run.dataset.n_frames("train"))
@@ -544,8 +604,9 @@ def _run_baseline(run: _Run) -> _Incumbent:
     job = CandidateJob(0, 0, "it000", recipe, proposal, run.layout.candidate(0))
     _record_proposals(run, [(job, None)])
     [done] = _train_and_score(run, [job], baseline_model=None)
-    key = training_key(recipe, run.campaign.budget.epochs)
-    run.trained[key] = _Trained("it000", done.model, done.result, done.failure)
+    run.trained[_key(run, recipe, proposal)] = _Trained(
+        "it000", done.model, done.result, done.failure
+    )
     decision = decide(done.result, None, failure=done.failure)
     _record_decision(run, job, {}, done.result, decision)
     if done.result is None or done.model is None:
@@ -588,12 +649,14 @@ def _ask_agent(
             pending=pending,
             last_error=last_error,
             train_frames=run.dataset.n_frames("train"),
+            program=run.program.files() if run.program is not None else None,
+            program_sha256=_program_after(run, None),
         )
         try:
             proposal = agent.propose(state)
             _record_agent_call(run, agent, iteration, candidate, "proposed", proposal.cost)
             faults.reached("agent", iteration)
-            _check_fits_data(run, inc.recipe.patched(proposal.patch))
+            _check_proposal(run, inc.recipe.patched(proposal.patch), proposal)
             return proposal
         except AgentGaveUp as exc:  # AgentFailed: this iteration only, the campaign goes on
             failed = isinstance(exc, AgentFailed)
@@ -617,7 +680,7 @@ def _ask_agent(
             # before the break cost tokens, which the budget and the report must count.
             _record_agent_call(run, agent, iteration, candidate, "server_error", exc.cost, str(exc))
             raise
-        except RecipeError as exc:
+        except (RecipeError, CodeEditError) as exc:
             last_error = str(exc)
             run.record(
                 event="agent_failure",
@@ -695,15 +758,15 @@ def _try_candidates(
     Every candidate gets its own decision row. With noise-aware acceptance on, a best that the
     rule would accept is judged again over seeds (``_judge_over_seeds``).
     """
-    epochs = run.campaign.budget.epochs
     jobs, to_train, same_as = [], [], {}
+    keys: dict[str, str] = {}
     for index, proposal in enumerate(proposals):
         name = candidate_name(iteration, index, run.per_iteration)
         recipe = inc.recipe.patched(proposal.patch)
         job = CandidateJob(iteration, index, name, recipe, proposal, run.layout.candidate_dir(name))
         jobs.append(job)
-        key = training_key(recipe, epochs)
-        first = next((j for j in to_train if training_key(j.recipe, epochs) == key), None)
+        key = keys[name] = _key(run, recipe, proposal)
+        first = next((j for j in to_train if keys[j.name] == key), None)
         if key in run.trained or first is not None:
             same_as[name] = run.trained[key].candidate if key in run.trained else first.name
         else:
@@ -714,15 +777,13 @@ def _try_candidates(
     done = {f.job.name: f for f in _train_and_score(run, to_train, baseline_model)}
     for job in to_train:
         f = done[job.name]
-        run.trained[training_key(job.recipe, epochs)] = _Trained(
-            job.name, f.model, f.result, f.failure
-        )
+        run.trained[keys[job.name]] = _Trained(job.name, f.model, f.result, f.failure)
     finished = []
     for job in jobs:
         if job.name in done:
             finished.append(done[job.name])
         else:
-            prior = run.trained[training_key(job.recipe, epochs)]
+            prior = run.trained[keys[job.name]]
             finished.append(Finished(job, prior.model, prior.result, prior.failure))
     ranked = rank(finished)
     best = ranked[0] if ranked else None
@@ -844,13 +905,21 @@ def _record_proposals(run: _Run, jobs: list[tuple[CandidateJob, str | None]]) ->
             recipe=job.recipe.model_dump(),
             recipe_hash=job.recipe.digest(),
             status="duplicate" if duplicate_of else None,
-            detail={"duplicate_of": duplicate_of} if duplicate_of else None,
+            detail=_proposal_detail(run, job, duplicate_of),
         )
         for job, duplicate_of in jobs
         if job.name not in run.prior.proposed
     ]
     if events:
         run.ledger.append_all(events)
+
+
+def _proposal_detail(run: _Run, job: CandidateJob, duplicate_of: str | None) -> dict | None:
+    """The duplicate a proposal repeats; in code mode its diff and the commit it applies to."""
+    detail: dict[str, Any] = {"duplicate_of": duplicate_of} if duplicate_of else {}
+    if run.program is not None:
+        detail.update(diff=job.proposal.diff, base_commit=run.program.head())
+    return detail or None
 
 
 def _train_and_score(
@@ -909,7 +978,7 @@ def _record_decision(
     """The decision's row (unless a resumed campaign recorded it already), what the agent
     sees of it next, and the table's line. ``noise``: the comparison over seeds, if any."""
     if job.name not in run.prior.decided:
-        run.record(
+        row_id = run.record(
             event="decision",
             iteration=job.iteration,
             candidate=job.name,
@@ -928,6 +997,8 @@ def _record_decision(
             detail={"noise": noise} if noise is not None else None,
         )
         faults.reached("decision", job.iteration)  # recorded; the incumbent not yet copied
+        if run.program is not None and job.proposal.diff is not None:
+            _commit_program(run, job, decision, row_id)
     verdict = decision.verdict if result is not None or job.iteration == 0 else "FAILED"
     run.history.append(
         HistoryEntry(
@@ -939,6 +1010,10 @@ def _record_decision(
             reason=decision.reason,
             result=result,
             training=_training_summary(run, job.name),
+            diff=job.proposal.diff,
+            program_sha256=_program_after(run, job.proposal.diff)
+            if decision.verdict != "ACCEPT"
+            else _program_after(run, None),  # committed: the incumbent's program now
         )
     )
     row = IterationRow.build(
@@ -956,6 +1031,18 @@ def _record_decision(
         )
     run.rows.append(row)
     run.reporter.decision(row)
+
+
+def _commit_program(run: _Run, job: CandidateJob, decision: Decision, row_id: int) -> None:
+    """An accepted edit becomes a commit on main; any other is kept on ``reverted/<name>``.
+    The message is the hypothesis; trailers name the candidate and its decision's ledger row."""
+    assert run.program is not None and job.proposal.diff is not None
+    trailers = {"Candidate": job.name, "Verdict": decision.verdict, "Ledger-Row": str(row_id)}
+    message = job.proposal.hypothesis
+    if decision.verdict == "ACCEPT":
+        run.program.accept(job.proposal.diff, message, trailers)
+    else:
+        run.program.keep_reverted(job.proposal.diff, f"reverted/{job.name}", message, trailers)
 
 
 def _training_summary(run: _Run, candidate: str) -> TrainingSummary | None:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +56,7 @@ INSTALL_HINT = (
     "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 )
 
-Status = Literal["ok", "syntax_error", "exception", "timeout", "killed", "no_model"]
+Status = Literal["ok", "syntax_error", "exception", "timeout", "killed", "no_model", "cancelled"]
 
 
 class SandboxError(MlipilotError):
@@ -233,12 +233,16 @@ def run_sandboxed(
     limits: SandboxLimits,
     *,
     python: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> SandboxResult:
     """Run ``training/program.py`` of ``program_dir`` on ``job`` in the sandbox; never raises
     for what the program does, only when the sandbox cannot be set up (SandboxError).
 
     ``out_dir`` must be empty or absent; the program's combined output ends up in
     ``out_dir/program.log``. ``python`` (default: this interpreter) runs the program.
+    ``on_line`` sees each line of output as it comes (progress); setting ``cancel`` kills the
+    program's process group (status ``cancelled``).
     """
     program_dir, train_file, out_dir = Path(program_dir), Path(train_file), Path(out_dir)
     python = Path(python or sys.executable)
@@ -264,9 +268,11 @@ def run_sandboxed(
             out_dir=out_dir.resolve(),
             limits=limits,
         )
-        returncode, timed_out = _run(_launcher(cmd, limits), log, limits)
-        if timed_out:
-            status: Status = "timeout"
+        returncode, ended = _run(_launcher(cmd, limits), log, limits, on_line, cancel)
+        if ended == "cancelled":
+            status: Status = "cancelled"
+        elif ended == "timeout":
+            status = "timeout"
         elif returncode > 128 or returncode < 0:  # bwrap reports death by signal N as 128 + N
             status = "killed"
         elif returncode != 0:
@@ -315,8 +321,15 @@ def _syntax_error(path: Path) -> str | None:
     return None
 
 
-def _run(cmd: list[str], log: Path, limits: SandboxLimits) -> tuple[int, bool]:
-    """Run ``cmd`` in its own process group, its output into ``log``; (returncode, timed out)."""
+def _run(
+    cmd: list[str],
+    log: Path,
+    limits: SandboxLimits,
+    on_line: Callable[[str], None] | None,
+    cancel: threading.Event | None,
+) -> tuple[int, Literal["exited", "timeout", "cancelled"]]:
+    """Run ``cmd`` in its own process group, its output into ``log``; (returncode, how it
+    ended)."""
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -325,19 +338,29 @@ def _run(cmd: list[str], log: Path, limits: SandboxLimits) -> tuple[int, bool]:
         start_new_session=True,
     )
     assert proc.stdout is not None
-    reader = threading.Thread(target=_copy_capped, args=(proc.stdout, log, limits.log_bytes))
+    reader = threading.Thread(
+        target=_copy_capped, args=(proc.stdout, log, limits.log_bytes, on_line)
+    )
     reader.start()
-    timed_out = False
+    ended: Literal["exited", "timeout", "cancelled"] = "exited"
+    deadline = time.monotonic() + limits.wall_seconds
     try:
-        proc.wait(timeout=limits.wall_seconds)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        while proc.poll() is None:
+            if cancel is not None and cancel.is_set():
+                ended = "cancelled"
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                ended = "timeout"
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=min(left, 0.2))
     finally:
         # Also after a normal exit: nothing the program started may outlive it.
         _kill_group(proc.pid)
         proc.wait()
         reader.join(timeout=10)
-    return proc.returncode, timed_out
+    return proc.returncode, ended
 
 
 def _kill_group(pgid: int) -> None:
@@ -345,11 +368,19 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _copy_capped(stream: Any, log: Path, max_bytes: int) -> None:
-    """Copy ``stream`` to ``log`` up to ``max_bytes``; beyond, keep only the last 64 KiB."""
-    written, tail = 0, b""
+def _copy_capped(
+    stream: Any, log: Path, max_bytes: int, on_line: Callable[[str], None] | None = None
+) -> None:
+    """Copy ``stream`` to ``log`` up to ``max_bytes``; beyond, keep only the last 64 KiB.
+    Each complete line goes to ``on_line`` too."""
+    written, tail, pending = 0, b"", b""
     with stream, log.open("wb") as out:
         while chunk := stream.read1(65536):
+            if on_line is not None:
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    with contextlib.suppress(Exception):  # a progress hook never stops the copy
+                        on_line(line.decode("utf-8", "replace"))
             if written < max_bytes:
                 out.write(chunk[: max_bytes - written])
                 written += min(len(chunk), max_bytes - written)
@@ -378,6 +409,8 @@ def _note(log: Path, status: Status, returncode: int, limits: SandboxLimits) -> 
         except ValueError:
             name = f"signal {signum}"
         note = f"killed by {name}: {_SIGNAL_HINTS.get(name, 'ended by a signal')}"
+    elif status == "cancelled":
+        note = "stopped: the campaign was cancelled"
     elif status == "no_model":
         note = f"exited 0 without writing {MODEL_JSON} and {WEIGHTS}"
     else:

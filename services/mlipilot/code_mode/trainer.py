@@ -1,0 +1,129 @@
+"""Code mode's trainer: the candidate's own training program, run in the sandbox.
+
+The program is the incumbent's (the code repository's HEAD) with the candidate's diff applied,
+copied into the candidate's folder. It trains on the training split alone and hands back
+``model.json`` + ``weights.pt``, which the model boundary rebuilds here into the model file the
+scorecard reads, so nothing the program pickled is ever unpickled outside the sandbox.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mlipilot.campaign.candidates import CandidateJob, TrainedModel, TrainProgress
+from mlipilot.campaign.ledger import utc_now
+from mlipilot.campaign.stopping import StopRequest
+from mlipilot.code_mode.model_boundary import ModelBoundaryError, save_trusted_model
+from mlipilot.code_mode.program_files import TEMPLATE_KNOBS, program_knobs, recipe_job
+from mlipilot.code_mode.repo import ProgramRepo
+from mlipilot.code_mode.sandbox import PROGRAM, SandboxLimits, SandboxResult, run_sandboxed
+from mlipilot.training.mace_args import MODEL_NAME
+from mlipilot.training.trainer import EpochRecord, TrainingBudget, TrainingOutcome
+
+_EPOCH = re.compile(r"^epoch (\d+) train_loss (\S+)((?: \w+ \S+)*)\s*$")
+
+
+def parse_program_epoch(line: str) -> EpochRecord | None:
+    """``epoch N train_loss X key value ...`` as the template program logs it."""
+    m = _EPOCH.match(line.strip())
+    if m is None:
+        return None
+    words = m.group(3).split()
+    valid = {}
+    for key, value in zip(words[::2], words[1::2], strict=False):
+        try:
+            valid[key] = float(value)
+        except ValueError:
+            continue
+    try:
+        loss = float(m.group(2))
+    except ValueError:
+        return None
+    return EpochRecord(epoch=int(m.group(1)), loss=loss, valid=valid)
+
+
+class CodeTrainer:
+    """Trains each candidate by running its program in the sandbox (one process per candidate)."""
+
+    def __init__(
+        self,
+        repo: ProgramRepo,
+        train_file: Path,
+        threads: int | None,
+        stop: StopRequest,
+        limits: SandboxLimits | None = None,
+    ) -> None:
+        self.repo = repo
+        self.train_file = train_file
+        self.threads = threads or 1
+        self.stop = stop
+        self.limits = limits
+
+    def train(
+        self, job: CandidateJob, budget: TrainingBudget, progress: TrainProgress
+    ) -> TrainedModel:
+        started = utc_now()
+        work = Path(job.work_dir)
+        program_dir = self.repo.materialize(job.proposal.diff, work / "program")
+        knobs = program_knobs((program_dir / PROGRAM).read_text()) or TEMPLATE_KNOBS
+        run_job = {**recipe_job(job.recipe, knobs), "epochs": budget.epochs}
+        limits = (self.limits or SandboxLimits()).model_copy(
+            update={"wall_seconds": budget.max_seconds, "threads": self.threads}
+        )
+        curve: list[EpochRecord] = []
+
+        def on_line(line: str) -> None:
+            record = parse_program_epoch(line)
+            if record is not None:
+                curve.append(record)
+                progress(record.epoch + 1, budget.epochs, record)
+
+        result = run_sandboxed(
+            program_dir,
+            run_job,
+            self.train_file,
+            work / "out",
+            limits,
+            on_line=on_line,
+            cancel=self.stop.event,
+        )
+        outcome = self._outcome(result, work, curve, [str(PROGRAM), "job.json"])
+        return TrainedModel(outcome, started, started, utc_now(), {"sandbox": result.status})
+
+    def _outcome(
+        self, result: SandboxResult, work: Path, curve: list[EpochRecord], command: list[str]
+    ) -> TrainingOutcome:
+        log = work / "train.log"
+        log.write_text(result.log_path.read_text(errors="replace"))
+        status, cause, model = "ok", None, None
+        if result.status == "ok":
+            try:
+                model = save_trusted_model(result.out_dir, work / "mace" / f"{MODEL_NAME}.model")
+            except ModelBoundaryError as exc:
+                status, cause = "failed", f"the program's model does not rebuild: {exc}"
+        elif result.status == "timeout":
+            status, cause = "timeout", "over the wall-clock budget"
+        elif result.status == "cancelled":
+            status, cause = "cancelled", "cancelled while training"
+        else:
+            last = [ln for ln in result.log_tail.splitlines() if ln.strip()][-3:]
+            status, cause = "failed", f"program {result.status}: " + " | ".join(last)
+        return TrainingOutcome(
+            status=status,
+            cause=cause,
+            model_path=model,
+            curve=curve,
+            wall_s=result.seconds,
+            log_path=log,
+            command=command,
+        )
+
+    def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
+        return []
+
+    def cancel_all(self) -> None:
+        pass  # run_sandboxed watches the stop event itself
+
+    def close(self) -> None:
+        pass

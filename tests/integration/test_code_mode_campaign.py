@@ -1,0 +1,185 @@
+"""Code mode end to end: edits of the training program trained for real in the sandbox, scored,
+committed or kept on a branch, and refused or failed with their cause; the campaign goes on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from tiny_campaign import tiny_spec, write_tiny_campaign
+
+from mlipilot.agents.base import CampaignState, Proposal
+from mlipilot.campaign.ledger import Ledger
+from mlipilot.campaign.loop import run_campaign
+from mlipilot.code_mode.edits import CODE_EDITS
+from mlipilot.code_mode.program_files import PROGRAM, TEMPLATE
+from mlipilot.code_mode.repo import unified_diff
+from mlipilot.config import load_campaign
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed"),
+]
+
+BASELINE_PROGRAM = (TEMPLATE / PROGRAM).read_text()
+FORCE_NORM = next(e for e in CODE_EDITS if e.name == "force-norm-loss")
+FIX_RECIPE = {"lr": 0.01}  # the untuned baseline's main problem (as in test_campaign.py)
+
+
+def _edited(before: str, old: str, new: str) -> str:
+    assert before.count(old) == 1, old
+    return unified_diff(PROGRAM, before, before.replace(old, new))
+
+
+class ScriptedAgent:
+    """Proposals in order, one per call (a refused one is followed by the next)."""
+
+    name = "scripted"
+
+    def __init__(self, proposals: list[Proposal]) -> None:
+        self.proposals = list(proposals)
+        self.states: list[CampaignState] = []
+
+    def propose(self, state: CampaignState) -> Proposal:
+        self.states.append(state)
+        return self.proposals.pop(0)
+
+
+def _git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def code_run(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("code")
+    # The default campaign's data and epochs: with fewer an untrained model can win on energy.
+    spec = tiny_spec(md_seeds=(0,))
+    path = write_tiny_campaign(
+        tmp, name="code", data_path=tmp / "data", n_train=48, spec=spec, iterations=4, epochs=10
+    )
+    text = path.read_text().replace("agent:", "mode: code\nagent:")
+    path.write_text(text)
+    campaign, _ = load_campaign(path)
+    test_split = (tmp / "data" / "test.xyz").resolve()
+    after_loss_term = FORCE_NORM.edit(BASELINE_PROGRAM)
+    agent = ScriptedAgent(
+        [
+            # 1: a loss term, with the normalization and lr the untuned baseline lacks: accepted.
+            Proposal(
+                hypothesis="add a force-norm term to the loss",
+                patch=FIX_RECIPE,
+                diff=unified_diff(PROGRAM, BASELINE_PROGRAM, after_loss_term),
+            ),
+            # 2: an lr a million times smaller, in the program: worse, reverted.
+            Proposal(
+                hypothesis="crawl",
+                diff=_edited(after_loss_term, 'lr=job["lr"]', 'lr=job["lr"] * 1e-6'),
+            ),
+            # 3a: a diff against the baseline's loss, which the accepted edit changed: stale.
+            Proposal(
+                hypothesis="stale",
+                diff=_edited(
+                    BASELINE_PROGRAM,
+                    'return job["energy_weight"] * energy + job["forces_weight"] * forces',
+                    'return 2 * job["energy_weight"] * energy + job["forces_weight"] * forces',
+                ),
+            ),
+            # 3b: the retry: a program that raises: a failed candidate, recorded with its cause.
+            Proposal(
+                hypothesis="raise",
+                diff=_edited(
+                    after_loss_term,
+                    '    torch.set_default_dtype(getattr(torch, job["default_dtype"]))\n',
+                    '    raise RuntimeError("edited program fails on purpose")\n',
+                ),
+            ),
+            # 4: a program that reaches for the test split and the network, then trains.
+            Proposal(
+                hypothesis="peek",
+                diff=_edited(
+                    after_loss_term,
+                    '    torch.set_default_dtype(getattr(torch, job["default_dtype"]))\n',
+                    "    import socket\n"
+                    "    try:\n"
+                    f"        print('LEAK', len(open({str(test_split)!r}).read()))\n"
+                    "    except OSError as exc:\n"
+                    "        print('test split blocked:', exc)\n"
+                    "    try:\n"
+                    "        socket.create_connection(('1.1.1.1', 53), timeout=2)\n"
+                    "        print('LEAK network')\n"
+                    "    except OSError as exc:\n"
+                    "        print('network blocked:', exc)\n"
+                    '    torch.set_default_dtype(getattr(torch, job["default_dtype"]))\n',
+                ),
+            ),
+        ]
+    )
+    outcome = run_campaign(campaign, path, tmp / "runs", agent=agent)
+    return campaign, outcome, agent, test_split
+
+
+def test_an_accepted_edit_is_a_commit_with_its_hypothesis_and_ledger_row(code_run) -> None:
+    _, outcome, _, _ = code_run
+    repo = outcome.layout.code
+    with Ledger(outcome.layout.ledger) as ledger:
+        decisions = {d.candidate: d for d in ledger.events("decision")}
+        proposals = {p.candidate: p for p in ledger.events("proposal")}
+        start = ledger.events("campaign_started")[0]
+    assert decisions["it001"].decision == "ACCEPT", decisions["it001"].reason
+    assert proposals["it001"].detail["base_commit"] == start.detail["program_commit"]
+    assert "+++ b/training/program.py" in proposals["it001"].detail["diff"]
+    message = _git(repo, "log", "-1", "--format=%B", "main")
+    assert message.startswith("add a force-norm term to the loss")
+    assert f"Ledger-Row: {decisions['it001'].id}" in message
+    assert "Candidate: it001" in message
+    assert (outcome.layout.code / PROGRAM).read_text() == FORCE_NORM.edit(BASELINE_PROGRAM)
+    # It was trained as edited: the candidate's own copy carries the term.
+    trained_program = outcome.layout.candidate(1) / "program" / PROGRAM
+    assert trained_program.read_text() == FORCE_NORM.edit(BASELINE_PROGRAM)
+    assert "epoch 9 train_loss" in (outcome.layout.candidate(1) / "train.log").read_text()
+
+
+def test_a_reverted_edit_leaves_the_program_and_is_kept_on_a_branch(code_run) -> None:
+    _, outcome, _, _ = code_run
+    repo = outcome.layout.code
+    with Ledger(outcome.layout.ledger) as ledger:
+        decisions = {d.candidate: d for d in ledger.events("decision")}
+    assert decisions["it002"].decision == "REVERT", decisions["it002"].reason
+    assert len(_git(repo, "rev-list", "main").split()) == 2  # baseline + the accepted edit
+    assert 'job["lr"] * 1e-6' not in (repo / PROGRAM).read_text()
+    branch = _git(repo, "show", "reverted/it002:training/program.py")
+    assert 'job["lr"] * 1e-6' in branch
+    assert "Verdict: REVERT" in _git(repo, "log", "-1", "--format=%B", "reverted/it002")
+    log = _git(repo, "log", "--all", "--format=%s")
+    assert "crawl" in log and "add a force-norm term to the loss" in log
+
+
+def test_a_bad_diff_is_refused_and_a_raising_program_fails_with_its_cause(code_run) -> None:
+    _, outcome, agent, _ = code_run
+    with Ledger(outcome.layout.ledger) as ledger:
+        refusals = [f for f in ledger.events("agent_failure") if f.iteration == 3]
+        decision = {d.candidate: d for d in ledger.events("decision")}["it003"]
+    assert [f.status for f in refusals] == ["invalid_patch"]
+    assert "does not apply" in refusals[0].reason or "patch failed" in refusals[0].reason
+    # The agent was told why before its retry.
+    assert agent.states[3].last_error == refusals[0].reason
+    assert decision.metrics is None  # never scored
+    assert "edited program fails on purpose" in decision.reason
+    assert "RuntimeError" in (outcome.layout.candidate(3) / "train.log").read_text()
+    assert _git(outcome.layout.code, "show", "reverted/it003:training/program.py")
+
+
+def test_an_edit_reaching_for_the_test_split_or_network_is_stopped(code_run) -> None:
+    _, outcome, _, test_split = code_run
+    log = (outcome.layout.candidate(4) / "train.log").read_text()
+    assert "test split blocked:" in log and "network blocked:" in log
+    assert "LEAK" not in log
+    assert test_split.is_file()  # it exists on the host: the sandbox hid it
+    with Ledger(outcome.layout.ledger) as ledger:
+        decision = {d.candidate: d for d in ledger.events("decision")}["it004"]
+    assert decision.metrics is not None  # it trained and was scored all the same
+    assert outcome.rows[-1].candidate == "it004"
