@@ -162,8 +162,13 @@ def test_hypotheses_quote_the_failing_metrics_with_their_units() -> None:
     assert "energy MAE 50 meV/atom (limit <= 5), force MAE 400 meV/Å (limit <= 100)" in both
 
 
-def test_md_failing_alone_proposes_no_accuracy_edit() -> None:
-    assert propose_code_edit({PROGRAM: TEXT}, scored(MD), never) is None
+def test_md_failing_alone_proposes_the_force_norm_term_only() -> None:
+    """Accurate on average but unstable: pull harder on the atoms with large force errors."""
+    name, hypothesis, _ = propose_code_edit({PROGRAM: TEXT}, scored(MD), never)
+    assert name == "force-norm-loss"
+    assert hypothesis.startswith("MD fails (survival")
+    force_norm = BY_NAME["force-norm-loss"].edit(TEXT)
+    assert propose_code_edit({PROGRAM: TEXT}, scored(MD), lambda t: t == force_norm) is None
 
 
 def test_a_tried_edit_is_skipped_for_the_next() -> None:

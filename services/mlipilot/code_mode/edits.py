@@ -22,6 +22,7 @@ MARKER = "# code-edit: "  # + the edit's name, on a line each edit adds
 # Accuracy constraints by kind, as in the rule-based researcher: a name says the quantity.
 ENERGY = "energy_"
 FORCES = "force_"
+MD = "md_survival_fraction"
 
 # The template's lines each edit keys on (exact, indentation included) and their replacement.
 EPOCH_LOOP = """\
@@ -142,8 +143,9 @@ def _two_stage_hypothesis(result: ScoreResult) -> str:
 
 
 def _force_norm_hypothesis(result: ScoreResult) -> str:
+    md = f"MD fails (survival {_worst(result, MD)}) while f" if _fails(result, MD) else "F"
     return (
-        f"Force MAE is {_worst(result, FORCES)}. An MSE over force components under-weights "
+        f"{md}orce MAE is {_worst(result, FORCES)}. An MSE over force components under-weights "
         "atoms whose error vector is large in all directions, and those are the ones that "
         "break MD. Adding the mean per-atom norm of the force error (as in MACE's L1-L2 loss) "
         "keeps pulling on them where the squared components are already small."
@@ -173,7 +175,7 @@ CODE_EDITS: list[CodeEdit] = [
     ),
     CodeEdit(
         "force-norm-loss",
-        _applies("force-norm-loss", lambda r: _fails(r, FORCES) or r.feasible),
+        _applies("force-norm-loss", lambda r: _fails(r, FORCES) or _fails(r, MD) or r.feasible),
         _replacing("force-norm-loss", (LOSS_RETURN, FORCE_NORM)),
         _force_norm_hypothesis,
     ),
