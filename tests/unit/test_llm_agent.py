@@ -428,3 +428,49 @@ def test_a_cut_off_answer_and_a_rambling_hypothesis_are_answered() -> None:
     answers = [m["content"] for m in server.requests[2]["messages"] if m["role"] == "user"]
     assert answers[1].startswith("error: your answer was cut off at the token limit")
     assert "hypothesis is longer than 400 characters" in answers[2]
+
+
+def code_state() -> CampaignState:
+    from mlipilot.code_mode.program_files import PROGRAM, TEMPLATE, program_digest
+
+    program = {PROGRAM: (TEMPLATE / PROGRAM).read_text()}
+    return campaign_state(program=program, program_sha256=program_digest(program))
+
+
+def test_code_mode_reads_the_program_and_proposes_a_diff_after_a_refused_one() -> None:
+    from mlipilot.code_mode.program_files import PROGRAM
+    from mlipilot.code_mode.repo import unified_diff
+
+    state = code_state()
+    text = state.program[PROGRAM]
+    loss = 'return job["energy_weight"] * energy + job["forces_weight"] * forces'
+    good = unified_diff(PROGRAM, text, text.replace(loss, loss.replace("energy +", "energy * 2 +")))
+    stale = good.replace("atoms_per_graph", "atoms_per_frame")  # context not in the file
+    script = [
+        calls(tool_call("read_program", {"path": PROGRAM}, "c1")),
+        calls(tool_call("propose", {"hypothesis": "ema", "patch": {"ema": True}, "diff": ""})),
+        calls(tool_call("propose", {"hypothesis": "stale", "patch": {}, "diff": stale}, "c3")),
+        calls(tool_call("propose", {"hypothesis": "double energy", "patch": {}, "diff": good})),
+    ]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url).propose(state)
+    assert proposal.diff == good and proposal.patch == {}
+    first = server.requests[0]
+    assert {"read_program", "propose"} <= {t["function"]["name"] for t in first["tools"]}
+    assert "Code mode" in first["messages"][0]["content"]
+    answers = [m["content"] for m in server.requests[-1]["messages"] if m["role"] == "tool"]
+    assert answers[0] == text  # the program as it is
+    assert "no knob for ema" in answers[1]
+    assert answers[2].startswith("error: proposal refused:") and "atoms_per_frame" in answers[2]
+
+
+def test_recipe_mode_has_no_program_tool() -> None:
+    script = [
+        calls(tool_call("read_program", {"path": "training/program.py"}, "c1")),
+        calls(tool_call("propose", GOOD, "c2")),
+    ]
+    with serve([MODEL], script) as server:
+        agent_for(server.url).propose(campaign_state())
+    assert "read_program" not in {t["function"]["name"] for t in server.requests[0]["tools"]}
+    answer = next(m for m in server.requests[-1]["messages"] if m["role"] == "tool")
+    assert "unknown tool 'read_program'" in answer["content"]

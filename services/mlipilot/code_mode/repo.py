@@ -702,3 +702,17 @@ def unified_diff(path: str, before: str, after: str) -> str:
     for line in lines:
         out.append(line if line.endswith("\n") else f"{line}\n\\ No newline at end of file\n")
     return "".join(out)
+
+
+def apply_to_files(files: Mapping[str, str], diff: str) -> dict[str, str]:
+    """``files`` (path -> text) with ``diff`` applied, checked as ``ProgramRepo.check`` does;
+    CodeEditError when it cannot be. For an agent's tool, which has the texts but no repo."""
+    with tempfile.TemporaryDirectory(prefix="mlipilot-diff-") as tmp:
+        template = Path(tmp) / "template"
+        for path, text in files.items():
+            (template / path).parent.mkdir(parents=True, exist_ok=True)
+            (template / path).write_text(text)
+        repo = ProgramRepo.create(Path(tmp) / "repo", template, list(files))
+        repo.check(diff)
+        after = repo.materialize(diff, Path(tmp) / "after")
+        return {path: (after / path).read_text() for path in files}

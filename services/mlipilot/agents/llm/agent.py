@@ -26,11 +26,11 @@ from mlipilot.agents.llm import state_view
 from mlipilot.agents.llm.client import ChatClient, LlmServerError
 from mlipilot.agents.llm.tools import (
     PROPOSE,
-    TOOLS,
     ToolAnswer,
     call_tool,
     check_proposal,
     proposal_json_schema,
+    tools_for,
 )
 from mlipilot.errors import MlipilotError
 
@@ -45,6 +45,13 @@ keys at a time so the result teaches something. Typical levers: output normaliza
 
 TOOLS_RULES = """Read more with the tools if you need it (get_run shows per-constraint margins
 and MD outcomes of one tried candidate), then call propose(hypothesis, patch). Be brief."""
+
+CODE_RULES = """Code mode: you may also edit the training program itself (a new loss term, a
+schedule, a normalization): read it with read_program, then call propose(hypothesis, patch,
+diff) with a unified diff of the editable files against the program as read (`--- a/PATH`,
+`+++ b/PATH`, `@@` hunks with a few unchanged lines around each change), a patch of {} or the
+recipe keys the program takes, or both. The program runs sandboxed and must still write its
+model as it does now. A diff that does not apply comes back with the reason."""
 
 JSON_RULES = """Answer with one JSON object and nothing else:
 {"hypothesis": "<why this change should help>", "patch": {"<recipe key>": <value>, ...}}
@@ -154,11 +161,12 @@ class LlmAgent:
 
     def _converse_tools(self, state: CampaignState, conv: _Conversation) -> Proposal:
         conv.messages += [
-            {"role": "system", "content": f"{SYSTEM}\n\n{TOOLS_RULES}"},
+            {"role": "system", "content": _system(state)},
             {"role": "user", "content": _first_message(state)},
         ]
         for _ in range(self.settings.max_turns):
-            message = self._call(conv, {"tools": TOOLS, "tool_choice": self._tool_choice()})
+            tools = tools_for(state)
+            message = self._call(conv, {"tools": tools, "tool_choice": self._tool_choice()})
             raw_calls = message.get("tool_calls") or []
             assistant = _assistant(message, [])
             if not raw_calls and (raw_calls := _call_in_text(message.get("content"))):
@@ -219,13 +227,19 @@ class LlmAgent:
 
     def _converse_json(self, state: CampaignState, conv: _Conversation) -> Proposal:
         rules = JSON_RULES + state_view.recipe_space_text()
+        if state.program is not None:  # the program, and how to answer with a diff of it
+            files = "\n\n".join(f"--- {p} ---\n{t}" for p, t in sorted(state.program.items()))
+            rules += f'\n\n{CODE_RULES}\nAdd a "diff" key ("" for none).\n\n{files}'
         conv.messages += [
             {"role": "system", "content": f"{SYSTEM}\n\n{rules}"},
             {"role": "user", "content": state_view.overview(state)},
         ]
         response_format = {
             "type": "json_schema",
-            "json_schema": {"name": "proposal", "schema": proposal_json_schema()},
+            "json_schema": {
+                "name": "proposal",
+                "schema": proposal_json_schema(code_mode=state.program is not None),
+            },
         }
         for _ in range(self.settings.max_turns):
             message = self._call(conv, {"response_format": response_format})
@@ -300,6 +314,13 @@ class LlmAgent:
 
     def _failed(self, conv: _Conversation, reason: str) -> AgentFailed:
         return AgentFailed(f"{self.name}: {reason}", cost=conv.cost())
+
+
+def _system(state: CampaignState) -> str:
+    rules = f"{SYSTEM}\n\n{TOOLS_RULES}"
+    if state.program is not None:
+        rules += "\n\n" + CODE_RULES + f"\nEditable files: {', '.join(sorted(state.program))}."
+    return rules
 
 
 def _first_message(state: CampaignState) -> str:

@@ -95,7 +95,12 @@ def history_table(history: list[HistoryEntry]) -> str:
         else:
             outcome = f"viol={num(r.violation)} c={num(r.composite)}"
         hyp = h.hypothesis if len(h.hypothesis) <= HYPOTHESIS_CHARS else h.hypothesis[:87] + "..."
-        patch = compact(h.patch) if h.patch else "(baseline)"
+        patch = compact(h.patch) if h.patch else ("{}" if h.diff else "(baseline)")
+        if h.diff:  # code mode: the edit itself is in the ledger; here, which lines it touched
+            changed = sum(
+                1 for ln in h.diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")
+            )
+            patch += f" + program diff ({changed} lines)"
         lines.append(f"{h.iteration} | {h.verdict} | {patch} | {outcome} | {hyp}")
     return "\n".join(lines)
 

@@ -15,6 +15,14 @@ from typing import Any
 
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.agents.llm import state_view
+from mlipilot.code_mode.program_files import (
+    PROGRAM,
+    TEMPLATE_KNOBS,
+    program_digest,
+    program_knobs,
+    recipe_job,
+)
+from mlipilot.code_mode.repo import CodeEditError, apply_to_files
 from mlipilot.errors import clipped
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.training.mace_args import batch_fits
@@ -68,9 +76,45 @@ TOOLS: list[dict[str, Any]] = [
 ]
 TOOL_NAMES = [t["function"]["name"] for t in TOOLS]
 
+# Code mode: the program can be read, and a proposal may carry a diff of it.
+READ_PROGRAM = "read_program"
+CODE_PROPOSAL_PROPERTIES: dict[str, Any] = {
+    **PROPOSAL_PROPERTIES,
+    "patch": {
+        "type": "object",
+        "description": 'recipe keys to change, e.g. {"lr": 0.005}; {} to change only the program',
+    },
+    "diff": {
+        "type": "string",
+        "description": "a unified diff (---/+++ headers, @@ hunks) of the editable program "
+        'files against the incumbent\'s program, as read_program shows it; "" for none',
+    },
+}
+CODE_TOOLS: list[dict[str, Any]] = [
+    *(t for t in TOOLS if t["function"]["name"] != PROPOSE),
+    _tool(
+        READ_PROGRAM,
+        "Code mode: one editable file of the incumbent's training program (the program that "
+        "trains every candidate, in a sandbox).",
+        {"path": {"type": "string", "description": "e.g. training/program.py"}},
+    ),
+    _tool(
+        PROPOSE,
+        "Propose one change for the next training run: a recipe patch, a diff of the program, "
+        "or both. Ends your turn when accepted.",
+        CODE_PROPOSAL_PROPERTIES,
+    ),
+]
 
-def proposal_json_schema() -> dict[str, Any]:
-    """The JSON schema of a proposal for structured output: the patch as the recipe's keys."""
+
+def tools_for(state: CampaignState) -> list[dict[str, Any]]:
+    """The tools of this campaign's mode: code mode adds reading and diffing the program."""
+    return TOOLS if state.program is None else CODE_TOOLS
+
+
+def proposal_json_schema(code_mode: bool = False) -> dict[str, Any]:
+    """The JSON schema of a proposal for structured output: the patch as the recipe's keys
+    (in code mode the patch may be empty, and a ``diff`` of the program comes with it)."""
     keys = Recipe.model_json_schema()["properties"]
     patch = {
         "type": "object",
@@ -81,13 +125,17 @@ def proposal_json_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "minProperties": 1,
     }
+    properties: dict[str, Any] = {
+        "hypothesis": {"type": "string", "minLength": 1, "maxLength": HYPOTHESIS_MAX},
+        "patch": patch,
+    }
+    if code_mode:
+        patch["minProperties"] = 0
+        properties["diff"] = {"type": "string"}
     return {
         "type": "object",
-        "properties": {
-            "hypothesis": {"type": "string", "minLength": 1, "maxLength": HYPOTHESIS_MAX},
-            "patch": patch,
-        },
-        "required": ["hypothesis", "patch"],
+        "properties": properties,
+        "required": sorted(properties),
         "additionalProperties": False,
     }
 
@@ -116,14 +164,17 @@ def parse_arguments(raw: Any) -> dict[str, Any]:
 
 def call_tool(state: CampaignState, name: str, raw_arguments: Any) -> ToolAnswer:
     """What the named tool answers; a bad call is answered with an error the model can fix."""
-    if name not in TOOL_NAMES:
-        return ToolAnswer(f"error: unknown tool {name!r}; tools: {TOOL_NAMES}", error=True)
+    names = [t["function"]["name"] for t in tools_for(state)]
+    if name not in names:
+        return ToolAnswer(f"error: unknown tool {name!r}; tools: {names}", error=True)
     try:
         args = parse_arguments(raw_arguments)
     except ValueError as exc:
         return ToolAnswer(f"error: {name}: {exc}", error=True)
     if name == PROPOSE:
         return check_proposal(state, args)
+    if name == READ_PROGRAM:
+        return _read_program(state, args.get("path"))
     if name == "get_run":
         iteration = args.get("iteration")
         if not isinstance(iteration, int) or isinstance(iteration, bool):
@@ -139,8 +190,21 @@ def call_tool(state: CampaignState, name: str, raw_arguments: Any) -> ToolAnswer
     return ToolAnswer(reader(state))
 
 
+def _read_program(state: CampaignState, path: Any) -> ToolAnswer:
+    program = state.program or {}
+    if not isinstance(path, str) or path not in program:
+        return ToolAnswer(
+            f"error: read_program needs a path among the editable files {sorted(program)}",
+            error=True,
+        )
+    return ToolAnswer(program[path])
+
+
 def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
-    """A ``Proposal`` when hypothesis and patch are valid and new, else the reason why not."""
+    """A ``Proposal`` when hypothesis and patch (and in code mode the diff) are valid and new,
+    else the reason why not."""
+    if state.program is not None:
+        return _check_code_proposal(state, args)
     hypothesis, patch = args.get("hypothesis"), args.get("patch")
     unexpected = sorted(set(args) - {"hypothesis", "patch"})
     if unexpected:
@@ -167,6 +231,51 @@ def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
     return ToolAnswer(
         "accepted: the candidate will be trained and scored",
         proposal=Proposal(hypothesis=hypothesis.strip(), patch=patch),
+    )
+
+
+def _check_code_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
+    """Code mode: a patch (possibly empty) and a diff (possibly empty), not both empty; the
+    recipe within the program's knobs, the diff applying to the incumbent's program."""
+    assert state.program is not None
+    hypothesis, patch, diff = args.get("hypothesis"), args.get("patch", {}), args.get("diff", "")
+    unexpected = sorted(set(args) - {"hypothesis", "patch", "diff"})
+    if unexpected:
+        return _refused(f"unexpected argument(s) {unexpected}; give hypothesis, patch, diff")
+    if not isinstance(hypothesis, str) or not hypothesis.strip():
+        return _refused("hypothesis must be a non-empty string")
+    if len(hypothesis) > HYPOTHESIS_MAX:
+        return _refused(f"hypothesis is longer than {HYPOTHESIS_MAX} characters: be brief")
+    if isinstance(patch, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            patch = json.loads(patch) if patch.strip() else {}
+    if patch is None:
+        patch = {}
+    if not isinstance(patch, dict):
+        return _refused('patch must be a JSON object of recipe keys, e.g. {"lr": 0.005}, or {}')
+    if diff is None:
+        diff = ""
+    if not isinstance(diff, str):
+        return _refused("diff must be a string: a unified diff of the program, or empty")
+    if not patch and not diff.strip():
+        return _refused("give a recipe patch, a diff of the program, or both")
+    try:
+        recipe = state.incumbent.patched(patch)
+        knobs = program_knobs(state.program.get(PROGRAM, "")) or TEMPLATE_KNOBS
+        recipe_job(recipe, knobs)
+        files = apply_to_files(state.program, diff) if diff.strip() else dict(state.program)
+    except (RecipeError, CodeEditError) as exc:
+        return _refused(str(exc))
+    if state.train_frames is not None and (why := batch_fits(recipe, state.train_frames)):
+        return _refused(why)
+    program = program_digest(files)
+    if recipe == state.incumbent and program == state.program_sha256:
+        return _refused("this changes nothing: the recipe and the program equal the incumbent's")
+    if state.tried(recipe, program):
+        return _refused("that recipe and program were tried already (see get_history)")
+    return ToolAnswer(
+        "accepted: the candidate will be trained and scored",
+        proposal=Proposal(hypothesis=hypothesis.strip(), patch=patch, diff=diff or None),
     )
 
 
