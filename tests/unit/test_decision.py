@@ -292,6 +292,20 @@ def test_less_infeasible_is_accepted() -> None:
     assert "survival" in d.reason
 
 
+def test_a_gain_of_round_off_is_no_gain() -> None:
+    """The same violation summed in another order (seen: 0.31500000000000006 against
+    0.31499999999999995) is not "less infeasible"; the same holds for the composite."""
+    incumbent = result({"energy_mae": 12.0, "survival": 0.4})
+    same = incumbent.model_copy(update={"violation": incumbent.violation * (1 - 3e-16)})
+    assert same.violation < incumbent.violation
+    assert decide(same, incumbent).verdict == "REVERT"
+    feasible = result({"energy_mae": 5.0, "survival": 1.0})
+    tie = feasible.model_copy(update={"composite": feasible.composite * (1 - 3e-16)})
+    assert decide(tie, feasible).verdict == "REVERT"
+    better = feasible.model_copy(update={"composite": feasible.composite * (1 - 1e-6)})
+    assert decide(better, feasible).verdict == "ACCEPT"
+
+
 def test_more_infeasible_is_reverted() -> None:
     incumbent = result({"energy_mae": 12.0, "survival": 0.4})
     candidate = result({"energy_mae": 20.0, "survival": 0.4})

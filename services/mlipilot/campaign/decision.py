@@ -47,6 +47,15 @@ class Decision(BaseModel):
     reason: str
 
 
+# Sums of the same margins in another order differ in the last bits: no improvement at all.
+ROUND_OFF = 1e-9
+
+
+def _below(value: float, bar: float) -> bool:
+    """``value`` lower than ``bar`` by more than round-off (relative to the bar)."""
+    return value < bar - ROUND_OFF * max(1.0, abs(bar))
+
+
 def decide(
     candidate: ScoreResult | None,
     incumbent: ScoreResult | None,
@@ -67,7 +76,7 @@ def decide(
         )
     if candidate.feasible:
         bar = incumbent.composite * (1.0 - min_improvement)
-        if candidate.composite < bar:
+        if _below(candidate.composite, bar):
             return Decision(
                 verdict="ACCEPT",
                 reason=f"composite {incumbent.composite:.3f} -> {candidate.composite:.3f}",
@@ -81,7 +90,7 @@ def decide(
     broken = ", ".join(c.metric for c in candidate.violated())
     if incumbent.feasible:
         return Decision(verdict="REVERT", reason=f"infeasible: violates {broken}")
-    if candidate.violation < incumbent.violation:
+    if _below(candidate.violation, incumbent.violation):
         return Decision(
             verdict="ACCEPT",
             reason=f"less infeasible: violation {incumbent.violation:.3f} -> "
@@ -165,7 +174,7 @@ def decide_over_seeds(
     if not cand_bad and not inc_bad:
         before, after = statistics.fmean(inc_values), statistics.fmean(cand_values)
         change = f"composite {before:.3f} -> {after:.3f} over {n} seeds{n_note}"
-        if gain <= k * spread:
+        if gain <= k * spread + ROUND_OFF * max(1.0, abs(before)):
             reason = f"{change}: gain {gain:.3f} not above {bar}"
             return Decision(verdict="REVERT", reason=reason), noise
         if after >= before * (1.0 - min_improvement):
@@ -189,7 +198,7 @@ def decide_over_seeds(
         return Decision(verdict="REVERT", reason=reason), noise
     before, after = statistics.fmean(inc_values), statistics.fmean(cand_values)
     change = f"violation {before:.3f} -> {after:.3f} over {n} seeds{n_note}"
-    if gain > k * spread:
+    if gain > k * spread + ROUND_OFF * max(1.0, abs(before)):
         reason = f"less infeasible: {change}: gain {gain:.3f} > {bar}"
         return Decision(verdict="ACCEPT", reason=reason), noise
     return Decision(verdict="REVERT", reason=f"{change}: gain {gain:.3f} not above {bar}"), noise
