@@ -214,22 +214,6 @@ class Campaign(_Strict):
                 raise ValueError(f"{p!r} must be a plain relative path inside the program")
         return paths
 
-    @model_validator(mode="after")
-    def _code_mode_scope(self) -> Campaign:
-        if self.mode != "code":
-            return self
-        # Not yet: candidates on Ray need the sandbox on the workers, and repeats over seeds
-        # and resume need the program's history replayed; each is refused rather than wrong.
-        unsupported = {
-            "budget.candidates_per_iteration > 1": self.budget.candidates_per_iteration > 1,
-            "compute.ray_address": self.compute.ray_address is not None,
-            "noise": self.noise_seeds > 1,
-        }
-        used = [k for k, on in unsupported.items() if on]
-        if used:
-            raise ValueError(f"mode: code does not support {', '.join(used)} yet")
-        return self
-
     @property
     def noise_seeds(self) -> int:
         """Training seeds per side for a would-be accept: 1 when noise-aware acceptance is off."""

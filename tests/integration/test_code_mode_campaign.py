@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from tiny_campaign import tiny_spec, write_tiny_campaign
 
 from mlipilot.agents.base import CampaignState, Proposal
@@ -183,3 +184,104 @@ def test_an_edit_reaching_for_the_test_split_or_network_is_stopped(code_run) -> 
         decision = {d.candidate: d for d in ledger.events("decision")}["it004"]
     assert decision.metrics is not None  # it trained and was scored all the same
     assert outcome.rows[-1].candidate == "it004"
+
+
+def test_a_code_mode_campaign_killed_before_its_commit_resumes_and_commits_once(
+    tmp_path: Path,
+) -> None:
+    """Killed (SIGKILL) right after the first decision row and before the program's commit:
+    the resumed campaign replays that decision, makes the commit it lacks, and goes on."""
+    import os
+    import sys
+
+    from mlipilot.campaign.ledger import read_events
+
+    spec = tiny_spec(md_seeds=(0,))
+    spec["md"] |= {"nvt_steps": 10, "nve_steps": 5}
+    path = write_tiny_campaign(
+        tmp_path, name="code-resume", data_path=tmp_path / "data", spec=spec, iterations=2,
+        epochs=2,
+    )  # fmt: skip
+    # A recipe the recipe rules have nothing to say about: the rule-based researcher's first
+    # proposal is an edit of the program.
+    campaign = yaml.safe_load(path.read_text())
+    campaign["mode"] = "code"
+    campaign["baseline"] |= {
+        **FIX_RECIPE,
+        "forces_weight": 100.0,
+        "e0s": "average",
+        "scaling": "rms_forces_scaling",
+        "r_max": 5.0,
+    }
+    path.write_text(yaml.safe_dump(campaign))
+    cli = [sys.executable, "-m", "mlipilot.cli", "run"]
+    env = {**os.environ, "MLIPILOT_KILL_AT": "decision:1"}
+    killed = subprocess.run(
+        [*cli, str(path), "--out", str(tmp_path / "runs")], env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dir = next((tmp_path / "runs").iterdir())
+    events = read_events(run_dir / "ledger.sqlite")
+    first = next(e for e in events if e.event == "proposal" and e.candidate == "it001")
+    assert first.detail and first.detail["diff"], "the first proposal should edit the program"
+    decision = next(e for e in events if e.event == "decision" and e.candidate == "it001")
+    repo = run_dir / "code"
+    assert "Candidate: it001" not in _git(repo, "log", "--all", "--format=%B")  # killed before
+    env.pop("MLIPILOT_KILL_AT")
+    resumed = subprocess.run(
+        [*cli, "--resume", str(run_dir)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    messages = _git(repo, "log", "--all", "--format=%B%x00").split("\0")
+    kept = [m for m in messages if "Candidate: it001" in m]
+    assert len(kept) == 1
+    assert f"Ledger-Row: {decision.id}" in kept[0]
+    assert f"Verdict: {decision.decision}" in kept[0]
+    final = read_events(run_dir / "ledger.sqlite")
+    assert final[-1].event == "campaign_finished"
+    assert len([e for e in final if e.event == "decision" and e.candidate == "it001"]) == 1
+
+
+def test_code_mode_on_ray_trains_each_candidates_program_on_an_actor(
+    ray_session, tmp_path: Path
+) -> None:
+    """Two candidates side by side on Ray actors, each running its own program in the sandbox
+    on the actor's node: the better is committed, the other kept on a branch off the same
+    commit, though main moved on in the same iteration."""
+    spec = tiny_spec(md_seeds=(0,))
+    spec["md"] |= {"nvt_steps": 10, "nve_steps": 5}
+    path = write_tiny_campaign(tmp_path, name="code-ray", data_path=tmp_path / "data", spec=spec)
+    campaign_data = yaml.safe_load(path.read_text())
+    campaign_data |= {"mode": "code", "compute": {"torch_threads": 1, "ray_address": "local"}}
+    campaign_data["budget"] |= {"iterations": 1, "epochs": 3, "candidates_per_iteration": 2}
+    path.write_text(yaml.safe_dump(campaign_data))
+    campaign, _ = load_campaign(path)
+    worse = _edited(BASELINE_PROGRAM, 'lr=job["lr"]', 'lr=job["lr"] * 1e-6')
+    better = unified_diff(PROGRAM, BASELINE_PROGRAM, FORCE_NORM.edit(BASELINE_PROGRAM))
+    agent = ScriptedAgent(
+        [
+            Proposal(hypothesis="crawl", diff=worse),
+            Proposal(hypothesis="loss term and lr", patch=FIX_RECIPE, diff=better),
+        ]
+    )
+    outcome = run_campaign(campaign, path, tmp_path / "runs", agent=agent)
+    with Ledger(outcome.layout.ledger) as ledger:
+        trainings = {t.candidate: t for t in ledger.events("training")}
+        decisions = {d.candidate: d for d in ledger.events("decision")}
+        proposals = {p.candidate: p for p in ledger.events("proposal")}
+    # Trained on Ray actors (each records its node), every one by its own program.
+    for name in ("it001-1", "it001-2"):
+        assert trainings[name].status == "ok", trainings[name].reason
+        assert trainings[name].detail.get("node"), trainings[name].detail
+    program_1 = outcome.layout.candidate_dir("it001-1") / "program" / PROGRAM
+    assert 'job["lr"] * 1e-6' in program_1.read_text()
+    verdicts = {n: decisions[n].decision for n in ("it001-1", "it001-2")}
+    assert sorted(verdicts.values()) == ["ACCEPT", "REVERT"], verdicts
+    accepted = next(n for n, v in verdicts.items() if v == "ACCEPT")
+    reverted = next(n for n, v in verdicts.items() if v == "REVERT")
+    repo = outcome.layout.code
+    assert f"Candidate: {accepted}" in _git(repo, "log", "-1", "--format=%B", "main")
+    base = proposals[reverted].detail["base_commit"]
+    assert proposals[accepted].detail["base_commit"] == base
+    assert _git(repo, "rev-parse", f"reverted/{reverted}^").strip() == base

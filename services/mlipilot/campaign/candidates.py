@@ -41,6 +41,7 @@ class CandidateJob:
     recipe: Recipe
     proposal: Proposal
     work_dir: Path
+    base_commit: str | None = None  # code mode: the program commit its diff applies to
 
 
 @dataclass

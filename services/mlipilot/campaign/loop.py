@@ -137,6 +137,7 @@ class _Run:
     tokens_spent: int | None = None  # LLM tokens so far, this run and any before a resume
     agent_failed: set[int] = field(default_factory=set)  # iterations the agent failed
     program: ProgramRepo | None = None  # code mode: the training program's repository
+    program_base: dict[str, str] = field(default_factory=dict)  # candidate -> commit tried on
 
     @property
     def per_iteration(self) -> int:
@@ -280,11 +281,6 @@ def resume_campaign(
     if not layout.ledger.is_file():
         raise MlipilotError(f"{run_dir}: no ledger.sqlite there, so no campaign to resume")
     campaign = recorded_campaign(layout)
-    if campaign.mode == "code":
-        raise MlipilotError(
-            f"{run_dir}: resuming a code-mode campaign is not supported yet; its program "
-            f"history is in {layout.code} (git log), its decisions in the ledger"
-        )
     return run_in_layout(
         campaign,
         layout,
@@ -415,12 +411,8 @@ def _start(
         _check_same_inputs(layout, prior.started, spec_hash, dataset)
     scorecard = scorer_factory(spec, spec_hash, dataset)
     agent = agent or make_agent(campaign.agent)
-    program = _program_repo(campaign, layout) if campaign.mode == "code" else None
-    if program is not None:
-        trainer: Trainer = CodeTrainer(program, dataset.path("train"), compute.torch_threads, stop)
-        uses_ray = False
-    else:
-        trainer, uses_ray = _trainer(campaign, layout, dataset, scorecard, stop)
+    program = _program_repo(campaign, layout, prior) if campaign.mode == "code" else None
+    trainer, uses_ray = _trainer(campaign, layout, dataset, scorecard, stop, program)
     run = _Run(
         campaign,
         layout,
@@ -434,6 +426,7 @@ def _start(
         uses_ray,
         prior,
         program=program,
+        program_base=dict(prior.program_base),
     )
     reporter.campaign_started(campaign, layout, agent.name)
     inputs = {
@@ -467,12 +460,15 @@ def _start(
     return run, agent
 
 
-def _program_repo(campaign: Campaign, layout: RunLayout) -> ProgramRepo:
-    """Code mode: the campaign's copy of the baseline training program, under git."""
+def _program_repo(campaign: Campaign, layout: RunLayout, prior: PriorRun) -> ProgramRepo:
+    """Code mode: the campaign's copy of the baseline training program, under git (the one it
+    has, when resumed)."""
     try:
         recipe_job(campaign.baseline)
     except RecipeError as exc:
         raise MlipilotError(f"baseline: {exc}") from exc
+    if prior.started is not None and layout.code.exists():
+        return ProgramRepo.open(layout.code, campaign.editable)
     return ProgramRepo.create(layout.code, TEMPLATE, campaign.editable)
 
 
@@ -497,13 +493,21 @@ def _resume_reason(prior: PriorRun) -> str:
 
 
 def _trainer(
-    campaign: Campaign, layout: RunLayout, dataset: Dataset, scorer: Scorer, stop: StopRequest
+    campaign: Campaign,
+    layout: RunLayout,
+    dataset: Dataset,
+    scorer: Scorer,
+    stop: StopRequest,
+    program: ProgramRepo | None = None,
 ) -> tuple[Trainer, bool]:
-    """Trainers here (one candidate at a time), or Ray actors with MD as Ray tasks."""
+    """Trainers here (one candidate at a time), or Ray actors with MD as Ray tasks. In code
+    mode each trains its candidate's program in the sandbox (here, or on the actor's node)."""
     compute = campaign.compute
     train_file = dataset.path("train")
     elements = dataset.atomic_numbers("train")
     if not compute.uses_ray(campaign.budget.candidates_per_iteration):
+        if program is not None:
+            return CodeTrainer(program, train_file, compute.torch_threads, stop), False
         local = LocalTrainer(train_file, elements, compute.device, compute.torch_threads, stop)
         return local, False
     from mlipilot import ray_runtime
@@ -513,7 +517,7 @@ def _trainer(
     ray_runtime.acquire(compute.ray_address)
     try:
         pool = RayTrainerPool(
-            layout.root.name, train_file, elements, compute.trainer, compute.torch_threads
+            layout.root.name, train_file, elements, compute.trainer, compute.torch_threads, program
         )
     except BaseException:
         ray_runtime.release()
@@ -570,21 +574,30 @@ def _check_proposal(run: _Run, recipe: Recipe, proposal: Proposal) -> None:
         run.program.check(proposal.diff)
 
 
-def _program_after(run: _Run, diff: str | None) -> str | None:
-    """Code mode: the digest of the incumbent's program with ``diff`` applied."""
+def _program_after(run: _Run, diff: str | None, base: str | None = None) -> str | None:
+    """Code mode: the digest of the program at ``base`` (default: the incumbent's, ``main``)
+    with ``diff`` applied."""
     if run.program is None:
         return None
-    if diff is None:
+    if diff is None and base is None:
         return program_digest(run.program.files())
     with tempfile.TemporaryDirectory(prefix="mlipilot-program-") as tmp:
-        copy = run.program.materialize(diff, Path(tmp) / "program")
+        copy = run.program.materialize(diff, Path(tmp) / "program", base)
         return program_digest({p: (copy / p).read_text() for p in run.campaign.editable})
 
 
-def _key(run: _Run, recipe: Recipe, proposal: Proposal) -> str:
+def _base(run: _Run, name: str) -> str | None:
+    """Code mode: the commit candidate ``name`` applies its diff to: recorded with its
+    proposal (also before a resume), else ``main`` now."""
+    if run.program is None:
+        return None
+    return run.program_base.setdefault(name, run.program.head())
+
+
+def _key(run: _Run, recipe: Recipe, proposal: Proposal, base: str | None = None) -> str:
     """What identifies a training: the recipe's flags, and in code mode the program too."""
     key = training_key(recipe, run.campaign.budget.epochs)
-    program = _program_after(run, proposal.diff)
+    program = _program_after(run, proposal.diff, base)
     return key if program is None else f"{key}:{program}"
 
 
@@ -601,10 +614,12 @@ def _run_baseline(run: _Run) -> _Incumbent:
             candidate="it000",
             detail={"iterations_budget": run.campaign.budget.iterations, "candidates": 1},
         )
-    job = CandidateJob(0, 0, "it000", recipe, proposal, run.layout.candidate(0))
+    job = CandidateJob(
+        0, 0, "it000", recipe, proposal, run.layout.candidate(0), _base(run, "it000")
+    )
     _record_proposals(run, [(job, None)])
     [done] = _train_and_score(run, [job], baseline_model=None)
-    run.trained[_key(run, recipe, proposal)] = _Trained(
+    run.trained[_key(run, recipe, proposal, job.base_commit)] = _Trained(
         "it000", done.model, done.result, done.failure
     )
     decision = decide(done.result, None, failure=done.failure)
@@ -763,9 +778,12 @@ def _try_candidates(
     for index, proposal in enumerate(proposals):
         name = candidate_name(iteration, index, run.per_iteration)
         recipe = inc.recipe.patched(proposal.patch)
-        job = CandidateJob(iteration, index, name, recipe, proposal, run.layout.candidate_dir(name))
+        base = _base(run, name)
+        job = CandidateJob(
+            iteration, index, name, recipe, proposal, run.layout.candidate_dir(name), base
+        )
         jobs.append(job)
-        key = keys[name] = _key(run, recipe, proposal)
+        key = keys[name] = _key(run, recipe, proposal, base)
         first = next((j for j in to_train if keys[j.name] == key), None)
         if key in run.trained or first is not None:
             same_as[name] = run.trained[key].candidate if key in run.trained else first.name
@@ -824,26 +842,51 @@ def _judge_over_seeds(
     """
     noise = run.campaign.noise
     assert noise is not None
-    epochs = run.campaign.budget.epochs
+    # Code mode: the candidate's repeats train its diff; the incumbent's, main's program.
     sides = [
-        ("candidate", best.job.name, best.job.recipe, best.result, best.failure),
-        ("incumbent", inc.name, inc.recipe, inc.result, None),
+        (
+            "candidate",
+            best.job.name,
+            best.job.recipe,
+            best.job.proposal.diff,
+            best.job.base_commit,
+            best.result,
+            best.failure,
+        ),
+        # The incumbent's program is main's (its own diff, if any, is committed there).
+        (
+            "incumbent",
+            inc.name,
+            inc.recipe,
+            None,
+            run.program and run.program.head(),
+            inc.result,
+            None,
+        ),
     ]
     planned: dict[str, CandidateJob] = {}  # training key -> repeat to train now
     keys: dict[str, list[tuple[int, str]]] = {}  # side -> (seed, training key) per repeat
     repeats: list[tuple[CandidateJob, str, str]] = []  # (job, side, repeat of)
-    for side, name, recipe, *_ in sides:
+    for side, name, recipe, diff, base, *_ in sides:
         keys[side] = []
         for index, seed in enumerate(repeat_seeds(recipe.seed, noise.seeds)[1:], start=1):
             repeated = recipe.patched({"seed": seed})
-            key = training_key(repeated, epochs)
+            job_name = f"{name}.seed{seed}"
+            proposal = Proposal(
+                hypothesis=f"seed repeat of {name}", patch={"seed": seed}, diff=diff
+            )
+            key = _key(run, repeated, proposal, base)
             keys[side].append((seed, key))
             if key in run.trained or key in planned:
                 continue
-            job_name = f"{name}.seed{seed}"
-            proposal = Proposal(hypothesis=f"seed repeat of {name}", patch={"seed": seed})
             job = CandidateJob(
-                iteration, index, job_name, repeated, proposal, run.layout.candidate_dir(job_name)
+                iteration,
+                index,
+                job_name,
+                repeated,
+                proposal,
+                run.layout.candidate_dir(job_name),
+                base,
             )
             planned[key] = job
             repeats.append((job, side, name))
@@ -853,11 +896,11 @@ def _judge_over_seeds(
     batches = ([jobs] if jobs else []) if run.uses_ray else [[job] for job in jobs]
     for batch in batches:
         for f in _train_and_score(run, batch, baseline_model):
-            run.trained[training_key(f.job.recipe, epochs)] = _Trained(
+            run.trained[_key(run, f.job.recipe, f.job.proposal, f.job.base_commit)] = _Trained(
                 f.job.name, f.model, f.result, f.failure
             )
     runs: dict[str, list[SeedRun]] = {}
-    for side, name, recipe, result, failure in sides:
+    for side, name, recipe, _diff, _base_commit, result, failure in sides:
         runs[side] = [SeedRun(recipe.seed, name, result, failure)]
         for seed, key in keys[side]:
             done = run.trained[key]
@@ -918,7 +961,7 @@ def _proposal_detail(run: _Run, job: CandidateJob, duplicate_of: str | None) -> 
     """The duplicate a proposal repeats; in code mode its diff and the commit it applies to."""
     detail: dict[str, Any] = {"duplicate_of": duplicate_of} if duplicate_of else {}
     if run.program is not None:
-        detail.update(diff=job.proposal.diff, base_commit=run.program.head())
+        detail.update(diff=job.proposal.diff, base_commit=job.base_commit)
     return detail or None
 
 
@@ -997,8 +1040,12 @@ def _record_decision(
             detail={"noise": noise} if noise is not None else None,
         )
         faults.reached("decision", job.iteration)  # recorded; the incumbent not yet copied
-        if run.program is not None and job.proposal.diff is not None:
-            _commit_program(run, job, decision, row_id)
+    else:
+        row_id = run.prior.decision_rows.get(job.name, 0)
+    # Also for a decision replayed on resume: one killed before its commit gets it now.
+    diff = job.proposal.diff
+    if run.program is not None and diff is not None and job.name not in run.program.candidates():
+        _commit_program(run, job, decision, row_id)
     verdict = decision.verdict if result is not None or job.iteration == 0 else "FAILED"
     run.history.append(
         HistoryEntry(
@@ -1011,9 +1058,7 @@ def _record_decision(
             result=result,
             training=_training_summary(run, job.name),
             diff=job.proposal.diff,
-            program_sha256=_program_after(run, job.proposal.diff)
-            if decision.verdict != "ACCEPT"
-            else _program_after(run, None),  # committed: the incumbent's program now
+            program_sha256=_program_after(run, job.proposal.diff, job.base_commit),
         )
     )
     row = IterationRow.build(
@@ -1041,8 +1086,10 @@ def _commit_program(run: _Run, job: CandidateJob, decision: Decision, row_id: in
     message = job.proposal.hypothesis
     if decision.verdict == "ACCEPT":
         run.program.accept(job.proposal.diff, message, trailers)
-    else:
-        run.program.keep_reverted(job.proposal.diff, f"reverted/{job.name}", message, trailers)
+    else:  # off the commit it was tried on: main may have moved on in the same iteration
+        run.program.keep_reverted(
+            job.proposal.diff, f"reverted/{job.name}", message, trailers, base=job.base_commit
+        )
 
 
 def _training_summary(run: _Run, candidate: str) -> TrainingSummary | None:

@@ -51,6 +51,8 @@ class PriorRun:
     repeated: set[str] = field(default_factory=set)  # seed repeats dispatched (``repeat`` rows)
     known: dict[str, KnownOutcome] = field(default_factory=dict)
     decided: set[str] = field(default_factory=set)
+    decision_rows: dict[str, int] = field(default_factory=dict)  # candidate -> its row id
+    program_base: dict[str, str] = field(default_factory=dict)  # code mode: commit tried on
 
     @property
     def in_flight(self) -> list[str]:
@@ -77,9 +79,15 @@ def read_prior_run(run_dir: Path, events: list[LedgerEvent]) -> PriorRun:
             prior.iterations_started.add(e.iteration)
         elif e.event == "proposal" and e.candidate and e.iteration is not None:
             prior.proposed.add(e.candidate)
+            detail = e.detail or {}
+            diff = detail.get("diff")  # code mode
             proposal = Proposal(
-                hypothesis=e.hypothesis or "-", patch=e.patch or {"-": "-"}
-            )  # the baseline's row has no patch
+                hypothesis=e.hypothesis or "-",
+                patch=e.patch or ({} if diff else {"-": "-"}),  # the baseline's row has none
+                diff=diff,
+            )
+            if detail.get("base_commit"):
+                prior.program_base[e.candidate] = detail["base_commit"]
             by_iteration.setdefault(e.iteration, {})[candidate_index(e.candidate)] = proposal
         elif e.event == "repeat" and e.candidate:
             prior.repeated.add(e.candidate)
@@ -90,6 +98,8 @@ def read_prior_run(run_dir: Path, events: list[LedgerEvent]) -> PriorRun:
             evaluations[e.candidate] = e
         elif e.event == "decision" and e.candidate:
             prior.decided.add(e.candidate)
+            if e.id is not None:
+                prior.decision_rows[e.candidate] = e.id
     prior.proposals = {it: [p for _, p in sorted(ps.items())] for it, ps in by_iteration.items()}
     for name, training in trainings.items():
         outcome = _known_outcome(training, evaluations.get(name))

@@ -502,9 +502,12 @@ class ProgramRepo:
         """The editable files the diff changes; CodeEditError if it cannot be tried."""
         return self._prepare(diff).paths
 
-    def materialize(self, diff: str | None, dest: Path) -> Path:
-        """A plain copy (no .git) of ``main``'s files at ``dest``, with ``diff`` applied."""
-        tree = self.head() if diff is None else self._prepare(diff).tree
+    def materialize(self, diff: str | None, dest: Path, base: str | None = None) -> Path:
+        """A plain copy (no .git) of ``base``'s files (default: ``main``) at ``dest``, with
+        ``diff`` applied."""
+        if base is not None and not _SHA.fullmatch(base):
+            raise MlipilotError(f"base {shown(base)} is not a full commit sha")
+        tree = (base or self.head()) if diff is None else self._prepare(diff, base).tree
         dest = Path(os.path.realpath(dest))
         if dest.is_relative_to(self.root):
             raise MlipilotError(f"{dest} is inside the program repository {self.root}")
@@ -553,6 +556,12 @@ class ProgramRepo:
         sha = self._commit(edit.tree, edit.base, message, trailers)
         self._git("update-ref", "-m", "mlipilot: keep reverted", ref, sha, "")
         return sha
+
+    def candidates(self) -> set[str]:
+        """The candidates whose edits are kept (committed on main or on a branch): the values
+        of their ``Candidate`` trailers."""
+        out = self._out("log", "--all", "--format=%(trailers:key=Candidate,valueonly)")
+        return {line.strip() for line in out.splitlines() if line.strip()}
 
     def log(self, all_branches: bool = True) -> str:
         """The history as ``git log --graph --decorate --oneline`` draws it."""

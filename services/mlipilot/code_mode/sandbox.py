@@ -172,10 +172,11 @@ def bwrap_args(
             args += ["--ro-bind", str(top), str(top)]
     for name in ETC_FILES:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    for root in interpreter_paths(python):
-        args += ["--ro-bind", str(root), str(root)]
+    # /tmp first: an interpreter or virtual environment under /tmp is bound on top of it.
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+    for root in interpreter_paths(python):
+        args += ["--ro-bind", str(root), str(root)]
     args += ["--bind", str(work / "program"), str(PROGRAM_INSIDE)]
     args += ["--ro-bind", str(work / "job.json"), str(JOB_INSIDE)]
     args += ["--ro-bind", str(train_file), str(TRAIN_INSIDE)]

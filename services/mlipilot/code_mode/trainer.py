@@ -9,7 +9,10 @@ scorecard reads, so nothing the program pickled is ever unpickled outside the sa
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mlipilot.campaign.candidates import CandidateJob, TrainedModel, TrainProgress
 from mlipilot.campaign.ledger import utc_now
@@ -17,9 +20,10 @@ from mlipilot.campaign.stopping import StopRequest
 from mlipilot.code_mode.model_boundary import ModelBoundaryError, save_trusted_model
 from mlipilot.code_mode.program_files import TEMPLATE_KNOBS, program_knobs, recipe_job
 from mlipilot.code_mode.repo import ProgramRepo
-from mlipilot.code_mode.sandbox import PROGRAM, SandboxLimits, SandboxResult, run_sandboxed
+from mlipilot.code_mode.sandbox import PROGRAM, SandboxLimits, run_sandboxed
+from mlipilot.recipe import Recipe
 from mlipilot.training.mace_args import MODEL_NAME
-from mlipilot.training.trainer import EpochRecord, TrainingBudget, TrainingOutcome
+from mlipilot.training.trainer import EpochRecord, TrainingBudget, TrainingOutcome, TrainingStatus
 
 _EPOCH = re.compile(r"^epoch (\d+) train_loss (\S+)((?: \w+ \S+)*)\s*$")
 
@@ -43,8 +47,65 @@ def parse_program_epoch(line: str) -> EpochRecord | None:
     return EpochRecord(epoch=int(m.group(1)), loss=loss, valid=valid)
 
 
+def program_job(program_dir: Path, recipe: Recipe, epochs: int) -> dict[str, Any]:
+    """What the program at ``program_dir`` is run with: the recipe's values for its knobs."""
+    knobs = program_knobs((program_dir / PROGRAM).read_text()) or TEMPLATE_KNOBS
+    return {**recipe_job(recipe, knobs), "epochs": epochs}
+
+
+def train_program(
+    program_dir: Path,
+    job: dict[str, Any],
+    train_file: Path,
+    work_dir: Path,
+    limits: SandboxLimits,
+    progress: Callable[[int, int, EpochRecord], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainingOutcome:
+    """Run the program in the sandbox, then rebuild its model at the boundary into
+    ``work_dir/mace/candidate.model``; never raises for what the program does. Here or on a
+    Ray worker (training/ray_trainer.py), with ``work_dir`` on the shared run folder."""
+    curve: list[EpochRecord] = []
+
+    def on_line(line: str) -> None:
+        record = parse_program_epoch(line)
+        if record is not None:
+            curve.append(record)
+            if progress is not None:
+                progress(record.epoch + 1, int(job["epochs"]), record)
+
+    result = run_sandboxed(
+        program_dir, job, train_file, work_dir / "out", limits, on_line=on_line, cancel=cancel
+    )
+    log = work_dir / "train.log"
+    log.write_text(result.log_path.read_text(errors="replace"))
+    status: TrainingStatus = "ok"
+    cause, model = None, None
+    if result.status == "ok":
+        try:
+            model = save_trusted_model(result.out_dir, work_dir / "mace" / f"{MODEL_NAME}.model")
+        except ModelBoundaryError as exc:
+            status, cause = "failed", f"the program's model does not rebuild: {exc}"
+    elif result.status == "timeout":
+        status, cause = "timeout", "over the wall-clock budget"
+    elif result.status == "cancelled":
+        status, cause = "cancelled", "cancelled while training"
+    else:
+        last = [ln for ln in result.log_tail.splitlines() if ln.strip()][-3:]
+        status, cause = "failed", f"program {result.status}: " + " | ".join(last)
+    return TrainingOutcome(
+        status=status,
+        cause=cause,
+        model_path=model,
+        curve=curve,
+        wall_s=result.seconds,
+        log_path=log,
+        command=[str(PROGRAM), "job.json"],
+    )
+
+
 class CodeTrainer:
-    """Trains each candidate by running its program in the sandbox (one process per candidate)."""
+    """Trains each candidate here, by running its program in the sandbox."""
 
     def __init__(
         self,
@@ -65,59 +126,18 @@ class CodeTrainer:
     ) -> TrainedModel:
         started = utc_now()
         work = Path(job.work_dir)
-        program_dir = self.repo.materialize(job.proposal.diff, work / "program")
-        knobs = program_knobs((program_dir / PROGRAM).read_text()) or TEMPLATE_KNOBS
-        run_job = {**recipe_job(job.recipe, knobs), "epochs": budget.epochs}
-        limits = (self.limits or SandboxLimits()).model_copy(
-            update={"wall_seconds": budget.max_seconds, "threads": self.threads}
-        )
-        curve: list[EpochRecord] = []
-
-        def on_line(line: str) -> None:
-            record = parse_program_epoch(line)
-            if record is not None:
-                curve.append(record)
-                progress(record.epoch + 1, budget.epochs, record)
-
-        result = run_sandboxed(
+        program_dir = self.repo.materialize(job.proposal.diff, work / "program", job.base_commit)
+        limits = sandbox_limits(self.limits, budget, self.threads)
+        outcome = train_program(
             program_dir,
-            run_job,
+            program_job(program_dir, job.recipe, budget.epochs),
             self.train_file,
-            work / "out",
+            work,
             limits,
-            on_line=on_line,
-            cancel=self.stop.event,
+            progress,
+            self.stop.event,
         )
-        outcome = self._outcome(result, work, curve, [str(PROGRAM), "job.json"])
-        return TrainedModel(outcome, started, started, utc_now(), {"sandbox": result.status})
-
-    def _outcome(
-        self, result: SandboxResult, work: Path, curve: list[EpochRecord], command: list[str]
-    ) -> TrainingOutcome:
-        log = work / "train.log"
-        log.write_text(result.log_path.read_text(errors="replace"))
-        status, cause, model = "ok", None, None
-        if result.status == "ok":
-            try:
-                model = save_trusted_model(result.out_dir, work / "mace" / f"{MODEL_NAME}.model")
-            except ModelBoundaryError as exc:
-                status, cause = "failed", f"the program's model does not rebuild: {exc}"
-        elif result.status == "timeout":
-            status, cause = "timeout", "over the wall-clock budget"
-        elif result.status == "cancelled":
-            status, cause = "cancelled", "cancelled while training"
-        else:
-            last = [ln for ln in result.log_tail.splitlines() if ln.strip()][-3:]
-            status, cause = "failed", f"program {result.status}: " + " | ".join(last)
-        return TrainingOutcome(
-            status=status,
-            cause=cause,
-            model_path=model,
-            curve=curve,
-            wall_s=result.seconds,
-            log_path=log,
-            command=command,
-        )
+        return TrainedModel(outcome, started, started, utc_now(), {"sandbox": "local"})
 
     def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
         return []
@@ -127,3 +147,12 @@ class CodeTrainer:
 
     def close(self) -> None:
         pass
+
+
+def sandbox_limits(
+    base: SandboxLimits | None, budget: TrainingBudget, threads: int
+) -> SandboxLimits:
+    """The campaign's wall-clock budget and thread count on top of the default limits."""
+    return (base or SandboxLimits()).model_copy(
+        update={"wall_seconds": budget.max_seconds, "threads": threads}
+    )

@@ -13,6 +13,7 @@ long as it lives, and the MD tasks that score the candidate need them next.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ from ray.util.queue import Empty, Queue
 
 from mlipilot.campaign.candidates import CandidateJob, TrainedModel, TrainProgress
 from mlipilot.campaign.ledger import utc_now
+from mlipilot.code_mode.repo import ProgramRepo
+from mlipilot.code_mode.sandbox import SandboxLimits
+from mlipilot.code_mode.trainer import program_job, sandbox_limits, train_program
 from mlipilot.config import RayResources
 from mlipilot.ray_runtime import NAMESPACE
 from mlipilot.recipe import Recipe
@@ -44,16 +48,28 @@ class TrainerActor:
             progress.put_nowait((name, done, total, record.model_dump()))
 
         started = utc_now()
-        outcome = train_recipe(
-            Recipe.model_validate(request["recipe"]),
-            train_file=Path(request["train_file"]),
-            atomic_numbers=request["atomic_numbers"],
-            work_dir=work_dir,
-            budget=TrainingBudget.model_validate(request["budget"]),
-            progress=report,
-            device=device,
-            threads=request["threads"],
-        )
+        if "program_dir" in request:  # code mode: the candidate's own program, sandboxed here
+            if retried:  # a lost attempt's output would make the sandbox refuse to start
+                shutil.rmtree(work_dir / "out", ignore_errors=True)
+            outcome = train_program(
+                Path(request["program_dir"]),
+                request["program_job"],
+                Path(request["train_file"]),
+                work_dir,
+                SandboxLimits.model_validate(request["limits"]),
+                report,
+            )
+        else:
+            outcome = train_recipe(
+                Recipe.model_validate(request["recipe"]),
+                train_file=Path(request["train_file"]),
+                atomic_numbers=request["atomic_numbers"],
+                work_dir=work_dir,
+                budget=TrainingBudget.model_validate(request["budget"]),
+                progress=report,
+                device=device,
+                threads=request["threads"],
+            )
         return {
             "outcome": outcome.model_dump(mode="json"),
             "started_at": started,
@@ -77,8 +93,10 @@ class RayTrainerPool:
         atomic_numbers: list[int],
         resources: RayResources,
         threads: int | None,
+        program: ProgramRepo | None = None,
     ) -> None:
         self.campaign_id = campaign_id
+        self.program = program  # code mode: each candidate trains its own program
         self.train_file = train_file
         self.atomic_numbers = atomic_numbers
         self.resources = resources
@@ -104,6 +122,16 @@ class RayTrainerPool:
             "budget": budget.model_dump(),
             "threads": self.threads,
         }
+        if self.program is not None:
+            # Materialized here, on the shared run folder: the worker needs no repository.
+            program_dir = self.program.materialize(
+                job.proposal.diff, job.work_dir / "program", job.base_commit
+            )
+            request |= {
+                "program_dir": str(program_dir),
+                "program_job": program_job(program_dir, job.recipe, budget.epochs),
+                "limits": sandbox_limits(None, budget, self.threads or 1).model_dump(),
+            }
         dispatched, t0 = utc_now(), time.monotonic()
         actor = TrainerActor.options(
             name=self.actor_name(job.name),

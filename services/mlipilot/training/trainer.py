@@ -32,6 +32,9 @@ _METRIC = re.compile(r"(\w+)=\s*([-+0-9.eEinfa]+)\s*(meV(?: / A)?)?")
 ProgressFn = Callable[[int, int, "EpochRecord"], None]
 
 
+TrainingStatus = Literal["ok", "failed", "timeout", "cancelled"]
+
+
 class EpochRecord(BaseModel):
     epoch: int  # -1 is the evaluation before training
     loss: float
@@ -39,7 +42,7 @@ class EpochRecord(BaseModel):
 
 
 class TrainingOutcome(BaseModel):
-    status: Literal["ok", "failed", "timeout", "cancelled"]
+    status: TrainingStatus
     cause: str | None = None
     model_path: Path | None = None
     curve: list[EpochRecord] = []
