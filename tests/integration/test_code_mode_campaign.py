@@ -251,10 +251,12 @@ def test_code_mode_on_ray_trains_each_candidates_program_on_an_actor(
     commit, though main moved on in the same iteration."""
     spec = tiny_spec(md_seeds=(0,))
     spec["md"] |= {"nvt_steps": 10, "nve_steps": 5}
-    path = write_tiny_campaign(tmp_path, name="code-ray", data_path=tmp_path / "data", spec=spec)
+    path = write_tiny_campaign(
+        tmp_path, name="code-ray", data_path=tmp_path / "data", n_train=48, spec=spec
+    )
     campaign_data = yaml.safe_load(path.read_text())
     campaign_data |= {"mode": "code", "compute": {"torch_threads": 1, "ray_address": "local"}}
-    campaign_data["budget"] |= {"iterations": 1, "epochs": 3, "candidates_per_iteration": 2}
+    campaign_data["budget"] |= {"iterations": 1, "epochs": 10, "candidates_per_iteration": 2}
     path.write_text(yaml.safe_dump(campaign_data))
     campaign, _ = load_campaign(path)
     worse = _edited(BASELINE_PROGRAM, 'lr=job["lr"]', 'lr=job["lr"] * 1e-6')

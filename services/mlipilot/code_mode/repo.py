@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlipilot.code_mode.program_files import PARSE_LOCK
 from mlipilot.errors import MlipilotError, clipped, shown
 
 MAIN = "refs/heads/main"
@@ -378,7 +379,8 @@ def _syntax_error(path: str, source: bytes) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SyntaxWarnings: not errors, and not ours to print
-            compile(source, path, "exec", dont_inherit=True)
+            with PARSE_LOCK:
+                compile(source, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
         text = (exc.text or "").strip()
         return f"{path}, line {exc.lineno}: {exc.msg}" + (f"\n    {text}" if text else "")

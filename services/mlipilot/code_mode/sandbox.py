@@ -39,6 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlipilot.code_mode.model_boundary import MODEL_JSON, WEIGHTS
+from mlipilot.code_mode.program_files import PARSE_LOCK
 from mlipilot.errors import MlipilotError
 
 PROGRAM = Path("training/program.py")  # the editable file, relative to the program folder
@@ -311,7 +312,8 @@ def _no_git(folder: str, names: list[str]) -> list[str]:
 def _syntax_error(path: Path) -> str | None:
     """The syntax error of the editable file (with its line), or None when it compiles."""
     try:
-        compile(path.read_bytes(), str(PROGRAM), "exec", dont_inherit=True)
+        with PARSE_LOCK:
+            compile(path.read_bytes(), str(PROGRAM), "exec", dont_inherit=True)
     except SyntaxError as exc:
         text = (exc.text or "").rstrip()
         return f"SyntaxError: {PROGRAM}, line {exc.lineno}: {exc.msg}" + (
