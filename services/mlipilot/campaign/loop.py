@@ -67,8 +67,9 @@ from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
 from mlipilot.campaign.resume import PriorRun, read_prior_run
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
+from mlipilot.code_mode.diffs import CodeEditError
 from mlipilot.code_mode.program_files import TEMPLATE, program_digest, recipe_job
-from mlipilot.code_mode.repo import CodeEditError, ProgramRepo
+from mlipilot.code_mode.repo import ProgramRepo
 from mlipilot.code_mode.trainer import CodeTrainer
 from mlipilot.config import Campaign
 from mlipilot.data.campaign_data import ensure_campaign_data

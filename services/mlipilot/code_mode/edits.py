@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from mlipilot.code_mode.diffs import unified_diff
 from mlipilot.code_mode.program_files import PROGRAM
-from mlipilot.code_mode.repo import unified_diff
 from mlipilot.errors import MlipilotError
 from mlipilot.scoring.result import ConstraintOutcome, ScoreResult
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.agents.llm import state_view
+from mlipilot.code_mode.diffs import CodeEditError
 from mlipilot.code_mode.program_files import (
     PROGRAM,
     TEMPLATE_KNOBS,
@@ -22,7 +23,7 @@ from mlipilot.code_mode.program_files import (
     program_knobs,
     recipe_job,
 )
-from mlipilot.code_mode.repo import CodeEditError, apply_to_files
+from mlipilot.code_mode.repo import apply_to_files
 from mlipilot.errors import clipped
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.training.mace_args import batch_fits
