@@ -207,13 +207,8 @@ def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
     if state.program is not None:
         return _check_code_proposal(state, args)
     hypothesis, patch = args.get("hypothesis"), args.get("patch")
-    unexpected = sorted(set(args) - {"hypothesis", "patch"})
-    if unexpected:
-        return _refused(f"unexpected argument(s) {unexpected}; give hypothesis and patch only")
-    if not isinstance(hypothesis, str) or not hypothesis.strip():
-        return _refused("hypothesis must be a non-empty string")
-    if len(hypothesis) > HYPOTHESIS_MAX:
-        return _refused(f"hypothesis is longer than {HYPOTHESIS_MAX} characters: be brief")
+    if problem := _argument_problem(args, ("hypothesis", "patch")):
+        return _refused(problem)
     if isinstance(patch, str):  # some models send the patch as a JSON string
         with contextlib.suppress(json.JSONDecodeError):
             patch = json.loads(patch)
@@ -240,13 +235,8 @@ def _check_code_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnsw
     recipe within the program's knobs, the diff applying to the incumbent's program."""
     assert state.program is not None
     hypothesis, patch, diff = args.get("hypothesis"), args.get("patch", {}), args.get("diff", "")
-    unexpected = sorted(set(args) - {"hypothesis", "patch", "diff"})
-    if unexpected:
-        return _refused(f"unexpected argument(s) {unexpected}; give hypothesis, patch, diff")
-    if not isinstance(hypothesis, str) or not hypothesis.strip():
-        return _refused("hypothesis must be a non-empty string")
-    if len(hypothesis) > HYPOTHESIS_MAX:
-        return _refused(f"hypothesis is longer than {HYPOTHESIS_MAX} characters: be brief")
+    if problem := _argument_problem(args, ("hypothesis", "patch", "diff")):
+        return _refused(problem)
     if isinstance(patch, str):
         with contextlib.suppress(json.JSONDecodeError):
             patch = json.loads(patch) if patch.strip() else {}
@@ -278,6 +268,19 @@ def _check_code_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnsw
         "accepted: the candidate will be trained and scored",
         proposal=Proposal(hypothesis=hypothesis.strip(), patch=patch, diff=diff or None),
     )
+
+
+def _argument_problem(args: dict[str, Any], allowed: tuple[str, ...]) -> str | None:
+    """What is wrong with propose's arguments before their content is read, or None."""
+    unexpected = sorted(set(args) - set(allowed))
+    if unexpected:
+        return f"unexpected argument(s) {unexpected}; give {', '.join(allowed)} only"
+    hypothesis = args.get("hypothesis")
+    if not isinstance(hypothesis, str) or not hypothesis.strip():
+        return "hypothesis must be a non-empty string"
+    if len(hypothesis) > HYPOTHESIS_MAX:
+        return f"hypothesis is longer than {HYPOTHESIS_MAX} characters: be brief"
+    return None
 
 
 def _refused(reason: str) -> ToolAnswer:
