@@ -10,26 +10,43 @@ import statistics
 import time
 from pathlib import Path
 
-from ase import Atoms
-from ase.calculators.calculator import all_changes
+import numpy as np
+from ase import Atoms, units
+from ase.md.velocitydistribution import Stationary
+from ase.md.verlet import VelocityVerlet
 
-from mlipilot.scoring.md_stability import ForcesOnlyMACE, load_md_calculator
+from mlipilot.scoring.md_stability import ForcesOnlyMACE, load_md_calculator, thermalize_momenta
 from mlipilot.scoring.spec import ThroughputSettings
 
 WARMUP_STEPS = 3  # first calls pay for lazy allocations and caches, not the model
+TIMESTEP_FS = 1.0
+TEMPERATURE_K = 300.0
+SEED = 0
 
 
 def _atom_steps_per_s(calc: ForcesOnlyMACE, structure: Atoms, n_steps: int) -> float:
-    """Time n_steps of what an MD step costs the model: the graph, energy and forces.
+    """Time n_steps of VelocityVerlet, the same loop (and calculator) as the stability stage.
 
-    Every call is at the same structure. Integrating instead would let the model's own
-    dynamics decide what is timed: a model that blows the structure apart leaves atoms
-    scattered over a huge box, and the neighbour search, not the model, sets its speed.
+    Every step starts from the same state (positions and momenta put back): the model's own
+    dynamics must not decide what is timed. A model that blows the structure apart would
+    leave its atoms scattered over a huge box, and the neighbour search, not the model, would
+    set its speed (an exploding baseline once measured 0.04x against itself).
     """
     atoms = structure.copy()
+    atoms.calc = calc
+    calc.reset()
+    # Same velocities every timing, so both models step from the same state.
+    thermalize_momenta(atoms, TEMPERATURE_K, rng=np.random.default_rng(SEED))
+    Stationary(atoms)
+    dyn = VelocityVerlet(atoms, TIMESTEP_FS * units.fs)
+    start_positions, start_momenta = atoms.get_positions(), atoms.get_momenta()
+    start_forces = atoms.get_forces()
 
     def step() -> None:
-        calc.calculate(atoms, ["energy", "forces"], all_changes)
+        atoms.set_positions(start_positions)
+        atoms.set_momenta(start_momenta)
+        calc.reset()  # the step reaches the same positions each time: no cached answer
+        dyn.step(start_forces)
 
     for _ in range(WARMUP_STEPS):
         step()
