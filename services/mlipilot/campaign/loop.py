@@ -653,6 +653,8 @@ def _ask_agent(
         return None
     candidate = candidate_name(iteration, len(pending), run.per_iteration)
     last_error = None
+    # Code mode: the incumbent's program, read once for every attempt (it cannot change here).
+    program = run.program.files() if run.program is not None else None
     for attempt in range(run.campaign.budget.agent_retries + 1):
         state = CampaignState(
             iteration=iteration,
@@ -665,8 +667,8 @@ def _ask_agent(
             pending=pending,
             last_error=last_error,
             train_frames=run.dataset.n_frames("train"),
-            program=run.program.files() if run.program is not None else None,
-            program_sha256=_program_after(run, None),
+            program=program,
+            program_sha256=program_digest(program) if program is not None else None,
         )
         try:
             proposal = agent.propose(state)

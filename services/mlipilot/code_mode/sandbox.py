@@ -40,9 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlipilot.code_mode.model_boundary import MODEL_JSON, WEIGHTS
 from mlipilot.code_mode.program_files import PARSE_LOCK
+from mlipilot.code_mode.program_files import PROGRAM as TEMPLATE_PROGRAM
 from mlipilot.errors import MlipilotError
 
-PROGRAM = Path("training/program.py")  # the editable file, relative to the program folder
+PROGRAM = Path(TEMPLATE_PROGRAM)  # the file the sandbox runs, relative to the program folder
 INSIDE = Path("/sandbox")
 PROGRAM_INSIDE = INSIDE / "program"
 JOB_INSIDE = INSIDE / "job.json"
