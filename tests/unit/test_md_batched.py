@@ -16,7 +16,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-from mace import modules
+from mace_models import untrained_mace
 
 from mlipilot.scoring.md_batched import (
     NEIGHBOUR_SKIN_A,
@@ -52,27 +52,15 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-interaction, two-element (Cu, Ag) MACE with its initial weights."""
-    from e3nn import o3  # after mace, which sets how torch.load treats e3nn's constants
-
-    torch.manual_seed(0)
-    model = modules.ScaleShiftMACE(
-        r_max=4.0,
-        num_bessel=6,
-        num_polynomial_cutoff=5,
-        max_ell=2,
-        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
+    model = untrained_mace(
+        [29, 47],
+        [-3.0, -2.5],
         num_interactions=2,
-        num_elements=2,
-        hidden_irreps=o3.Irreps("8x0e+8x1o"),
-        MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.array([-3.0, -2.5]),
+        max_ell=2,
+        hidden_irreps="8x0e+8x1o",
+        mlp_irreps="16x0e",
         avg_num_neighbors=40.0,
-        atomic_numbers=[29, 47],
-        correlation=2,
-        gate=torch.nn.functional.silu,
-        atomic_inter_scale=0.5,
-        atomic_inter_shift=0.0,
+        interaction_scale=0.5,
     )
     path = tmp_path_factory.mktemp("model") / "untrained.model"
     torch.save(model, path)

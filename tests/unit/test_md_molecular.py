@@ -10,7 +10,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-from mace import modules
+from mace_models import untrained_mace
 from pydantic import ValidationError
 
 from mlipilot.errors import MlipilotError
@@ -144,28 +144,7 @@ def test_fragment_factor_must_exceed_bond_factor() -> None:
 def forceless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MACE for H, C, O whose interaction energy is scaled to zero: no force holds a molecule
     together, as in a model that learned nothing about bonding."""
-    from e3nn import o3  # after mace, which sets how torch.load treats e3nn's constants
-
-    torch.manual_seed(0)
-    model = modules.ScaleShiftMACE(
-        r_max=4.0,
-        num_bessel=6,
-        num_polynomial_cutoff=5,
-        max_ell=1,
-        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
-        num_interactions=1,
-        num_elements=3,
-        hidden_irreps=o3.Irreps("8x0e"),
-        MLP_irreps=o3.Irreps("8x0e"),
-        atomic_energies=np.array([-13.6, -1030.0, -2040.0]),
-        avg_num_neighbors=8.0,
-        atomic_numbers=[1, 6, 8],
-        correlation=2,
-        gate=torch.nn.functional.silu,
-        atomic_inter_scale=0.0,
-        atomic_inter_shift=0.0,
-    )
+    model = untrained_mace([1, 6, 8], [-13.6, -1030.0, -2040.0], interaction_scale=0.0)
     path = tmp_path_factory.mktemp("model") / "forceless.model"
     torch.save(model, path)
     return path

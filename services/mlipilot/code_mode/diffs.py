@@ -17,8 +17,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mlipilot.code_mode.program_files import PARSE_LOCK
 from mlipilot.errors import MlipilotError, clipped, shown
+from mlipilot.process_globals import GLOBALS_LOCK
 
 MAX_DIFF_BYTES = 1 << 20
 MAX_STDERR_BYTES = 4000  # of git's stderr quoted in a message
@@ -350,7 +350,7 @@ def syntax_error(path: str, source: bytes) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SyntaxWarnings: not errors, and not ours to print
-            with PARSE_LOCK:
+            with GLOBALS_LOCK:
                 compile(source, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
         text = (exc.text or "").strip()

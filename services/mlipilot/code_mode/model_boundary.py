@@ -23,7 +23,6 @@ import json
 import math
 import os
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +36,7 @@ from mace import modules
 
 from mlipilot.atomic_files import replaced_atomically
 from mlipilot.errors import MlipilotError, shown
+from mlipilot.process_globals import GLOBALS_LOCK
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
@@ -252,13 +252,11 @@ def _error(path: Path, key: str, message: str) -> ModelBoundaryError:
     return ModelBoundaryError(f"{path}: {key}: {message}", fields=(key,))
 
 
-_DTYPE_LOCK = threading.Lock()
-
-
 @contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """MACE creates its buffers in torch's (process-wide) default dtype."""
-    with _DTYPE_LOCK:
+    """MACE creates its buffers in torch's (process-wide) default dtype; the lock also covers
+    e3nn's code generation while the model is built (see process_globals)."""
+    with GLOBALS_LOCK:
         before = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:

@@ -6,16 +6,12 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlipilot.process_globals import GLOBALS_LOCK
 from mlipilot.recipe import Recipe, RecipeError
-
-# CPython 3.11 can fail ``compile``/``ast.parse`` run in two threads at once ("SystemError: AST
-# constructor recursion depth mismatch"), and candidates are prepared in parallel threads.
-PARSE_LOCK = threading.Lock()
 
 TEMPLATE = Path(__file__).parent / "template"  # the baseline program every campaign starts from
 PROGRAM = "training/program.py"  # the template's editable file
@@ -29,7 +25,7 @@ def program_digest(files: Mapping[str, str]) -> str:
 
 def program_knobs(program: str) -> tuple[str, ...]:
     """The recipe keys a training program reads: its ``KNOBS`` dict's keys (read, never run)."""
-    with PARSE_LOCK:
+    with GLOBALS_LOCK:
         tree = ast.parse(program)
     for node in tree.body:
         if (

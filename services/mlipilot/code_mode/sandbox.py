@@ -39,9 +39,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlipilot.code_mode.model_boundary import MODEL_JSON, WEIGHTS
-from mlipilot.code_mode.program_files import PARSE_LOCK
 from mlipilot.code_mode.program_files import PROGRAM as TEMPLATE_PROGRAM
 from mlipilot.errors import MlipilotError
+from mlipilot.process_globals import GLOBALS_LOCK
 
 PROGRAM = Path(TEMPLATE_PROGRAM)  # the file the sandbox runs, relative to the program folder
 INSIDE = Path("/sandbox")
@@ -313,7 +313,7 @@ def _no_git(folder: str, names: list[str]) -> list[str]:
 def _syntax_error(path: Path) -> str | None:
     """The syntax error of the editable file (with its line), or None when it compiles."""
     try:
-        with PARSE_LOCK:
+        with GLOBALS_LOCK:
             compile(path.read_bytes(), str(PROGRAM), "exec", dont_inherit=True)
     except SyntaxError as exc:
         text = (exc.text or "").rstrip()

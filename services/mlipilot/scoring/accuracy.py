@@ -17,6 +17,8 @@ from mace.tools import torch_geometric, torch_tools, utils
 
 from mlipilot.data.extxyz import ENERGY_KEY, FORCES_KEY
 from mlipilot.errors import MlipilotError
+from mlipilot.process_globals import GLOBALS_LOCK
+from mlipilot.scoring.model_file import load_model
 from mlipilot.scoring.spec import AccuracySettings
 
 KCAL_PER_MOL_PER_EV = 1.0 / (units.kcal / units.mol)  # 23.06
@@ -80,13 +82,12 @@ def evaluate_accuracy(
     (kcal/mol/Å) as chemists do for molecules; a scorecard constrains the ones it needs."""
     if not test_frames:
         raise MlipilotError("accuracy: the test split is empty")
-    if not Path(model_path).is_file():
-        raise MlipilotError(f"MACE model {model_path}: no such file")
     ref_e, counts, ref_f = _references(test_frames)
-    model = torch.load(model_path, map_location="cpu", weights_only=False).double()
-    for param in model.parameters():
-        param.requires_grad = False
-    pred_e, pred_f = _predict(model, test_frames, settings.batch_size)
+    with GLOBALS_LOCK:  # the default dtype, and e3nn's tracing: see process_globals
+        model = load_model(model_path).double()
+        for param in model.parameters():
+            param.requires_grad = False
+        pred_e, pred_f = _predict(model, test_frames, settings.batch_size)
     e_mae, e_rmse = _mae_rmse((pred_e - ref_e) / counts * 1000.0)
     f_mae, f_rmse = _mae_rmse((pred_f - ref_f).ravel() * 1000.0)
     mol_mae, mol_rmse = _mae_rmse((pred_e - ref_e) * KCAL_PER_MOL_PER_EV)

@@ -34,12 +34,14 @@ from ase import units
 from mace.data.neighborhood import get_neighborhood
 
 from mlipilot.errors import MlipilotError
+from mlipilot.process_globals import GLOBALS_LOCK
 from mlipilot.scoring.md_stability import (
     ReplicaJob,
     ReplicaMonitor,
     ReplicaOutcome,
     initial_state,
 )
+from mlipilot.scoring.model_file import load_model
 from mlipilot.scoring.spec import MDSettings, Precision
 
 NEIGHBOUR_SKIN_A = 1.0  # a replica's pairs are searched again once an atom moved skin/2
@@ -165,10 +167,7 @@ class BatchedMACE:
 
     @classmethod
     def load(cls, model_path: Path, device: str, precision: Precision) -> BatchedMACE:
-        if not Path(model_path).is_file():
-            raise MlipilotError(f"MACE model {model_path}: no such file")
-        model = torch.load(model_path, map_location="cpu", weights_only=False)
-        return cls(model, device, precision)
+        return cls(load_model(model_path), device, precision)
 
     def node_attrs(self, numbers: np.ndarray) -> torch.Tensor:
         try:
@@ -205,7 +204,8 @@ class BatchedMACE:
             "head": graph.head,
             "cell": graph.cell,
         }
-        out = self.model(data, compute_stress=False, compute_virials=False, training=False)
+        with GLOBALS_LOCK:  # e3nn's tracing elsewhere patches every forward: process_globals
+            out = self.model(data, compute_stress=False, compute_virials=False, training=False)
         return (
             out["energy"].detach().to("cpu", torch.float64).numpy(),
             out["forces"].detach().to("cpu", torch.float64).numpy(),

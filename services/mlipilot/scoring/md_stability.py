@@ -31,7 +31,9 @@ from mace.calculators import MACECalculator
 from pydantic import BaseModel
 
 from mlipilot.errors import MlipilotError
+from mlipilot.process_globals import GLOBALS_LOCK
 from mlipilot.scoring.md_molecular import MolecularCheck
+from mlipilot.scoring.model_file import load_model
 from mlipilot.scoring.spec import MDSettings, Precision
 
 try:  # ASE >= 3.29 deprecates MaxwellBoltzmannDistribution in favour of thermalize_momenta
@@ -73,6 +75,10 @@ class ForcesOnlyMACE(MACECalculator):
     """
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
+        with GLOBALS_LOCK:  # graph building and forward: see process_globals
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(self, atoms, properties, system_changes) -> None:
         Calculator.calculate(self, atoms, properties, system_changes)
         n = len(self.atoms)
         batch = self._atoms_to_batch(self.atoms)
@@ -99,11 +105,14 @@ def load_md_calculator(
     model_path: Path, device: str = "cpu", dtype: Precision = "float64"
 ) -> ForcesOnlyMACE:
     """Load a mace_run_train model file as a stress-free MD calculator evaluated in ``dtype``."""
-    if not Path(model_path).is_file():
-        raise MlipilotError(f"MACE model {model_path}: no such file")
     # Loaded here rather than via model_paths= so a path with glob characters still works.
-    model = torch.load(model_path, map_location="cpu", weights_only=False)
-    return ForcesOnlyMACE(models=model, device=device, default_dtype=dtype)
+    model = load_model(model_path)
+    with GLOBALS_LOCK:  # MACECalculator sets torch's (process-wide) default dtype: put it back
+        before = torch.get_default_dtype()
+        try:
+            return ForcesOnlyMACE(models=model, device=device, default_dtype=dtype)
+        finally:
+            torch.set_default_dtype(before)
 
 
 class ReplicaOutcome(BaseModel):

@@ -15,6 +15,7 @@ from ase import Atoms, units
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
+from mlipilot.process_globals import GLOBALS_LOCK
 from mlipilot.scoring.md_stability import ForcesOnlyMACE, load_md_calculator, thermalize_momenta
 from mlipilot.scoring.spec import ThroughputSettings
 
@@ -68,9 +69,11 @@ def measure_throughput(
     candidate = load_md_calculator(model_path)
     baseline = load_md_calculator(baseline_model_path)
     cand_rates, base_rates = [], []
-    for _ in range(settings.repeats):
-        cand_rates.append(_atom_steps_per_s(candidate, structure, settings.md_steps))
-        base_rates.append(_atom_steps_per_s(baseline, structure, settings.md_steps))
+    # Held throughout: no other scoring thread's model work runs into the timings.
+    with GLOBALS_LOCK:
+        for _ in range(settings.repeats):
+            cand_rates.append(_atom_steps_per_s(candidate, structure, settings.md_steps))
+            base_rates.append(_atom_steps_per_s(baseline, structure, settings.md_steps))
     cand, base = statistics.median(cand_rates), statistics.median(base_rates)
     return {
         "md_atom_steps_per_s": cand,
