@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 import yaml
 from tiny_campaign import write_tiny_campaign
 
@@ -43,8 +44,14 @@ def parallel_run(ray_session, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("parallel")
     path = _campaign_file(folder, "par", iterations=2, epochs=3, candidates_per_iteration=2)
     campaign, _ = load_campaign(path)
-    outcome = run_campaign(campaign, path, folder / "runs")
-    return outcome, read_events(outcome.layout.ledger)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the campaign asks for 1 (compute.torch_threads)
+    try:
+        outcome = run_campaign(campaign, path, folder / "runs")
+        threads_after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    return outcome, read_events(outcome.layout.ledger), threads_after
 
 
 def _of(events: list[LedgerEvent], kind: str, iteration: int) -> list[LedgerEvent]:
@@ -52,7 +59,7 @@ def _of(events: list[LedgerEvent], kind: str, iteration: int) -> list[LedgerEven
 
 
 def test_two_candidates_train_concurrently_on_their_own_actors(parallel_run) -> None:
-    _, events = parallel_run
+    _, events, _ = parallel_run
     for iteration in (1, 2):
         a, b = _of(events, "training", iteration)
         assert {a.candidate, b.candidate} == {f"it{iteration:03d}-1", f"it{iteration:03d}-2"}
@@ -69,7 +76,7 @@ def test_two_candidates_train_concurrently_on_their_own_actors(parallel_run) -> 
 
 
 def test_every_candidate_is_decided_and_only_the_best_can_be_accepted(parallel_run) -> None:
-    outcome, events = parallel_run
+    outcome, events, _ = parallel_run
     for iteration in (1, 2):
         decisions = _of(events, "decision", iteration)
         assert len(decisions) == 2
@@ -89,8 +96,16 @@ def test_every_candidate_is_decided_and_only_the_best_can_be_accepted(parallel_r
             if d.candidate != best and d.decision == "REVERT" and "ranked first" in d.reason:
                 assert best in d.reason
     # MD replicas ran as Ray tasks and wrote their traces into each candidate's folder.
+    reasons = {e.candidate: e.reason for e in events if e.event == "decision"}
     for name in ("it001-1", "it001-2", "it002-1", "it002-2"):
-        assert len(list((outcome.layout.candidate_dir(name) / "md").glob("*.csv"))) == 2
+        traces = list((outcome.layout.candidate_dir(name) / "md").glob("*.csv"))
+        assert len(traces) == 2, f"{name}: {reasons[name]}"
+
+
+def test_the_campaign_puts_torch_threads_back(parallel_run) -> None:
+    """torch's thread count is process-wide: a campaign run as a library call must not leave
+    its ``compute.torch_threads`` behind (a later throughput timing ran on one thread)."""
+    assert parallel_run[2] == 2
 
 
 def _child_of(work_dir: Path) -> tuple[int, int] | None:

@@ -323,7 +323,11 @@ def run_in_layout(
     stop = stop or StopRequest()
     start = time.monotonic()
     run: _Run | None = None
-    with _sole_writer(layout), Ledger(layout.ledger) as ledger:
+    with (
+        _sole_writer(layout),
+        _torch_threads(campaign.compute.torch_threads),
+        Ledger(layout.ledger) as ledger,
+    ):
         prior = read_prior_run(layout.root, read_events(layout.ledger)) if resume else PriorRun()
         try:
             run, agent = _start(
@@ -367,6 +371,19 @@ def run_in_layout(
 
 
 @contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's thread count for the campaign (``compute.torch_threads``), put back afterwards: it
+    is process-wide, and the throughput stage of whatever runs next depends on it."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def _sole_writer(layout: RunLayout) -> Iterator[None]:
     """An exclusive lock on the run folder while this process writes its campaign.
 
@@ -403,9 +420,6 @@ def _start(
     prior: PriorRun,
 ) -> tuple[_Run, Agent]:
     """Data, scorer, trainers and agent ready, and the campaign's start (or resume) recorded."""
-    compute = campaign.compute
-    if compute.torch_threads:
-        torch.set_num_threads(compute.torch_threads)
     spec, spec_hash = load_spec(campaign.scorecard)
     dataset = ensure_campaign_data(campaign.data, progress=reporter.note)
     if prior.started is not None:
