@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
+from spec_factory import make_spec
 
 from mlipilot.campaign.decision import SeedRun, decide, decide_over_seeds, repeat_seeds
 from mlipilot.errors import MlipilotError
-from mlipilot.scoring.result import ScoreResult, judge
+from mlipilot.scoring.result import ENERGY, FORCES, MD, SPEED, ScoreResult, judge
 from mlipilot.scoring.spec import Constraint, ScorecardSpec, load_spec
 
 REL = 1e-12  # exact arithmetic, up to float rounding
@@ -497,3 +498,33 @@ def test_a_failed_candidate_repeat_reverts_and_a_failed_incumbent_repeat_is_left
     assert noise["incumbent"]["values"][1] is None and noise["spread"] == 0.0
     d, _ = decide_over_seeds(runs("it003", [4.0, 6.0]), inc_failed, k=1.0)
     assert d.verdict == "REVERT"  # mean 5.0 against 5.0: no gain
+
+
+def test_constraints_on_a_kind_take_every_unit_and_a_name_only_itself() -> None:
+    spec = make_spec(
+        "kinds",
+        [
+            {"metric": "energy_mae_meV_per_atom", "max": 35.0, "unit": "meV/atom"},
+            {"metric": "energy_mae_kcal_per_mol", "max": 15.0, "unit": "kcal/mol"},
+            {"metric": "force_mae_meV_per_A", "max": 60.0, "unit": "meV/Å"},
+            {"metric": "md_survival_fraction", "min": 1.0, "unit": "fraction"},
+        ],
+        {"energy_mae_meV_per_atom": 1.0},
+    )
+    metrics = {
+        "energy_mae_meV_per_atom": 20.0,
+        "energy_mae_kcal_per_mol": 16.0,  # fails in kcal/mol only
+        "force_mae_meV_per_A": 50.0,
+        "md_survival_fraction": 1.0,
+    }
+    result = ScoreResult.judged(spec, metrics, spec_hash="h", test_hash="t")
+    assert [c.metric for c in result.constraints_on(ENERGY)] == [
+        "energy_mae_meV_per_atom",
+        "energy_mae_kcal_per_mol",
+    ]
+    assert [c.metric for c in result.constraints_on("energy_mae_meV_per_atom")] == [
+        "energy_mae_meV_per_atom"
+    ]
+    assert result.fails(ENERGY) and not result.fails("energy_mae_meV_per_atom")
+    assert not result.fails(FORCES) and not result.fails(MD)
+    assert result.constraints_on(SPEED) == [] and not result.fails(SPEED)

@@ -24,14 +24,7 @@ from mlipilot.code_mode.program_files import (
     recipe_job,
 )
 from mlipilot.recipe import Recipe, RecipeError
-from mlipilot.scoring.result import ConstraintOutcome, ScoreResult
-
-# Accuracy constraints by kind: whatever units the scorecard states them in (meV/atom for Cu,
-# kcal/mol for molecules), a name says which quantity a metric measures.
-ENERGY = "energy_"
-FORCES = "force_"
-MD = "md_survival_fraction"
-SPEED = "relative_throughput"
+from mlipilot.scoring.result import ENERGY, FORCES, MD, SPEED, ScoreResult
 
 
 @dataclass(frozen=True)
@@ -42,27 +35,13 @@ class Rule:
     hypothesis: Callable[[Recipe, ScoreResult], str]
 
 
-def _constraints(result: ScoreResult, metric: str) -> list[ConstraintOutcome]:
-    """The constraints on ``metric``, or on every metric of a kind (``ENERGY``, ``FORCES``)."""
-    is_kind = metric.endswith("_")
-    return [
-        c
-        for c in result.constraints
-        if c.metric == metric or (is_kind and c.metric.startswith(metric))
-    ]
-
-
-def _fails(result: ScoreResult, metric: str) -> bool:
-    return any(not c.satisfied for c in _constraints(result, metric))
-
-
 def _margin(result: ScoreResult, metric: str) -> float:
-    return min((c.margin for c in _constraints(result, metric)), default=0.0)
+    return min((c.margin for c in result.constraints_on(metric)), default=0.0)
 
 
 def _value(result: ScoreResult, metric: str) -> str:
     """The value with its unit: the worst constraint of the kind, or the metric itself."""
-    found = sorted(_constraints(result, metric), key=lambda c: c.margin)
+    found = sorted(result.constraints_on(metric), key=lambda c: c.margin)
     if found:
         return f"{found[0].value:.3g} {found[0].unit}"
     v = result.metrics.get(metric)
@@ -70,7 +49,7 @@ def _value(result: ScoreResult, metric: str) -> str:
 
 
 def _inaccurate(result: ScoreResult) -> bool:
-    return _fails(result, ENERGY) or _fails(result, FORCES)
+    return result.fails(ENERGY) or result.fails(FORCES)
 
 
 def _improvable(result: ScoreResult) -> bool:
@@ -87,7 +66,7 @@ def _stalled(state: CampaignState) -> bool:
 RULES: list[Rule] = [
     Rule(
         "normalize-output",
-        lambda r, res, s: _fails(res, ENERGY) and (r.scaling == "no_scaling" or r.e0s == "zero"),
+        lambda r, res, s: res.fails(ENERGY) and (r.scaling == "no_scaling" or r.e0s == "zero"),
         lambda r: {"e0s": "average", "scaling": "rms_forces_scaling"},
         lambda r, res: (
             f"Energy MAE is {_value(res, ENERGY)} with e0s={r.e0s}, "
@@ -97,7 +76,7 @@ RULES: list[Rule] = [
     ),
     Rule(
         "reweight-forces",
-        lambda r, res, s: _fails(res, FORCES) and r.forces_weight < 10 * max(r.energy_weight, 1e-9),
+        lambda r, res, s: res.fails(FORCES) and r.forces_weight < 10 * max(r.energy_weight, 1e-9),
         lambda r: {"forces_weight": 100.0, "energy_weight": 1.0},
         lambda r, res: (
             f"Force MAE is {_value(res, FORCES)} with forces:energy weights "
@@ -116,7 +95,7 @@ RULES: list[Rule] = [
     ),
     Rule(
         "widen-cutoff",
-        lambda r, res, s: _fails(res, MD) and r.r_max < 4.5,
+        lambda r, res, s: res.fails(MD) and r.r_max < 4.5,
         lambda r: {"r_max": 5.0},
         lambda r, res: (
             f"MD failed (survival {_value(res, MD)}) with r_max={r.r_max:g} Å, which sees only "
@@ -127,7 +106,7 @@ RULES: list[Rule] = [
     ),
     Rule(
         "pair-repulsion",
-        lambda r, res, s: _fails(res, MD) and not r.pair_repulsion,
+        lambda r, res, s: res.fails(MD) and not r.pair_repulsion,
         lambda r: {"pair_repulsion": True},
         lambda r, res: (
             f"MD still fails (survival {_value(res, MD)}): atoms reach distances absent "
@@ -136,7 +115,7 @@ RULES: list[Rule] = [
     ),
     Rule(
         "cut-capacity",
-        lambda r, res, s: _fails(res, SPEED) and (r.max_L > 0 or r.num_channels > 8),
+        lambda r, res, s: res.fails(SPEED) and (r.max_L > 0 or r.num_channels > 8),
         lambda r: {"max_L": 0} if r.max_L > 0 else {"num_channels": max(8, r.num_channels // 2)},
         lambda r, res: (
             f"Throughput is {_value(res, SPEED)}x the baseline's: the model is too "
@@ -145,7 +124,7 @@ RULES: list[Rule] = [
     ),
     Rule(
         "progressive-schedule",
-        lambda r, res, s: (_fails(res, ENERGY) or res.feasible) and not r.stage_two,
+        lambda r, res, s: (res.fails(ENERGY) or res.feasible) and not r.stage_two,
         lambda r: {"stage_two": True, "stage_two_energy_weight": 1000.0, "stage_two_lr": 0.001},
         lambda r, res: (
             f"Energy MAE is {_value(res, ENERGY)}: with forces weighted 100:1 the "

@@ -16,13 +16,9 @@ from dataclasses import dataclass
 from mlipilot.code_mode.diffs import unified_diff
 from mlipilot.code_mode.program_files import PROGRAM
 from mlipilot.errors import MlipilotError
-from mlipilot.scoring.result import ConstraintOutcome, ScoreResult
+from mlipilot.scoring.result import ENERGY, FORCES, MD, ScoreResult
 
 MARKER = "# code-edit: "  # + the edit's name, on a line each edit adds
-# Accuracy constraints by kind, as in the rule-based researcher: a name says the quantity.
-ENERGY = "energy_"
-FORCES = "force_"
-MD = "md_survival_fraction"
 
 # The template's lines each edit keys on (exact, indentation included) and their replacement.
 EPOCH_LOOP = """\
@@ -81,21 +77,13 @@ class CodeEdit:
     hypothesis: Callable[[ScoreResult], str]  # the reason, quoting metrics with units
 
 
-def _constraints(result: ScoreResult, kind: str) -> list[ConstraintOutcome]:
-    return [c for c in result.constraints if c.metric.startswith(kind)]
-
-
-def _fails(result: ScoreResult, kind: str) -> bool:
-    return any(not c.satisfied for c in _constraints(result, kind))
-
-
 def _inaccurate(result: ScoreResult) -> bool:
-    return _fails(result, ENERGY) or _fails(result, FORCES)
+    return result.fails(ENERGY) or result.fails(FORCES)
 
 
 def _worst(result: ScoreResult, kind: str) -> str:
     """The worst constraint of ``kind`` as ``value unit (limit op threshold)``, or n/a."""
-    found = _constraints(result, kind)
+    found = result.constraints_on(kind)
     if not found:
         return "n/a"
     c = min(found, key=lambda c: c.margin)
@@ -143,7 +131,7 @@ def _two_stage_hypothesis(result: ScoreResult) -> str:
 
 
 def _force_norm_hypothesis(result: ScoreResult) -> str:
-    md = f"MD fails (survival {_worst(result, MD)}) while f" if _fails(result, MD) else "F"
+    md = f"MD fails (survival {_worst(result, MD)}) while f" if result.fails(MD) else "F"
     return (
         f"{md}orce MAE is {_worst(result, FORCES)}. An MSE over force components under-weights "
         "atoms whose error vector is large in all directions, and those are the ones that "
@@ -169,13 +157,13 @@ def _applies(name: str, when: Callable[[ScoreResult], bool]) -> Callable[[str, S
 CODE_EDITS: list[CodeEdit] = [
     CodeEdit(
         "two-stage-schedule",
-        _applies("two-stage-schedule", lambda r: _fails(r, ENERGY) or r.feasible),
+        _applies("two-stage-schedule", lambda r: r.fails(ENERGY) or r.feasible),
         _replacing("two-stage-schedule", (EPOCH_LOOP, TWO_STAGE)),
         _two_stage_hypothesis,
     ),
     CodeEdit(
         "force-norm-loss",
-        _applies("force-norm-loss", lambda r: _fails(r, FORCES) or _fails(r, MD) or r.feasible),
+        _applies("force-norm-loss", lambda r: r.fails(FORCES) or r.fails(MD) or r.feasible),
         _replacing("force-norm-loss", (LOSS_RETURN, FORCE_NORM)),
         _force_norm_hypothesis,
     ),

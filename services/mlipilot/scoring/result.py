@@ -9,6 +9,14 @@ from pydantic import BaseModel
 
 from mlipilot.scoring.spec import ScorecardSpec
 
+# Metrics by kind, for agents that reason about them: whatever units a scorecard states accuracy
+# in (meV/atom for Cu, kcal/mol for molecules), a name's prefix says which quantity it measures.
+# A name ending in "_" is a kind, any other a metric.
+ENERGY = "energy_"
+FORCES = "force_"
+MD = "md_survival_fraction"
+SPEED = "relative_throughput"
+
 
 class ConstraintOutcome(BaseModel):
     metric: str
@@ -63,6 +71,19 @@ class ScoreResult(BaseModel):
 
     def violated(self) -> list[ConstraintOutcome]:
         return [c for c in self.constraints if not c.satisfied]
+
+    def constraints_on(self, metric: str) -> list[ConstraintOutcome]:
+        """The constraints on ``metric``, or on every metric of a kind (``ENERGY``, ``FORCES``)."""
+        is_kind = metric.endswith("_")
+        return [
+            c
+            for c in self.constraints
+            if c.metric == metric or (is_kind and c.metric.startswith(metric))
+        ]
+
+    def fails(self, metric: str) -> bool:
+        """Some constraint on ``metric`` (or on a metric of that kind) is violated."""
+        return any(not c.satisfied for c in self.constraints_on(metric))
 
     def short(self) -> str:
         if self.feasible:
