@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_campaign import TINY_PROGRAM_JOB
 
 from mlipilot.code_mode.edits import CODE_EDITS, PROGRAM
 from mlipilot.code_mode.model_boundary import MODEL_JSON, WEIGHTS
@@ -18,16 +19,7 @@ from mlipilot.data.dataset import Dataset, ensure_cu_emt
 TEMPLATE = Path(__file__).parents[2] / "services/mlipilot/code_mode/template"
 LIMITS = SandboxLimits(wall_seconds=300, threads=1)
 EPOCHS = 5  # stage two starts at epoch 5 * 60 // 100 = 3
-TINY_JOB = {
-    "epochs": EPOCHS,
-    "num_channels": 8,
-    "correlation": 2,
-    "num_interactions": 1,
-    "r_max": 3.5,
-    "num_radial_basis": 4,
-    "batch_size": 2,
-    "seed": 1,
-}
+TINY_JOB = {**TINY_PROGRAM_JOB, "epochs": EPOCHS, "seed": 1}
 EPOCH_LINE = re.compile(r"^epoch (\d+) train_loss (\S+) ", re.MULTILINE)
 
 pytestmark = [

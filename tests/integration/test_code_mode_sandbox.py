@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from ase.io import read
+from tiny_campaign import TINY_PROGRAM_JOB
 
 from mlipilot.code_mode.model_boundary import rebuild_model, save_trusted_model
 from mlipilot.code_mode.sandbox import (
@@ -38,15 +39,7 @@ TEMPLATE = Path(__file__).parents[2] / "services/mlipilot/code_mode/template"
 QUICK = SandboxLimits(wall_seconds=60, threads=1)
 # Same weights, graph and dtype inside and outside: the numbers are bit-identical.
 SAME_PREDICTION = 0.0
-TINY_JOB = {
-    "epochs": 2,
-    "num_channels": 8,
-    "correlation": 2,
-    "num_interactions": 1,
-    "r_max": 3.5,
-    "num_radial_basis": 4,
-    "batch_size": 2,
-}
+
 
 if shutil.which("bwrap") is None and os.environ.get("MLIPILOT_REQUIRE_SANDBOX_TESTS"):
     # `make test` sets this where `make install` could install bubblewrap (root with apt):
@@ -80,7 +73,7 @@ def _edit(program_dir: Path, source: str) -> None:
 
 
 def _run(program_dir: Path, cu: Path, out: Path, limits: SandboxLimits = QUICK) -> SandboxResult:
-    return run_sandboxed(program_dir, TINY_JOB, cu / "train.xyz", out, limits)
+    return run_sandboxed(program_dir, TINY_PROGRAM_JOB, cu / "train.xyz", out, limits)
 
 
 @pytest.mark.slow
@@ -254,7 +247,7 @@ def test_lines_stream_as_they_come_and_a_cancel_stops_the_program(
 
     result = run_sandboxed(
         program_dir,
-        TINY_JOB,
+        TINY_PROGRAM_JOB,
         cu / "train.xyz",
         tmp_path / "out",
         QUICK,

@@ -11,6 +11,17 @@ from typing import Any
 
 import yaml
 
+# The smallest job for the code-mode training program (its job keys): trains in seconds.
+TINY_PROGRAM_JOB: dict[str, Any] = {
+    "epochs": 2,
+    "num_channels": 8,
+    "correlation": 2,
+    "num_interactions": 1,
+    "r_max": 3.5,
+    "num_radial_basis": 4,
+    "batch_size": 2,
+}
+
 
 def tiny_spec(md_seeds: tuple[int, ...] = (0, 1)) -> dict[str, Any]:
     return {
