@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -589,13 +589,10 @@ def _check_proposal(run: _Run, recipe: Recipe, proposal: Proposal) -> None:
         run.program.check(proposal.diff)
 
 
-def _program_after(run: _Run, diff: str | None, base: str | None = None) -> str | None:
-    """Code mode: the digest of the program at ``base`` (default: the incumbent's, ``main``)
-    with ``diff`` applied."""
+def _program_after(run: _Run, diff: str | None, base: str | None) -> str | None:
+    """Code mode: the digest of the program at commit ``base`` with ``diff`` applied."""
     if run.program is None:
         return None
-    if diff is None and base is None:
-        return program_digest(run.program.files())
     with tempfile.TemporaryDirectory(prefix="mlipilot-program-") as tmp:
         copy = run.program.materialize(diff, Path(tmp) / "program", base)
         return program_digest({p: (copy / p).read_text() for p in run.campaign.editable})
@@ -609,7 +606,7 @@ def _base(run: _Run, name: str) -> str | None:
     return run.program_base.setdefault(name, run.program.head())
 
 
-def _key(run: _Run, recipe: Recipe, proposal: Proposal, base: str | None = None) -> str:
+def _key(run: _Run, recipe: Recipe, proposal: Proposal, base: str | None) -> str:
     """What identifies a training: the recipe's flags, and in code mode the program too."""
     key = training_key(recipe, run.campaign.budget.epochs)
     program = _program_after(run, proposal.diff, base)
@@ -847,6 +844,19 @@ def _try_candidates(
     return new_incumbent
 
 
+class _Side(NamedTuple):
+    """One side of a comparison over seeds: what its repeats train (in code mode, the diff on
+    its base commit) and the result it already has."""
+
+    label: str  # "candidate" or "incumbent"
+    name: str
+    recipe: Recipe
+    diff: str | None
+    base: str | None
+    result: ScoreResult | None
+    failure: str | None
+
+
 def _judge_over_seeds(
     run: _Run, iteration: int, best: Finished, inc: _Incumbent, baseline_model: Path
 ) -> tuple[Decision, dict[str, Any]]:
@@ -859,9 +869,8 @@ def _judge_over_seeds(
     """
     noise = run.campaign.noise
     assert noise is not None
-    # Code mode: the candidate's repeats train its diff; the incumbent's, main's program.
     sides = [
-        (
+        _Side(
             "candidate",
             best.job.name,
             best.job.recipe,
@@ -870,8 +879,8 @@ def _judge_over_seeds(
             best.result,
             best.failure,
         ),
-        # The incumbent's program is main's (its own diff, if any, is committed there).
-        (
+        # Code mode: the incumbent's program is main's (its own diff is committed there).
+        _Side(
             "incumbent",
             inc.name,
             inc.recipe,
@@ -884,16 +893,16 @@ def _judge_over_seeds(
     planned: dict[str, CandidateJob] = {}  # training key -> repeat to train now
     keys: dict[str, list[tuple[int, str]]] = {}  # side -> (seed, training key) per repeat
     repeats: list[tuple[CandidateJob, str, str]] = []  # (job, side, repeat of)
-    for side, name, recipe, diff, base, *_ in sides:
-        keys[side] = []
-        for index, seed in enumerate(repeat_seeds(recipe.seed, noise.seeds)[1:], start=1):
-            repeated = recipe.patched({"seed": seed})
-            job_name = f"{name}.seed{seed}"
+    for side in sides:
+        keys[side.label] = []
+        for index, seed in enumerate(repeat_seeds(side.recipe.seed, noise.seeds)[1:], start=1):
+            repeated = side.recipe.patched({"seed": seed})
+            job_name = f"{side.name}.seed{seed}"
             proposal = Proposal(
-                hypothesis=f"seed repeat of {name}", patch={"seed": seed}, diff=diff
+                hypothesis=f"seed repeat of {side.name}", patch={"seed": seed}, diff=side.diff
             )
-            key = _key(run, repeated, proposal, base)
-            keys[side].append((seed, key))
+            key = _key(run, repeated, proposal, side.base)
+            keys[side.label].append((seed, key))
             if key in run.trained or key in planned:
                 continue
             job = CandidateJob(
@@ -903,25 +912,24 @@ def _judge_over_seeds(
                 repeated,
                 proposal,
                 run.layout.candidate_dir(job_name),
-                base,
+                side.base,
             )
             planned[key] = job
-            repeats.append((job, side, name))
+            repeats.append((job, side.label, side.name))
     _record_repeats(run, repeats)
+    key_of = {job.name: key for key, job in planned.items()}
     jobs = list(planned.values())
     # In process, one training at a time (as candidates are); on Ray, side by side.
     batches = ([jobs] if jobs else []) if run.uses_ray else [[job] for job in jobs]
     for batch in batches:
         for f in _train_and_score(run, batch, baseline_model):
-            run.trained[_key(run, f.job.recipe, f.job.proposal, f.job.base_commit)] = _Trained(
-                f.job.name, f.model, f.result, f.failure
-            )
+            run.trained[key_of[f.job.name]] = _Trained(f.job.name, f.model, f.result, f.failure)
     runs: dict[str, list[SeedRun]] = {}
-    for side, name, recipe, _diff, _base_commit, result, failure in sides:
-        runs[side] = [SeedRun(recipe.seed, name, result, failure)]
-        for seed, key in keys[side]:
+    for side in sides:
+        runs[side.label] = [SeedRun(side.recipe.seed, side.name, side.result, side.failure)]
+        for seed, key in keys[side.label]:
             done = run.trained[key]
-            runs[side].append(SeedRun(seed, done.candidate, done.result, done.failure))
+            runs[side.label].append(SeedRun(seed, done.candidate, done.result, done.failure))
     return decide_over_seeds(
         runs["candidate"],
         runs["incumbent"],
