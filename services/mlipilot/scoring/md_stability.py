@@ -264,16 +264,20 @@ class ReplicaMonitor:
         )
 
 
-def initial_state(job: ReplicaJob) -> tuple[Atoms, np.random.Generator]:
-    """The replica's start: Maxwell-Boltzmann momenta from its seed, no centre-of-mass drift.
-
-    The generator returned goes on to draw the Langevin noise, so both engines see one stream.
-    """
-    atoms = job.frame.copy()
-    rng = np.random.default_rng(job.seed)
-    thermalize_momenta(atoms, job.temperature_K, rng=rng)
+def thermalized(frame: Atoms, temperature_K: float, seed: int) -> tuple[Atoms, np.random.Generator]:
+    """A copy of ``frame`` with Maxwell-Boltzmann momenta from ``seed`` and no centre-of-mass
+    drift, and the generator that drew them."""
+    atoms = frame.copy()
+    rng = np.random.default_rng(seed)
+    thermalize_momenta(atoms, temperature_K, rng=rng)
     Stationary(atoms)
     return atoms, rng
+
+
+def initial_state(job: ReplicaJob) -> tuple[Atoms, np.random.Generator]:
+    """The replica's start. The generator returned goes on to draw the Langevin noise, so both
+    engines see one stream."""
+    return thermalized(job.frame, job.temperature_K, job.seed)
 
 
 def _run_replica(

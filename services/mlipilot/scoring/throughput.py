@@ -10,13 +10,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 from ase import Atoms, units
-from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
 from mlipilot.process_globals import GLOBALS_LOCK
-from mlipilot.scoring.md_stability import ForcesOnlyMACE, load_md_calculator, thermalize_momenta
+from mlipilot.scoring.md_stability import ForcesOnlyMACE, load_md_calculator, thermalized
 from mlipilot.scoring.spec import ThroughputSettings
 
 WARMUP_STEPS = 3  # first calls pay for lazy allocations and caches, not the model
@@ -33,12 +31,10 @@ def _atom_steps_per_s(calc: ForcesOnlyMACE, structure: Atoms, n_steps: int) -> f
     leave its atoms scattered over a huge box, and the neighbour search, not the model, would
     set its speed (an exploding baseline once measured 0.04x against itself).
     """
-    atoms = structure.copy()
+    # Same velocities every timing, so both models step from the same state.
+    atoms, _ = thermalized(structure, TEMPERATURE_K, SEED)
     atoms.calc = calc
     calc.reset()
-    # Same velocities every timing, so both models step from the same state.
-    thermalize_momenta(atoms, TEMPERATURE_K, rng=np.random.default_rng(SEED))
-    Stationary(atoms)
     dyn = VelocityVerlet(atoms, TIMESTEP_FS * units.fs)
     start_positions, start_momenta = atoms.get_positions(), atoms.get_momenta()
     start_forces = atoms.get_forces()
