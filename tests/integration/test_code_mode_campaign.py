@@ -14,9 +14,9 @@ from tiny_campaign import tiny_spec, write_tiny_campaign
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.loop import run_campaign
+from mlipilot.code_mode.diffs import unified_diff
 from mlipilot.code_mode.edits import CODE_EDITS
 from mlipilot.code_mode.program_files import PROGRAM, TEMPLATE
-from mlipilot.code_mode.repo import unified_diff
 from mlipilot.config import load_campaign
 
 pytestmark = [

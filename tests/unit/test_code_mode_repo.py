@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mlipilot.code_mode.repo import CodeEditError, ProgramRepo, unified_diff
+from mlipilot.code_mode.diffs import CodeEditError, unified_diff
+from mlipilot.code_mode.repo import ProgramRepo
 from mlipilot.errors import MlipilotError
 
 TEMPLATE = Path(__file__).parents[2] / "services/mlipilot/code_mode/template"

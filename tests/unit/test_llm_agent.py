@@ -438,8 +438,8 @@ def code_state() -> CampaignState:
 
 
 def test_code_mode_reads_the_program_and_proposes_a_diff_after_a_refused_one() -> None:
+    from mlipilot.code_mode.diffs import unified_diff
     from mlipilot.code_mode.program_files import PROGRAM
-    from mlipilot.code_mode.repo import unified_diff
 
     state = code_state()
     text = state.program[PROGRAM]

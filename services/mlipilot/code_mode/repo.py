@@ -38,11 +38,8 @@ from mlipilot.code_mode.diffs import (
     place_hunks,
     render_diff,
     syntax_error,
-    unified_diff,
 )
 from mlipilot.errors import MlipilotError, clipped, shown
-
-__all__ = ["CodeEditError", "ProgramRepo", "apply_to_files", "commit_message", "unified_diff"]
 
 MAIN = "refs/heads/main"
 MAX_STDERR_BYTES = 4000  # of git's stderr quoted in a message

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,13 @@ from mlipilot.code_mode.repo import ProgramRepo
 from mlipilot.code_mode.sandbox import PROGRAM, SandboxLimits, run_sandboxed
 from mlipilot.recipe import Recipe
 from mlipilot.training.mace_args import MODEL_NAME
-from mlipilot.training.trainer import EpochRecord, TrainingBudget, TrainingOutcome, TrainingStatus
+from mlipilot.training.trainer import (
+    EpochRecord,
+    ProgressFn,
+    TrainingBudget,
+    TrainingOutcome,
+    TrainingStatus,
+)
 
 _EPOCH = re.compile(r"^epoch (\d+) train_loss (\S+)((?: \w+ \S+)*)\s*$")
 
@@ -59,7 +64,7 @@ def train_program(
     train_file: Path,
     work_dir: Path,
     limits: SandboxLimits,
-    progress: Callable[[int, int, EpochRecord], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> TrainingOutcome:
     """Run the program in the sandbox, then rebuild its model at the boundary into
