@@ -287,3 +287,43 @@ def test_code_mode_on_ray_trains_each_candidates_program_on_an_actor(
     base = proposals[reverted].detail["base_commit"]
     assert proposals[accepted].detail["base_commit"] == base
     assert _git(repo, "rev-parse", f"reverted/{reverted}^").strip() == base
+
+
+def test_noise_repeats_in_code_mode_train_each_sides_own_program(tmp_path: Path) -> None:
+    """With ``noise: {seeds: 2}`` a would-be accept is trained again with seed 2, and so is the
+    incumbent: the candidate's repeat runs its diff on the commit it was tried on, the
+    incumbent's runs main's program, and the verdict is the one over both seeds."""
+    path = write_tiny_campaign(
+        tmp_path, name="code-noise", data_path=tmp_path / "data", n_train=48,
+        spec=tiny_spec(md_seeds=(0,)), iterations=1, epochs=10,
+    )  # fmt: skip
+    data = yaml.safe_load(path.read_text())
+    data |= {"mode": "code", "noise": {"seeds": 2, "k": 1.0}}
+    path.write_text(yaml.safe_dump(data))
+    campaign, _ = load_campaign(path)
+    # code_run's first proposal, accepted there on one seed: a would-be accept here.
+    diff = unified_diff(PROGRAM, BASELINE_PROGRAM, FORCE_NORM.edit(BASELINE_PROGRAM))
+    agent = ScriptedAgent([Proposal(hypothesis="force-norm term", patch=FIX_RECIPE, diff=diff)])
+    outcome = run_campaign(campaign, path, tmp_path / "runs", agent=agent)
+    with Ledger(outcome.layout.ledger) as ledger:
+        repeats = {r.candidate: r for r in ledger.events("repeat")}
+        [proposal] = [p for p in ledger.events("proposal") if p.candidate == "it001"]
+        [decision] = [d for d in ledger.events("decision") if d.candidate == "it001"]
+    assert set(repeats) == {"it001.seed2", "it000.seed2"}
+    marker = f"# code-edit: {FORCE_NORM.name}"
+    repeated = outcome.layout.candidate_dir("it001.seed2") / "program" / PROGRAM
+    incumbent = outcome.layout.candidate_dir("it000.seed2") / "program" / PROGRAM
+    assert repeated.read_text() == FORCE_NORM.edit(BASELINE_PROGRAM)
+    assert marker in repeated.read_text()
+    assert incumbent.read_text() == BASELINE_PROGRAM
+    noise = (decision.detail or {}).get("noise")
+    assert noise, decision.detail
+    assert noise["candidate"]["runs"] == ["it001", "it001.seed2"]
+    assert noise["incumbent"]["runs"] == ["it000", "it000.seed2"]
+    # Whatever the verdict over seeds, main carries the edit exactly when it was accepted.
+    main_program = _git(outcome.layout.code, "show", f"main:{PROGRAM}")
+    assert (marker in main_program) == (decision.decision == "ACCEPT"), decision.reason
+    assert (
+        proposal.detail["base_commit"]
+        == _git(outcome.layout.code, "rev-list", "--max-parents=0", "main").strip()
+    )
