@@ -105,12 +105,15 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
         for field in ("model_uri", "test_set_uri", "test_set_sha256"):
             if not getattr(request, field):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: required")
+        name = entry.spec.name
         aborted = threading.Event()
         if not context.add_callback(aborted.set):  # runs when the RPC ends, however it ends
+            EVALUATIONS.labels(scorecard=name, status="aborted").inc()
             return  # already over: the caller left or its deadline passed
         waited = 0
         while not self._slots.acquire(timeout=1.0):
             if aborted.is_set():
+                EVALUATIONS.labels(scorecard=name, status="aborted").inc()
                 return
             waited += 1  # a heartbeat, so the caller can give up while we wait
             yield _progress("queued", waited, 0)
@@ -144,6 +147,11 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
         def work() -> None:
             try:
                 events.put(self._run(request, entry, progress))
+            except _Aborted as exc:
+                # Counted here: once the RPC is over, gRPC may never resume the RPC thread
+                # (the generator below) to read this.
+                EVALUATIONS.labels(scorecard=entry.spec.name, status="aborted").inc()
+                events.put(exc)
             except BaseException as exc:  # handed to the RPC thread, which reports it
                 events.put(exc)
             finally:
@@ -166,8 +174,7 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
             yield scorecard_pb2.EvaluateEvent(result=score_result_to_proto(item))
             return
         if isinstance(item, _Aborted):
-            EVALUATIONS.labels(scorecard=name, status="aborted").inc()
-            return  # the caller is gone; nobody reads a status
+            return  # the caller is gone (counted by the work thread); nobody reads a status
         EVALUATIONS.labels(scorecard=name, status="failed").inc()
         if isinstance(item, MlipilotError):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, clipped(str(item), MAX_MESSAGE_BYTES))
