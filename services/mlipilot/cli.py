@@ -231,13 +231,38 @@ def ledger_export(
     typer.echo(str(target))
 
 
+@ledger_app.command("verify")
+def ledger_verify(run_dir: Path) -> None:
+    """Recompute the ledger's hash chain: exit 0 if every row is as written, else name the
+    first row changed or missing and exit 1 (2: no readable ledger there)."""
+    from mlipilot.campaign.ledger import BrokenChainError, check_chain
+
+    ledger_path = run_dir / "ledger.sqlite"
+    try:
+        chain = check_chain(ledger_path)
+    except BrokenChainError as exc:  # a finding about the ledger, not a usage error: exit 1
+        fail(exc, code=1)
+    except MlipilotError as exc:
+        fail(exc)
+    # The head can be kept elsewhere: a ledger rewritten with every later hash recomputed,
+    # or cut short, no longer ends in it.
+    typer.echo(f"ok: {chain.rows} rows, chain head {chain.head}")
+    if chain.legacy_rows:
+        typer.echo(
+            f"unverified: the first {chain.legacy_rows} rows (written before the hash chain)"
+        )
+
+
 @app.command()
 def report(run_dir: Path) -> None:
     """Write an HTML report of a run (<run>/report.html, figures in <run>/report/)."""
+    from mlipilot.campaign.ledger import BrokenChainError
     from mlipilot.report import build_report
 
     try:
         path = build_report(run_dir)
+    except BrokenChainError as exc:  # a tampered ledger is not reported on
+        fail(exc, code=1)
     except MlipilotError as exc:
         fail(exc)
     typer.echo(str(path))

@@ -63,7 +63,7 @@ from mlipilot.campaign.decision import (
     repeat_seeds,
 )
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
+from mlipilot.campaign.ledger import Ledger, LedgerEvent, check_chain, read_events
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
 from mlipilot.campaign.resume import PriorRun, read_prior_run
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
@@ -281,6 +281,7 @@ def resume_campaign(
     layout = RunLayout(Path(run_dir).resolve())
     if not layout.ledger.is_file():
         raise MlipilotError(f"{run_dir}: no ledger.sqlite there, so no campaign to resume")
+    check_chain(layout.ledger)  # a ledger changed behind the writer's back is not extended
     campaign = recorded_campaign(layout)
     return run_in_layout(
         campaign,

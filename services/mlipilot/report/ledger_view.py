@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, ending
+from mlipilot.campaign.ledger import Ledger, LedgerEvent, check_chain, ending
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
@@ -85,6 +85,7 @@ def load_run(run_dir: Path) -> RunView:
     ledger_path = run_dir / "ledger.sqlite"
     if not ledger_path.is_file():
         raise MlipilotError(f"{run_dir}: no ledger.sqlite there, so no campaign to report on")
+    check_chain(ledger_path)  # a report of a ledger changed after it was written would mislead
     spec_path = run_dir / "scorecard.yaml"
     if not spec_path.is_file():
         raise MlipilotError(f"{run_dir}: no scorecard.yaml there (the scorecard as run)")
