@@ -64,13 +64,15 @@ helm:
 
 # Tests run in a network namespace with only loopback when they can (root and `ip`): Ray binds
 # the machine's outside address even when told 127.0.0.1, and tests talk to loopback only.
+# nsenter enters that namespace only: `ip netns exec` would also remount /sys, hiding the
+# cgroups the code-mode sandbox limits its programs with (and its tests check).
 TEST_NETNS ?= mlipilot-test
 test:
 	@if [ "$$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1; then \
 	  ip netns add $(TEST_NETNS) 2>/dev/null || true; \
 	  ip netns exec $(TEST_NETNS) ip link set lo up; \
 	  echo "tests in network namespace $(TEST_NETNS) (loopback only)"; \
-	  ip netns exec $(TEST_NETNS) env RAY_AUTH_MODE=disabled MLIPILOT_REQUIRE_RAY_TESTS=1 \
+	  nsenter --net=/run/netns/$(TEST_NETNS) env RAY_AUTH_MODE=disabled MLIPILOT_REQUIRE_RAY_TESTS=1 \
 	    MLIPILOT_REQUIRE_SANDBOX_TESTS=$$(command -v apt-get >/dev/null 2>&1 && echo 1) \
 	    $(BIN)/python -m pytest -q; \
 	else \

@@ -4,16 +4,20 @@ and what happened (or did not) on the host."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import socket
+import stat
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +26,10 @@ import torch
 from ase.io import read
 from tiny_campaign import TINY_PROGRAM_JOB
 
+from mlipilot.code_mode import cgroups
 from mlipilot.code_mode.model_boundary import rebuild_model, save_trusted_model
-from mlipilot.code_mode.sandbox import (
-    PROGRAM,
-    SandboxError,
-    SandboxLimits,
-    SandboxResult,
-    find_bwrap,
-    run_sandboxed,
-)
+from mlipilot.code_mode.sandbox import PROGRAM, SandboxError, find_bwrap, run_sandboxed
+from mlipilot.code_mode.sandbox_models import SandboxLimits, SandboxResult
 from mlipilot.data.cu_emt import generate_cu_emt
 from mlipilot.scoring.accuracy import evaluate_accuracy
 from mlipilot.scoring.spec import AccuracySettings
@@ -80,6 +79,14 @@ def _run(program_dir: Path, cu: Path, out: Path, limits: SandboxLimits = QUICK) 
 def test_baseline_trains_in_the_sandbox_and_the_model_rebuilds(
     program_dir: Path, cu: Path, tmp_path: Path, torch_one_thread: None
 ) -> None:
+    # predictions.json stays in the sandbox (only model.json and weights.pt come out): the
+    # program also prints it, after the template's own main.
+    template = (program_dir / PROGRAM).read_text()
+    (program_dir / PROGRAM).write_text(
+        template
+        + "\n    job = json.loads(Path(sys.argv[1]).read_text())\n"
+        + '    print("PREDICTIONS", (Path(job["out_dir"]) / "predictions.json").read_text())\n'
+    )
     out = tmp_path / "out"
     result = _run(program_dir, cu, out, SandboxLimits(wall_seconds=300, threads=1))
     assert result.status == "ok", result.log_tail
@@ -88,9 +95,11 @@ def test_baseline_trains_in_the_sandbox_and_the_model_rebuilds(
     assert len(epochs) == 2
     assert "valid_force_mae_meV_per_A" in epochs[-1]
     assert (out / "program.log").read_text().endswith(result.log_tail + "\n")
+    assert sorted(os.listdir(out)) == ["model.json", "program.log", "weights.pt"]
 
     model = rebuild_model(out)
-    inside = json.loads((out / "predictions.json").read_text())
+    printed = [ln for ln in result.log_tail.splitlines() if ln.startswith("PREDICTIONS ")]
+    inside = json.loads(printed[-1].removeprefix("PREDICTIONS "))
     frame = read(cu / "train.xyz", index=0)
     energy, forces = _predict(model, frame)
     assert abs(energy - inside["energy"]) <= SAME_PREDICTION
@@ -382,3 +391,276 @@ def test_a_missing_bwrap_is_an_error_that_says_how_to_install_it(
     with pytest.raises(SandboxError, match="apt-get install bubblewrap"):
         _run(program_dir, cu, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing ran, not even unsandboxed
+
+
+# ---- what the program leaves, and process and memory limits ----
+
+
+def _within(seconds: float, fn: Callable[[], SandboxResult], fifos: Path) -> SandboxResult:
+    """``fn()``, failing rather than hanging when it takes over ``seconds`` (a FIFO opened by
+    mistake blocks forever): then the FIFOs under ``fifos`` get a writer, to let it go."""
+    done: list[SandboxResult] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            done.append(fn())
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for path in fifos.rglob("*"):
+            if stat.S_ISFIFO(path.lstat().st_mode):
+                with contextlib.suppress(OSError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"run_sandboxed still running after {seconds} s: blocked on a FIFO?")
+    if errors:
+        raise errors[0]
+    return done[0]
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Everything under ``root`` (not following links) that is not a plain folder or a plain
+    file of mode 0644 or less: setuid, world-writable, symlinks, FIFOs."""
+    odd = []
+    for path in [root, *root.rglob("*")]:
+        info = path.lstat()
+        mode = stat.S_IMODE(info.st_mode)
+        if stat.S_ISDIR(info.st_mode):
+            if mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH):
+                odd.append(f"{path}: folder {mode:o}")
+        elif not stat.S_ISREG(info.st_mode) or mode & ~0o644:
+            odd.append(f"{path}: {stat.filemode(info.st_mode)}")
+    return odd
+
+
+# What a hostile program leaves in its out folder and its program folder: a setuid-root copy
+# of a binary (its files are the campaign user's on the host), a world-writable folder, a
+# symlink to a host file, a folder it chmod'ed 000 with a FIFO inside.
+_LEAVE_BEHIND = """
+    import os, shutil, sys
+    out = "/sandbox/out"
+    for folder in (out, "/sandbox/program"):
+        shutil.copy(sys.executable, f"{folder}/suid-python")
+        os.chmod(f"{folder}/suid-python", 0o4755)
+        os.mkdir(f"{folder}/open-to-all")
+        os.chmod(f"{folder}/open-to-all", 0o777)
+        os.symlink(HOST_FILE, f"{folder}/host-link")
+        os.makedirs(f"{folder}/locked/in")
+        os.mkfifo(f"{folder}/locked/in/fifo")
+        os.chmod(f"{folder}/locked/in", 0)
+        os.chmod(f"{folder}/locked", 0)
+    print("LEFT", sorted(os.listdir(out)), flush=True)
+"""
+
+
+def test_only_model_files_come_out_and_nothing_else_is_left(
+    program_dir: Path, cu: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: leave a setuid copy, a world-writable folder and a symlink to a host file in
+    the out folder (once the campaign's run folder). Only model.json and weights.pt come out,
+    as plain 0644 copies; the rest goes with the sandbox's work folder."""
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text("the host's")
+    _edit(
+        program_dir,
+        f"HOST_FILE = {str(host_file)!r}\n"
+        + textwrap.dedent(_LEAVE_BEHIND)
+        + textwrap.dedent(
+            """
+            open(f"{out}/model.json", "w").write('{"class": "MACE"}')
+            open(f"{out}/weights.pt", "wb").write(b"tensors")
+            os.chmod(f"{out}/weights.pt", 0o4777)
+            """
+        ),
+    )
+    scratch = tmp_path / "scratch"  # the sandbox's temporary folders go here
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "run" / "out"
+    result = _within(60, lambda: _run(program_dir, cu, out), tmp_path)
+    assert result.status == "ok", result.log_tail
+    assert "LEFT ['host-link', 'locked', 'open-to-all', 'suid-python']" in result.log_tail
+    assert sorted(os.listdir(out)) == ["model.json", "program.log", "weights.pt"]
+    assert _leftovers(tmp_path / "run") == []
+    assert (out / "model.json").read_text() == '{"class": "MACE"}'
+    assert (out / "weights.pt").read_bytes() == b"tensors"
+    assert all(stat.S_IMODE((out / n).stat().st_mode) == 0o644 for n in os.listdir(out))
+    assert os.listdir(scratch) == []  # the work folder, with all the program left, is gone
+    assert host_file.read_text() == "the host's"
+
+
+def test_fifos_named_like_outputs_neither_hang_nor_come_out(
+    program_dir: Path, cu: Path, tmp_path: Path
+) -> None:
+    """Attack: FIFOs named program.log and model.json in the out folder, which hung the
+    campaign (opened for reading, a FIFO blocks until a writer comes)."""
+    _edit(
+        program_dir,
+        """
+        import os
+        os.mkfifo("/sandbox/out/program.log")
+        os.mkfifo("/sandbox/out/model.json")
+        os.mkfifo("/sandbox/program/fifo")
+        open("/sandbox/out/weights.pt", "wb").write(b"tensors")
+        print("FIFOS MADE", flush=True)
+        """,
+    )
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = _within(60, lambda: _run(program_dir, cu, out), tmp_path)
+    assert time.monotonic() - started < 30
+    assert result.status == "output_refused", result.log_tail
+    assert "model.json is not a regular file but a FIFO: not taken" in result.log_tail
+    assert sorted(os.listdir(out)) == ["program.log", "weights.pt"]
+    assert _leftovers(out) == []
+    assert "FIFOS MADE" in (out / "program.log").read_text()
+
+
+def test_a_symlinked_or_oversized_output_is_refused(
+    program_dir: Path, cu: Path, tmp_path: Path
+) -> None:
+    """Attack: model.json a symlink to a host file (the scorer would read the host's file);
+    weights.pt over SandboxLimits.weights_bytes."""
+    host_file = tmp_path / "host-secret.json"
+    host_file.write_text('{"secret": 1}')
+    _edit(
+        program_dir,
+        f"""
+        import os
+        os.symlink({str(host_file)!r}, "/sandbox/out/model.json")
+        open("/sandbox/out/weights.pt", "wb").write(b"w" * (2 << 20))
+        """,
+    )
+    out = tmp_path / "out"
+    limits = SandboxLimits(wall_seconds=60, weights_bytes=1 << 20)
+    result = _within(60, lambda: _run(program_dir, cu, out, limits), tmp_path)
+    assert result.status == "output_refused", result.log_tail
+    assert "model.json cannot be opened as a regular file (a symlink)" in result.log_tail
+    assert "weights.pt has 2097152 bytes, over the limit of 1048576" in result.log_tail
+    assert "SandboxLimits.weights_bytes" in result.log_tail
+    assert os.listdir(out) == ["program.log"]
+
+
+def _fork_until_refused(program_dir: Path, marker: str) -> None:
+    """A program that forks children that sleep until forking fails. The loop stops by itself
+    at 4x the test's limit of 32, so without a limit it ends (and says so) rather than eat the
+    host."""
+    _edit(
+        program_dir,
+        f"""
+        import os, sys, time
+        if sys.argv[-1] != {marker!r}:  # the marker on every child's command line
+            os.execv(sys.executable, [sys.executable, *sys.argv, {marker!r}])
+        children = 0
+        try:
+            while children < 4 * 32:
+                if os.fork() == 0:
+                    time.sleep(60)
+                    os._exit(0)
+                children += 1
+        except OSError as exc:
+            print("FORK REFUSED after", children, type(exc).__name__, flush=True)
+            sys.exit(3)
+        print("NO LIMIT: forked", children, flush=True)
+        """,
+    )
+
+
+def test_a_fork_bomb_is_stopped_by_the_process_limit(
+    program_dir: Path, cu: Path, tmp_path: Path
+) -> None:
+    """Attack: a fork bomb. Forking fails below the limit; nothing of it outlives the run."""
+    marker = f"forkbomb-{uuid.uuid4().hex}"
+    _fork_until_refused(program_dir, marker)
+    limits = SandboxLimits(wall_seconds=60, max_processes=32)
+    result = _within(90, lambda: _run(program_dir, cu, tmp_path / "out", limits), tmp_path)
+    if result.process_limit_enforced is False:  # root without a cgroup: it must say so
+        assert result.limits_enforced_by == "rlimit"
+        assert "the process count was not limited" in result.log_tail
+        pytest.skip("no writable cgroup and uid 0: the process count cannot be limited here")
+    assert result.status == "exception", result.log_tail
+    assert "FORK REFUSED after" in result.log_tail
+    assert "NO LIMIT" not in result.log_tail
+    refused_after = int(result.log_tail.split("FORK REFUSED after ")[1].split()[0])
+    assert refused_after < 32
+    if result.limits_enforced_by != "rlimit":
+        assert result.limits_hit == ["processes"]
+        assert "the process limit (32 processes and threads at once" in result.log_tail
+    deadline = time.monotonic() + 5
+    while _processes_mentioning(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_mentioning(marker) == []
+
+
+def test_memory_of_all_processes_together_is_limited(
+    program_dir: Path, cu: Path, tmp_path: Path
+) -> None:
+    """Attack: three processes of 300 MiB each, every one under the per-process address-space
+    limit of 512 MiB, 900 MiB together. The memory cgroup stops them at 512 MiB."""
+    _edit(
+        program_dir,
+        """
+        import os, sys, time
+        children = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                hog = b"x" * (300 << 20)  # written, so resident
+                time.sleep(3)
+                os._exit(0)
+            children.append(pid)
+        statuses = [os.waitpid(pid, 0)[1] for pid in children]
+        killed = [os.WTERMSIG(s) for s in statuses if os.WIFSIGNALED(s)]
+        print("CHILDREN KILLED BY", killed if killed else "nothing", flush=True)
+        sys.exit(1 if killed else 0)
+        """,
+    )
+    limits = SandboxLimits(wall_seconds=60, memory_bytes=512 << 20)
+    result = _within(90, lambda: _run(program_dir, cu, tmp_path / "out", limits), tmp_path)
+    if result.limits_enforced_by == "rlimit":
+        assert "CHILDREN KILLED BY nothing" in result.log_tail  # only per process, as documented
+        pytest.skip("no writable memory cgroup here: memory is limited per process only")
+    assert result.status in ("exception", "killed"), result.log_tail
+    assert "CHILDREN KILLED BY nothing" not in result.log_tail
+    assert "memory" in result.limits_hit
+    assert "the memory limit (512 MiB for all its processes together" in result.log_tail
+
+
+def test_without_a_cgroup_rlimits_hold_or_the_result_says_they_do_not(
+    program_dir: Path, cu: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no cgroup is writable: RLIMIT_NPROC, which the kernel does not enforce for uid 0.
+    As root the result and the log say the process count was not limited, not pretend."""
+    monkeypatch.setattr(cgroups, "make_cgroup", lambda limits: None)
+    _fork_until_refused(program_dir, f"forkbomb-{uuid.uuid4().hex}")
+    limits = SandboxLimits(wall_seconds=60, max_processes=32)
+    result = _within(90, lambda: _run(program_dir, cu, tmp_path / "out", limits), tmp_path)
+    assert result.limits_enforced_by == "rlimit"
+    assert result.limits_hit == []
+    if os.getuid() == 0:
+        assert result.process_limit_enforced is False
+        assert "NO LIMIT: forked 128" in result.log_tail
+        assert "sandbox: the process count was not limited" in result.log_tail
+    else:
+        assert result.process_limit_enforced is True
+        assert "FORK REFUSED after" in result.log_tail
+
+
+def test_a_run_that_cannot_join_its_cgroup_runs_nothing(
+    program_dir: Path, cu: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher joins the run's cgroup before it becomes bwrap; if it cannot, it stops
+    there: the program never runs outside its limits."""
+    gone = tmp_path / "no-such-cgroup"
+    monkeypatch.setattr(
+        cgroups, "make_cgroup", lambda limits: cgroups.Cgroup("cgroup-v1", {"pids": gone})
+    )
+    _edit(program_dir, "print('RAN', flush=True)\n")
+    result = _run(program_dir, cu, tmp_path / "out")
+    assert result.status == "exception"
+    assert f"sandbox: cannot join the run's cgroup ({gone}/cgroup.procs" in result.log_tail
+    assert "RAN" not in result.log_tail

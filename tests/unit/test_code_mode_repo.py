@@ -336,3 +336,110 @@ def test_user_git_config_does_not_matter(tmp_path: Path, monkeypatch: pytest.Mon
     assert git(repo.root, "rev-parse", "main").strip() == sha
     assert git(repo.root, "status", "--porcelain") == ""
     assert list((plain / ".git" / "refs" / "heads").iterdir()) == []
+
+
+def _marker_script(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A script that creates a marker file when something runs it: (script, marker)."""
+    marker = tmp_path / f"{name}-ran"
+    script = tmp_path / f"{name}.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\ncat\n")
+    script.chmod(0o755)
+    return script, marker
+
+
+def test_a_repository_config_that_would_run_a_program_is_refused(
+    tmp_path: Path, repo: ProgramRepo
+) -> None:
+    """Attack: core.fsmonitor in the repository's own .git/config names a script, which git
+    ran when mlipilot refreshed the index. mlipilot refuses the repository, naming the key,
+    and nothing runs; with the key removed, the same repository works again."""
+    script, marker = _marker_script(tmp_path, "fsmonitor")
+    config = repo.root / ".git" / "config"
+    clean = config.read_text()
+    config.write_text(clean + f"[core]\n\tfsmonitor = {script}\n")
+    diff = unified_diff(PROGRAM, template_text(), edited(template_text()))
+    with pytest.raises(MlipilotError, match=r"its \.git/config sets core\.fsmonitor") as refused:
+        repo.accept(diff, "hypothesis", {})
+    assert str(repo.root) in str(refused.value) and "git runs programs" in str(refused.value)
+    with pytest.raises(MlipilotError, match=r"core\.fsmonitor"):
+        ProgramRepo.open(repo.root, EDITABLE)
+    assert not marker.exists()
+    config.write_text(clean)
+    assert repo.accept(diff, "hypothesis", {}) == repo.head()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        '[filter "lfs"]\n\tclean = {script}\n\tsmudge = {script}\n',
+        "[include]\n\tpath = {config}\n",
+        "[core]\n\tsshCommand = {script}\n",
+        "[extensions]\n\tworktreeConfig = true\n",
+        "[alias]\n\tst = !{script}\n",
+    ],
+    ids=["filter", "include", "sshCommand", "worktreeConfig", "alias"],
+)
+def test_any_key_beyond_what_git_init_writes_is_refused(
+    tmp_path: Path, repo: ProgramRepo, section: str
+) -> None:
+    script, marker = _marker_script(tmp_path, "driver")
+    other = tmp_path / "other.config"
+    other.write_text(f"[core]\n\tfsmonitor = {script}\n")
+    with (repo.root / ".git" / "config").open("a") as fh:
+        fh.write(section.format(script=script, config=other))
+    (repo.root / ".gitattributes").write_text("* filter=lfs diff=lfs\n")
+    with pytest.raises(MlipilotError, match=r"\.git/config sets .*remove those keys"):
+        repo.files()
+    assert not marker.exists()
+
+
+def test_attributes_alone_name_no_command(tmp_path: Path, repo: ProgramRepo) -> None:
+    """.git/info/attributes and .gitattributes can name a filter or diff driver, but only
+    config gives a driver a command, and no config here can: git runs nothing."""
+    script, marker = _marker_script(tmp_path, "attributes")
+    (repo.root / ".git" / "info").mkdir(exist_ok=True)
+    (repo.root / ".git" / "info" / "attributes").write_text("* filter=evil diff=evil merge=evil\n")
+    (repo.root / ".gitattributes").write_text(f"* filter=evil ident\n# {script}\n")
+    diff = unified_diff(PROGRAM, template_text(), edited(template_text()))
+    repo.keep_reverted(diff, "reverted", "kept", {})
+    sha = repo.accept(diff, "hypothesis", {})
+    assert repo.head() == sha
+    assert (repo.materialize(None, tmp_path / "m") / PROGRAM).read_text() == edited(template_text())
+    assert not marker.exists()
+
+
+def test_a_git_folder_that_points_elsewhere_is_refused(tmp_path: Path, repo: ProgramRepo) -> None:
+    """A commondir or a .git that is a symlink makes git read another folder's config."""
+    (repo.root / ".git" / "commondir").write_text(str(tmp_path / "elsewhere"))
+    with pytest.raises(MlipilotError, match="commondir"):
+        repo.head()
+    (repo.root / ".git" / "commondir").unlink()
+    repo.head()
+    moved = tmp_path / "real-git"
+    (repo.root / ".git").rename(moved)
+    (repo.root / ".git").symlink_to(moved)
+    with pytest.raises(MlipilotError, match=r"\.git is not a plain folder"):
+        repo.head()
+
+
+def test_the_config_check_runs_once_per_change_of_the_file(
+    repo: ProgramRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def counting(cmd: list[str], *args: object, **kwargs: object) -> object:
+        calls.append(cmd)
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counting)
+    fresh = ProgramRepo.open(repo.root, EDITABLE)
+    for _ in range(3):
+        fresh.head()
+    checks = [c for c in calls if c[1:3] == ["config", "--file"]]
+    assert len(checks) == 1 and len(calls) > 3
+    config = repo.root / ".git" / "config"
+    config.write_text(config.read_text() + "\n")  # same keys, a new stat
+    fresh.head()
+    assert len([c for c in calls if c[1:3] == ["config", "--file"]]) == 2

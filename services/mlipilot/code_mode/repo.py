@@ -15,6 +15,11 @@ place. Only the hunks it parsed, rendered again, reach ``git apply``, which appl
 scratch index (never to a file); the changed ``.py`` files must then compile. Git runs with a
 clean environment and no user or system configuration, so the hooks, signing setup or
 ``GIT_DIR`` of whoever runs the campaign never change what happens.
+
+Nor is the repository's own ``.git/config`` trusted: git can run programs it names
+(``core.fsmonitor``, filter and diff drivers, ``core.sshCommand``, ...) or read other files
+(``include.path``). Before git runs in the repository, its config is read as data and refused
+(MlipilotError naming the key) if it holds any key beyond what ``git init`` writes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,10 +60,33 @@ GIT_CONFIG = (
     f"core.hooksPath={os.devnull}",
     f"core.excludesFile={os.devnull}",
     f"core.attributesFile={os.devnull}",
+    "core.fsmonitor=false",
     "core.autocrlf=false",
     "gc.auto=0",
     "maintenance.auto=false",
     "init.defaultBranch=main",
+)
+# The keys a repository's own .git/config may hold: what `git init -q -b main --template=`
+# writes (git 2.39 on Linux: the first four; macOS and Windows add ignorecase,
+# precomposeunicode and symlinks; a SHA-256 repository extensions.objectformat). None of them
+# names a program to run or another file to read, and none turns on config.worktree.
+#
+# Attributes (.gitattributes, .git/info/attributes) need no check: they can only name a
+# filter, diff or merge driver, and a driver's command comes from config alone. System and
+# global config are off, core.attributesFile is /dev/null, the repository's config holds only
+# these keys, so a named driver has no command and git runs nothing for it. Hooks never run:
+# core.hooksPath=/dev/null on every command line beats any config.
+REPO_CONFIG_KEYS = frozenset(
+    {
+        "core.repositoryformatversion",
+        "core.filemode",
+        "core.bare",
+        "core.logallrefupdates",
+        "core.ignorecase",
+        "core.precomposeunicode",
+        "core.symlinks",
+        "extensions.objectformat",
+    }
 )
 _TRAILER_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -108,6 +137,7 @@ class ProgramRepo:
     def __init__(self, root: Path, editable: Sequence[str]) -> None:
         self.root = Path(os.path.realpath(root))
         self.editable = _editable_paths(editable)
+        self._config_checked: tuple[int, ...] | None = None  # stat of the config last checked
 
     @classmethod
     def create(
@@ -332,9 +362,70 @@ class ProgramRepo:
             **(extra or {}),
         }
 
+    def _check_own_config(self) -> None:
+        """Refuse (MlipilotError) a repository whose own configuration git should not trust:
+        a .git that is not a plain folder, a commondir (git would read another folder's
+        config), or a .git/config with a key outside REPO_CONFIG_KEYS. Checked again only when
+        the config file changes (its stat), so it costs a few stat calls per git command."""
+        git_dir = self.root / ".git"
+        try:
+            info = os.lstat(git_dir)
+        except FileNotFoundError:
+            return  # before `git init` (create): no configuration of its own yet
+        if not stat.S_ISDIR(info.st_mode):
+            raise MlipilotError(
+                f"{self.root}: .git is not a plain folder (a symlink or a gitdir file): git would "
+                "use another repository's configuration; use the repository mlipilot created"
+            )
+        if os.path.lexists(git_dir / "commondir"):
+            raise MlipilotError(
+                f"{self.root}: .git/commondir makes git read another folder's configuration; "
+                "mlipilot's program repositories have none: remove it"
+            )
+        config = git_dir / "config"
+        try:
+            found = os.lstat(config)
+        except FileNotFoundError:
+            return  # git reads no configuration of the repository's then
+        key = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+        if key == self._config_checked:
+            return
+        if not stat.S_ISREG(found.st_mode):
+            raise MlipilotError(f"{config}: not a regular file (a symlink?): git would follow it")
+        # Parsed by git itself, as data: a file named on the command line, includes off, and
+        # GIT_DIR pointing at no repository, so no repository's configuration is read.
+        try:
+            done = subprocess.run(
+                ["git", "config", "--file", str(config), "--no-includes", "--list", "-z"],
+                capture_output=True,
+                env={**self._environment(None), "GIT_DIR": os.devnull},
+                cwd="/",
+                timeout=GIT_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise MlipilotError(f"git config --file {config}: {exc}") from None
+        if done.returncode:
+            err = clipped(done.stderr.decode(errors="replace").strip(), MAX_STDERR_BYTES)
+            raise MlipilotError(f"{config}: git cannot read it ({err}); fix or remove it")
+        keys = [
+            entry.split("\n", 1)[0] for entry in done.stdout.decode(errors="replace").split("\0")
+        ]
+        refused = sorted({k for k in keys if k} - REPO_CONFIG_KEYS)
+        if refused:
+            raise MlipilotError(
+                f"{self.root}: its .git/config sets {', '.join(refused)}; mlipilot runs git only "
+                "in a repository whose own configuration holds what `git init` writes "
+                f"({', '.join(sorted(REPO_CONFIG_KEYS))}), because git runs programs and reads "
+                "files that configuration names (core.fsmonitor, filter drivers, include.path, "
+                "...): remove those keys from .git/config"
+            )
+        self._config_checked = key
+
     def _run(
         self, args: list[str], input: bytes | None = None, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[bytes]:
+        self._check_own_config()
         config = [arg for item in GIT_CONFIG for arg in ("-c", item)]
         cmd = ["git", "-C", str(self.root), *config, *args]
         try:

@@ -6,17 +6,30 @@ The program is agent-written code. Inside the sandbox it sees:
   other candidates), its working directory;
 - ``/sandbox/job.json`` (read-only): the job, with ``train_file`` and ``out_dir`` set below;
 - ``/sandbox/data/train.xyz`` (read-only): the training split, and no other data;
-- ``/sandbox/out``: the host ``out_dir``, where it writes model.json and weights.pt;
+- ``/sandbox/out``: a private folder in the sandbox's own temporary work folder (mode 0700,
+  never the campaign's run folder), where it writes model.json and weights.pt;
 - read-only: ``/usr`` (and the ``/bin``, ``/lib*`` links), the Python interpreter and the
   virtual environment at their host paths, a few files of ``/etc`` the dynamic loader and
   Python read; a fresh ``/proc``, a minimal ``/dev`` and a private tmpfs ``/tmp``.
 
 Everything else of the host (the project, the test split, scorecard specs, the ledger, other
-candidates) is simply not there. It runs in its own user (uid 1000, no capabilities), network
-(only its own loopback: nothing outside is reachable), PID, IPC and UTS namespaces, dies with
-its parent, and is held to CPU-seconds, address-space and file-size limits plus a wall-clock
-timeout that kills the whole process group. Without a working bwrap this module refuses to run
-anything: a candidate never runs unsandboxed.
+candidates) is simply not there. It runs in its own user (uid 1000, no capabilities; on the
+host its files belong to the user running the campaign), network (only its own loopback:
+nothing outside is reachable), PID, IPC and UTS namespaces, dies with its parent, and is held
+to CPU-seconds, address-space and file-size limits, a count of processes and threads, a memory
+limit for all its processes together, and a wall-clock timeout that kills the whole process
+group.
+
+The process count and memory limits use a cgroup of the run's own where one is writable, else
+rlimits (``cgroups`` says how and where); the launcher joins the cgroup before it becomes bwrap,
+or exits saying why: nothing of the program runs outside it.
+``SandboxResult.limits_enforced_by`` records which mechanism ran.
+
+Only two files come out, into the caller's ``out_dir``: ``model.json`` and ``weights.pt``,
+taken with care by ``leftovers``, which also removes everything else the program left with the
+work folder. ``program.log`` there is written by the host, from the output it captured through
+a pipe. Without a working bwrap this module refuses to run anything: a candidate never runs
+unsandboxed.
 """
 
 from __future__ import annotations
@@ -36,10 +49,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from mlipilot.code_mode import cgroups
+from mlipilot.code_mode.leftovers import remove_work, take_outputs
 from mlipilot.code_mode.model_boundary import MODEL_JSON, WEIGHTS
 from mlipilot.code_mode.program_files import PROGRAM as TEMPLATE_PROGRAM
+from mlipilot.code_mode.sandbox_models import LimitHit, SandboxLimits, SandboxResult, Status
 from mlipilot.errors import MlipilotError
 from mlipilot.process_globals import GLOBALS_LOCK
 
@@ -49,6 +63,7 @@ PROGRAM_INSIDE = INSIDE / "program"
 JOB_INSIDE = INSIDE / "job.json"
 TRAIN_INSIDE = INSIDE / "data" / "train.xyz"
 OUT_INSIDE = INSIDE / "out"
+OUT_FOLDER = "out"  # the program's private out folder, in the sandbox's work folder
 LOG_NAME = "program.log"
 SANDBOX_UID = 1000
 # Files of /etc that the dynamic loader, Python and libc read; nothing else of /etc is bound.
@@ -58,39 +73,9 @@ INSTALL_HINT = (
     "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 )
 
-Status = Literal["ok", "syntax_error", "exception", "timeout", "killed", "no_model", "cancelled"]
-
 
 class SandboxError(MlipilotError):
     """The sandbox cannot be set up (no bwrap, bad arguments); no program was run."""
-
-
-class SandboxLimits(BaseModel):
-    """Resources one candidate's program may use."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    wall_seconds: float = Field(3600.0, gt=0, description="then the process group is killed")
-    cpu_seconds: int = Field(4 * 3600, ge=1, description="RLIMIT_CPU of each process")
-    memory_bytes: int | None = Field(
-        8 << 30,
-        ge=256 << 20,
-        description="RLIMIT_AS of each process; None for none (CUDA reserves vast address space)",
-    )
-    file_bytes: int = Field(1 << 30, ge=1 << 20, description="RLIMIT_FSIZE: largest file")
-    tmp_bytes: int = Field(256 << 20, ge=1 << 20, description="size of the private /tmp")
-    threads: int = Field(1, ge=1, le=256, description="OMP/MKL/OpenBLAS threads")
-    log_bytes: int = Field(8 << 20, ge=4096, description="program.log keeps this much")
-    log_tail_lines: int = Field(40, ge=1, le=1000)
-
-
-class SandboxResult(BaseModel):
-    status: Status
-    returncode: int | None  # None when the program never ran (syntax error)
-    seconds: float
-    log_tail: str  # the last lines of combined stdout and stderr
-    log_path: Path
-    out_dir: Path
 
 
 def find_bwrap() -> str:
@@ -161,10 +146,12 @@ def bwrap_args(
     python: Path,
     work: Path,
     train_file: Path,
-    out_dir: Path,
     limits: SandboxLimits,
 ) -> list[str]:
-    """The bwrap command line that runs ``python training/program.py /sandbox/job.json``."""
+    """The bwrap command line that runs ``python training/program.py /sandbox/job.json``.
+
+    ``work`` is the sandbox's private work folder: ``work/program`` becomes the program's
+    folder and ``work/out`` its out folder; nothing of the caller's is bound writable."""
     args = [bwrap, *_NAMESPACES, "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         top = Path("/") / name
@@ -182,7 +169,7 @@ def bwrap_args(
     args += ["--bind", str(work / "program"), str(PROGRAM_INSIDE)]
     args += ["--ro-bind", str(work / "job.json"), str(JOB_INSIDE)]
     args += ["--ro-bind", str(train_file), str(TRAIN_INSIDE)]
-    args += ["--bind", str(out_dir), str(OUT_INSIDE)]
+    args += ["--bind", str(work / OUT_FOLDER), str(OUT_INSIDE)]
     args += ["--remount-ro", "/", "--chdir", str(PROGRAM_INSIDE), "--clearenv"]
     for key, value in _environment(python, limits).items():
         args += ["--setenv", key, value]
@@ -205,27 +192,45 @@ def _environment(python: Path, limits: SandboxLimits) -> dict[str, str]:
     }
 
 
-# The launcher: a fresh interpreter that sets the resource limits and asks Linux to SIGKILL it
-# when its parent dies, then becomes bwrap (limits and the death signal survive exec). Done
+# The launcher: a fresh interpreter that asks Linux to SIGKILL it when its parent dies, joins
+# the run's cgroup(s) (or exits saying why: it never runs the program outside them), sets the
+# resource limits, then becomes bwrap (cgroup, limits and the death signal survive exec). Done
 # after exec rather than in a preexec_fn, which is unsafe in a process with threads.
-_LAUNCHER = (
-    "import ctypes, json, os, resource, sys; ctypes.CDLL(None).prctl(1, 9); "
-    "os.getppid() == int(sys.argv[1]) or sys.exit(137); "
-    "[resource.setrlimit(getattr(resource, k), v) for k, v in json.loads(sys.argv[2])]; "
-    "os.execv(sys.argv[3], sys.argv[3:])"
-)
+_LAUNCHER = """
+import ctypes, json, os, resource, sys
+ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG: SIGKILL
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(137)  # the parent died before the line above
+for procs in json.loads(sys.argv[3]):
+    try:
+        fd = os.open(procs, os.O_WRONLY)
+        os.write(fd, b"%d" % os.getpid())
+        os.close(fd)
+    except OSError as exc:
+        sys.exit(f"sandbox: cannot join the run's cgroup ({procs}: {exc.strerror}); nothing ran")
+for name, value in json.loads(sys.argv[2]):
+    resource.setrlimit(getattr(resource, name), value)
+os.execv(sys.argv[4], sys.argv[4:])
+"""
 
 
-def _launcher(cmd: list[str], limits: SandboxLimits) -> list[str]:
-    rlimits = [  # (soft, hard): SIGXCPU at the soft CPU limit, SIGKILL a few seconds later
+def launcher_args(
+    cmd: list[str], limits: SandboxLimits, cgroup_procs: list[str], nproc: int | None
+) -> list[str]:
+    """The launcher's command line: it joins ``cgroup_procs`` (the run's ``cgroup.procs``
+    files), sets the rlimits (RLIMIT_NPROC to ``nproc`` unless None), then execs ``cmd``."""
+    rlimits: list[tuple[str, tuple[int, int]]] = [
+        # (soft, hard): SIGXCPU at the soft CPU limit, SIGKILL a few seconds later
         ("RLIMIT_CPU", (limits.cpu_seconds, limits.cpu_seconds + 5)),
         ("RLIMIT_FSIZE", (limits.file_bytes, limits.file_bytes)),
         ("RLIMIT_CORE", (0, 0)),
     ]
     if limits.memory_bytes is not None:
         rlimits.append(("RLIMIT_AS", (limits.memory_bytes, limits.memory_bytes)))
+    if nproc is not None:
+        rlimits.append(("RLIMIT_NPROC", (nproc, nproc)))
     launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER]
-    return [*launcher, str(os.getpid()), json.dumps(rlimits), *cmd]
+    return [*launcher, str(os.getpid()), json.dumps(rlimits), json.dumps(cgroup_procs), *cmd]
 
 
 def run_sandboxed(
@@ -242,10 +247,12 @@ def run_sandboxed(
     """Run ``training/program.py`` of ``program_dir`` on ``job`` in the sandbox; never raises
     for what the program does, only when the sandbox cannot be set up (SandboxError).
 
-    ``out_dir`` must be empty or absent; the program's combined output ends up in
-    ``out_dir/program.log``. ``python`` (default: this interpreter) runs the program.
-    ``on_line`` sees each line of output as it comes (progress); setting ``cancel`` kills the
-    program's process group (status ``cancelled``).
+    ``out_dir`` must be empty or absent; it receives ``model.json`` and ``weights.pt`` when the
+    program exits 0 having written them as regular files within the size limits, and always
+    ``program.log``, the program's combined output. The program never sees ``out_dir`` itself.
+    ``python`` (default: this interpreter) runs the program. ``on_line`` sees each line of
+    output as it comes (progress); setting ``cancel`` kills the program's process group
+    (status ``cancelled``).
     """
     program_dir, train_file, out_dir = Path(program_dir), Path(train_file), Path(out_dir)
     python = Path(python or sys.executable)
@@ -253,25 +260,33 @@ def run_sandboxed(
     bwrap = find_bwrap()
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mlipilot-sandbox-", ignore_cleanup_errors=True) as tmp:
-        work = Path(tmp)
+    # Mode 0700 and owned by us: what the program leaves here (its files are ours on the host,
+    # setuid ones included) is out of every other user's reach until remove_tree deletes it.
+    work = Path(tempfile.mkdtemp(prefix="mlipilot-sandbox-"))
+    try:
         log = work / LOG_NAME
         syntax = _syntax_error(program_dir / PROGRAM)
         if syntax is not None:
             log.write_text(syntax + "\n")
             return _result("syntax_error", None, start, log, out_dir, limits)
         shutil.copytree(program_dir, work / "program", symlinks=True, ignore=_no_git)
+        (work / OUT_FOLDER).mkdir(mode=0o700)
         inside_job = {**job, "train_file": str(TRAIN_INSIDE), "out_dir": str(OUT_INSIDE)}
         (work / "job.json").write_text(json.dumps(inside_job, indent=1))
         cmd = bwrap_args(
-            bwrap=bwrap,
-            python=python,
-            work=work,
-            train_file=train_file.resolve(),
-            out_dir=out_dir.resolve(),
-            limits=limits,
+            bwrap=bwrap, python=python, work=work, train_file=train_file.resolve(), limits=limits
         )
-        returncode, ended = _run(_launcher(cmd, limits), log, limits, on_line, cancel)
+        cgroup = cgroups.make_cgroup(limits)
+        nproc = None if cgroup is not None else cgroups.nproc_limit(limits)
+        procs = cgroup.procs_files() if cgroup is not None else []
+        hits: list[tuple[LimitHit, str]] = []
+        try:
+            launcher = launcher_args(cmd, limits, procs, nproc)
+            returncode, ended = _run(launcher, log, limits, on_line, cancel)
+        finally:
+            if cgroup is not None:  # also kills whatever of the program is left
+                hits = cgroup.close(limits)
+        refused = None
         if ended == "cancelled":
             status: Status = "cancelled"
         elif ended == "timeout":
@@ -280,12 +295,23 @@ def run_sandboxed(
             status = "killed"
         elif returncode != 0:
             status = "exception"
-        elif (out_dir / MODEL_JSON).exists() and (out_dir / WEIGHTS).exists():
-            status = "ok"
         else:
-            status = "no_model"
-        _note(log, status, returncode, limits)
-        return _result(status, returncode, start, log, out_dir, limits)
+            status, refused = take_outputs(work / OUT_FOLDER, out_dir, limits)
+        enforced = cgroup is not None or nproc is not None
+        _note(log, status, returncode, limits, refused, hits, process_limit=enforced)
+        return _result(
+            status,
+            returncode,
+            start,
+            log,
+            out_dir,
+            limits,
+            limits_enforced_by=cgroup.kind if cgroup is not None else "rlimit",
+            process_limit_enforced=enforced,
+            limits_hit=[kind for kind, _ in hits],
+        )
+    finally:
+        remove_work(work)
 
 
 def _check_inputs(
@@ -395,6 +421,9 @@ def _copy_capped(
             out.write(tail)
 
 
+# ---- the log's last word ----
+
+
 _SIGNAL_HINTS = {
     "SIGXCPU": "over the CPU-seconds limit",
     "SIGKILL": "killed (out of memory? the kernel's OOM killer sends it)",
@@ -402,8 +431,27 @@ _SIGNAL_HINTS = {
 }
 
 
-def _note(log: Path, status: Status, returncode: int, limits: SandboxLimits) -> None:
-    """A last line in the log saying why the run ended, when it did not end well."""
+def _note(
+    log: Path,
+    status: Status,
+    returncode: int,
+    limits: SandboxLimits,
+    refused: str | None,
+    hits: list[tuple[LimitHit, str]],
+    *,
+    process_limit: bool,
+) -> None:
+    """Last lines in the log: limits the run hit or that did not hold, and why the run ended
+    when it did not end well."""
+    lines = []
+    if not process_limit:
+        lines.append(
+            "the process count was not limited: no writable cgroup here, and the kernel "
+            "exempts uid 0 from RLIMIT_NPROC (run the campaign as another user, or give it a "
+            f"cgroup v2 folder with pids and memory delegated in {cgroups.CGROUP_ENV})"
+        )
+    lines += [text for _, text in hits]
+    note = None
     if status == "timeout":
         note = f"over the wall-clock limit of {limits.wall_seconds:g} s: killed"
     elif status == "killed":
@@ -412,15 +460,21 @@ def _note(log: Path, status: Status, returncode: int, limits: SandboxLimits) -> 
             name = signal.Signals(signum).name
         except ValueError:
             name = f"signal {signum}"
-        note = f"killed by {name}: {_SIGNAL_HINTS.get(name, 'ended by a signal')}"
+        hint = _SIGNAL_HINTS.get(name, "ended by a signal")
+        if name == "SIGKILL" and any(kind == "memory" for kind, _ in hits):
+            hint = "over the memory limit"
+        note = f"killed by {name}: {hint}"
     elif status == "cancelled":
         note = "stopped: the campaign was cancelled"
     elif status == "no_model":
         note = f"exited 0 without writing {MODEL_JSON} and {WEIGHTS}"
-    else:
-        return
-    with log.open("a") as fh:
-        fh.write(f"\nsandbox: {status}: {note}\n")
+    elif status == "output_refused":
+        note = refused
+    if note is not None:
+        lines.append(f"{status}: {note}")
+    if lines:
+        with log.open("a") as fh:
+            fh.write("\n" + "".join(f"sandbox: {line}\n" for line in lines))
 
 
 def _result(
@@ -430,16 +484,14 @@ def _result(
     log: Path,
     out_dir: Path,
     limits: SandboxLimits,
+    **limits_record: Any,
 ) -> SandboxResult:
-    """Put the log in ``out_dir`` (replacing whatever the program left under that name)."""
+    """Write the log into ``out_dir`` (which only the host writes) and describe the run."""
     dest = out_dir / LOG_NAME
-    if dest.is_symlink() or dest.is_file():  # never follow a link the program planted
-        dest.unlink()
-    elif dest.exists():
-        shutil.rmtree(dest)
     raw = log.read_bytes()
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o644)
         fh.write(raw)
     lines = raw[-65536:].decode(errors="replace").splitlines()
     return SandboxResult(
@@ -449,4 +501,5 @@ def _result(
         log_tail="\n".join(lines[-limits.log_tail_lines :]),
         log_path=dest,
         out_dir=out_dir,
+        **limits_record,
     )
