@@ -101,6 +101,12 @@ class AgentConfig(_Strict):
     max_tool_errors: int = Field(3, ge=0, le=50, description="bad answers before failing")
     timeout_s: float = Field(120.0, gt=0, le=3600, description="per HTTP request")
     max_retries: int = Field(4, ge=0, le=20, description="on 429, 5xx and dropped connections")
+    max_response_bytes: int = Field(
+        1 << 20,
+        ge=64 << 10,
+        le=64 << 20,
+        description="a longer reply from the server is refused, unread past this, not retried",
+    )
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="more request fields for the server, e.g. {repetition_penalty: 1.1} (vLLM)",

@@ -48,6 +48,7 @@ def _llm_agent(config: AgentConfig) -> Agent:
         max_tool_errors=config.max_tool_errors,
         timeout_s=config.timeout_s,
         max_retries=config.max_retries,
+        max_response_bytes=config.max_response_bytes,
         extra_body=dict(config.extra_body),
     )
     agent = LlmAgent(settings)

@@ -8,6 +8,12 @@ calling) it answers with one JSON object under structured output. A bad answer g
 the model with the reason; after ``max_tool_errors`` of them, or past the token limit, the
 iteration fails (``AgentFailed``) and the campaign goes on. Every message to and from the
 model, and the tokens of every call, ride on the answer (``AgentCost``) into the ledger.
+
+What a model says is bounded before it costs anything: the client refuses a reply over
+``max_response_bytes``; at most ``MAX_CALLS_PER_TURN`` tool calls of one turn are answered;
+an assistant text is sent back to the model cut to ``ECHO_MAX_BYTES``. What the ledger keeps
+of the conversation is bounded too, with the length and sha256 of each text it cut
+(``transcript.ledger_transcript``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 from mlipilot.agents.base import AgentCost, AgentFailed, CampaignState, Proposal
 from mlipilot.agents.llm import state_view
-from mlipilot.agents.llm.client import ChatClient, LlmServerError
+from mlipilot.agents.llm.client import MAX_RESPONSE_BYTES, ChatClient, LlmServerError
 from mlipilot.agents.llm.tools import (
     PROPOSE,
     ToolAnswer,
@@ -32,7 +38,8 @@ from mlipilot.agents.llm.tools import (
     proposal_json_schema,
     tools_for,
 )
-from mlipilot.errors import MlipilotError
+from mlipilot.agents.llm.transcript import ledger_transcript, utf8, utf8_head
+from mlipilot.errors import MlipilotError, clipped, shown
 
 SYSTEM = """You are an expert in training MACE machine-learned interatomic potentials.
 Each turn you propose ONE change (a patch) to the incumbent training recipe. The candidate is
@@ -70,6 +77,11 @@ _ALNUM = string.ascii_letters + string.digits
 _MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
 _WIRE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
+# Bounds on what a model's answer may cost (see the module's docstring).
+MAX_CALLS_PER_TURN = 8  # tool calls answered per turn; a model asks for one or two
+ECHO_MAX_BYTES = 16 * 1024  # an assistant text as sent back to the model each turn
+_NAME_MAX = 64  # a tool name (OpenAI's limit) or a tool-call id; longer is no name or id
+
 
 @dataclass(frozen=True)
 class LlmSettings:
@@ -88,6 +100,7 @@ class LlmSettings:
     timeout_s: float = 120.0
     max_retries: int = 4
     backoff_s: float = 1.0
+    max_response_bytes: int = MAX_RESPONSE_BYTES  # a longer reply is refused unread
     extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. {"repetition_penalty": 1.1}
 
     @property
@@ -116,7 +129,7 @@ class _Conversation:
             completion_tokens=self.completion_tokens,
             requests=len(self.calls),
             duration_s=round(time.monotonic() - self.started, 3),
-            transcript=[dict(m) for m in self.messages],
+            transcript=ledger_transcript(self.messages),
             calls=list(self.calls),
         )
 
@@ -134,6 +147,7 @@ class LlmAgent:
             timeout_s=settings.timeout_s,
             max_retries=settings.max_retries,
             backoff_s=settings.backoff_s,
+            max_response_bytes=settings.max_response_bytes,
         )
         self._checked = False
         self._ids = 0
@@ -168,11 +182,14 @@ class LlmAgent:
             tools = tools_for(state)
             message = self._call(conv, {"tools": tools, "tool_choice": self._tool_choice()})
             raw_calls = message.get("tool_calls") or []
+            raw_calls = raw_calls if isinstance(raw_calls, list) else []
             assistant = _assistant(message, [])
             if not raw_calls and (raw_calls := _call_in_text(message.get("content"))):
                 # sent back as the tool call it meant; the text as written stays in the ledger
                 assistant = {**assistant, "content": "", "text": message.get("content")}
-            calls = [self._normalized_call(c) for c in raw_calls]
+            calls = [self._normalized_call(c) for c in raw_calls[:MAX_CALLS_PER_TURN]]
+            if len(raw_calls) > len(calls):  # not answered, not sent back; the ledger says so
+                assistant["tool_calls_dropped"] = len(raw_calls) - len(calls)
             if not calls:
                 conv.messages.append(assistant)
                 self._refuse(conv, {"role": "user", "content": NO_CALL})
@@ -200,13 +217,18 @@ class LlmAgent:
             return {"type": "function", "function": {"name": PROPOSE}}
         return self.settings.tool_choice
 
-    def _normalized_call(self, call: dict[str, Any]) -> dict[str, Any]:
+    def _normalized_call(self, call: Any) -> dict[str, Any]:
         """The call as it goes back to the server: an id it accepts, arguments as a string."""
-        fn = call.get("function") or {}
+        fn = call.get("function") if isinstance(call, dict) else None
+        fn = fn if isinstance(fn, dict) else {}
         arguments = fn.get("arguments")
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments) if arguments is not None else ""
-        call_id = str(call.get("id") or "")
+        # a name or id of a megabyte would be echoed in every answer and every later request
+        name = str(fn.get("name") or "")[:_NAME_MAX]
+        call_id = str(call.get("id") or "") if isinstance(call, dict) else ""
+        if len(call_id) > _NAME_MAX:
+            call_id = ""
         if self.settings.mistral_ids and not _MISTRAL_ID.match(call_id):
             call_id = self._mistral_id(call_id)
         elif not call_id:
@@ -214,7 +236,7 @@ class LlmAgent:
         return {
             "id": call_id,
             "type": "function",
-            "function": {"name": str(fn.get("name") or ""), "arguments": arguments},
+            "function": {"name": name, "arguments": arguments},
         }
 
     def _mistral_id(self, seed: str) -> str:
@@ -272,14 +294,17 @@ class LlmAgent:
             payload["chat_template_kwargs"] = {"enable_thinking": s.thinking}
         payload.update(s.extra_body)  # server-specific sampling settings
         reply = self.client.chat(payload)
-        usage = reply.body.get("usage") or {}
+        usage = reply.body.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         prompt, completion = (
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
         )
         conv.prompt_tokens += prompt
         conv.completion_tokens += completion
-        choice = reply.body["choices"][0] if reply.body["choices"] else {}
+        choices = reply.body["choices"]
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        finish = choice.get("finish_reason")
         conv.calls.append(
             {
                 "prompt_tokens": prompt,
@@ -287,7 +312,7 @@ class LlmAgent:
                 "usage_reported": bool(usage),
                 "seconds": round(reply.seconds, 3),
                 "http_attempts": reply.attempts,
-                "finish_reason": choice.get("finish_reason"),
+                "finish_reason": None if finish is None else clipped(str(finish), 64),
                 "messages_sent": len(payload["messages"]),
                 # what else was sent: sampling settings, tool choice, structured-output format
                 "params": {k: v for k, v in payload.items() if k not in ("messages", "tools")},
@@ -296,7 +321,9 @@ class LlmAgent:
         )
         message = choice.get("message")
         if not isinstance(message, dict):
-            raise MlipilotError(f"{self.client.base_url}: a choice without a message: {choice}")
+            raise MlipilotError(
+                f"{self.client.base_url}: a choice without a message: {shown(choice)}"
+            )
         return message
 
     def _refuse(self, conv: _Conversation, message: dict[str, Any]) -> None:
@@ -334,17 +361,41 @@ def _first_message(state: CampaignState) -> str:
 def _assistant(message: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
     """The model's turn as it is sent back: content "" rather than null (vLLM's chat templates
     and Mistral's refuse null), tool calls normalized; its reasoning kept for the ledger."""
-    out: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+    out: dict[str, Any] = {"role": "assistant", "content": _text(message.get("content"))}
     if calls:
         out["tool_calls"] = calls
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if reasoning:
-        out["reasoning"] = reasoning  # recorded, never sent back
+        out["reasoning"] = _text(reasoning)  # recorded, never sent back
     return out
 
 
+def _text(value: Any) -> str:
+    """A message's text as a string (a server may send null, a list of parts, anything)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _count(value: Any) -> int:
+    """A token count as the server reported it; anything but a number >= 0 counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value) if 0 <= value < 1e15 else 0  # also refuses nan and inf
+
+
 def _wire(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if k in _WIRE_KEYS}
+    """The message as the server gets it: no ledger-only keys, and an assistant's text cut
+    to ``ECHO_MAX_BYTES`` (the model needs the gist of what it said, not a megabyte of it
+    again every turn; tool-call arguments go back whole, as chat templates parse them)."""
+    out = {k: v for k, v in message.items() if k in _WIRE_KEYS}
+    content = out.get("content")
+    if out.get("role") == "assistant" and isinstance(content, str):
+        size = len(utf8(content))
+        if size > ECHO_MAX_BYTES:
+            head = utf8_head(content, ECHO_MAX_BYTES)
+            out["content"] = f"{head}\n[... {size - len(utf8(head))} more bytes not repeated]"
+    return out
 
 
 def _proposal_in_text(state: CampaignState, content: Any) -> ToolAnswer:
