@@ -110,7 +110,9 @@ def rate(model: Path, frames, md: MDSettings, n: int, device: str, out: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="a MACE model file (default: train one)")
+    parser.add_argument(
+        "--model", type=Path, help="a model package, model-package.pt (default: train one)"
+    )
     parser.add_argument("--test-frames", type=Path, help="extxyz start frames (with --model)")
     parser.add_argument("--replicas", default="1,8,32", help="replica counts, comma-separated")
     parser.add_argument("--steps", type=int, default=50, help="NVT+NVE steps per replica (4:1)")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_campaign import tiny_spec, write_tiny_campaign
 
 from mlipilot.agents.base import CampaignState, Proposal
@@ -19,8 +20,9 @@ from mlipilot.campaign.decision import decide
 from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
-from mlipilot.data.dataset import open_dataset
+from mlipilot.data.dataset import file_sha256, open_dataset
 from mlipilot.errors import MlipilotError
+from mlipilot.model_files import PACKAGE_NAME, read_package
 from mlipilot.scoring.result import ScoreResult
 
 pytestmark = pytest.mark.slow
@@ -56,7 +58,7 @@ def kill_next_trainer(timeout_s: float = 120.0) -> None:
                 ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == os.getpid() and b"mace.cli.run_train" in cmdline:
+            if ppid == os.getpid() and b"mlipilot.training.mace_entry" in cmdline:
                 os.kill(int(proc.name), signal.SIGKILL)
                 return
         time.sleep(0.2)
@@ -173,15 +175,20 @@ def test_results_folder_layout(scripted_run) -> None:
     for name in ("campaign.yaml", "scorecard.yaml", "ledger.sqlite", "summary.json", "best.model"):
         assert (root / name).is_file(), name
     accepted = outcome.layout.candidate(1)
-    assert (root / "best.model").read_bytes() == (
-        accepted / "mace" / "candidate.model"
-    ).read_bytes()
+    # best.model is a MACE file for users, written from the accepted candidate's package.
+    best = torch.load(root / "best.model", map_location="cpu", weights_only=False)
+    package = read_package(accepted / PACKAGE_NAME)
+    assert type(best).__name__ == "ScaleShiftMACE"
+    assert best.state_dict().keys() == package.state_dict().keys()
+    assert all(torch.equal(v, package.state_dict()[k]) for k, v in best.state_dict().items())
     dataset = open_dataset(campaign.data.path)
+    assert file_sha256(outcome.layout.train_split) == dataset.hash("train")
     for it in range(3):
         cdir = outcome.layout.candidate(it)
-        # The trainer is given the training split and nothing else of the data set.
+        # The trainer is given the training split (its copy in the run folder, the only data
+        # Ray pods see on a cluster) and nothing else of the data set.
         command = (cdir / "train.log").read_text().splitlines()[0]
-        assert str(dataset.path("train")) in command
+        assert str(outcome.layout.train_split) in command
         assert str(dataset.path("test")) not in command and "test" not in Path(command).name
         assert (cdir / "recipe.yaml").is_file() and (cdir / "result.json").is_file()
         assert list((cdir / "md").glob("replica-*.csv"))

@@ -13,6 +13,7 @@ from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
 from mlipilot.data.dataset import open_dataset
+from mlipilot.model_files import PACKAGE_NAME, read_package
 from mlipilot.scoring.result import ScoreResult
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def test_a_qm7_campaign_builds_its_data_trains_on_molecules_and_tests_bonds(
     assert not baseline.feasible
     assert baseline.metrics["energy_mae_kcal_per_mol"] > 100.0
     # The model embeds every element of the training split (H, C, N, O and maybe S).
-    model_elements = _model_elements(outcome.layout.candidate(0) / "mace" / "candidate.model")
+    model_elements = _model_elements(outcome.layout.candidate(0) / PACKAGE_NAME)
     assert model_elements == dataset.atomic_numbers("train")
     assert {1, 6, 7, 8} <= set(model_elements)
     # The molecular tests ran on the test molecule: bonds measured, outcome recorded.
@@ -94,7 +95,4 @@ def test_a_qm7_campaign_builds_its_data_trains_on_molecules_and_tests_bonds(
 
 
 def _model_elements(model_path: Path) -> list[int]:
-    import torch
-
-    model = torch.load(model_path, map_location="cpu", weights_only=False)
-    return sorted(int(z) for z in model.atomic_numbers)
+    return sorted(int(z) for z in read_package(model_path).atomic_numbers)

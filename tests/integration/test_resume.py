@@ -8,7 +8,6 @@ below checks the ledger as the kill left it and as the next resume continued it.
 
 from __future__ import annotations
 
-import filecmp
 import os
 import signal
 import subprocess
@@ -19,9 +18,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+import torch
 from tiny_campaign import tiny_spec, write_tiny_campaign
 
 from mlipilot.campaign.ledger import LedgerEvent, read_events
+from mlipilot.model_files import read_package
 
 pytestmark = pytest.mark.slow
 
@@ -205,8 +206,9 @@ def test_the_resumed_campaign_finishes_with_one_decision_per_candidate(chain: Ch
     # The incumbent's model is in best.model, also after a kill between decision and copy.
     incumbent = [e for e in _rows(chain.final, "decision") if e.decision in ("BASELINE", "ACCEPT")]
     training = _rows(chain.final, "training", incumbent[-1].candidate)[-1]
-    model = Path(unquote(urlparse(training.detail["model"]).path))
-    assert filecmp.cmp(model, chain.run_dir / "best.model", shallow=False)
+    model = read_package(Path(unquote(urlparse(training.detail["model"]).path)))
+    best = torch.load(chain.run_dir / "best.model", map_location="cpu", weights_only=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in best.state_dict().items())
     tsv = (chain.run_dir / "results.tsv").read_text().splitlines()
     assert [line.split("\t")[1] for line in tsv[1:]] == ["it000", "it001", "it002"]
 

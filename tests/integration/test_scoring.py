@@ -51,7 +51,9 @@ def test_accuracy_equals_independent_computation(
     frames = cu_test_frames[:2]
     got = evaluate_accuracy(tiny_cu_model, frames, AccuracySettings(batch_size=8))
 
-    calc = MACECalculator(model_paths=str(tiny_cu_model), device="cpu", default_dtype="float64")
+    # mace's own calculator on the model file mace_run_train wrote, not on our package.
+    mace_file = tiny_cu_model.parent / "mace" / "candidate.model"
+    calc = MACECalculator(model_paths=str(mace_file), device="cpu", default_dtype="float64")
     e_err, n_atoms, f_err = [], [], []
     for atoms in frames:
         atoms = atoms.copy()

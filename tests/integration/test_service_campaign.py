@@ -19,6 +19,7 @@ import pytest
 from service_stack import TOKEN, ServiceStack
 
 from mlipilot.campaign.ledger import read_events
+from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.rpc.orchestrator_client import OrchestratorClient
 from mlipilot.v1 import orchestrator_pb2, scorecard_pb2
 
@@ -121,7 +122,7 @@ def test_metrics_count_the_decisions(watched) -> None:
 def test_evaluate_honours_the_callers_deadline(watched) -> None:
     stack, campaign, _, _, _ = watched
     run = stack.runs / campaign.id
-    model = run / "candidates" / "it000" / "mace" / "candidate.model"
+    model = run / "candidates" / "it000" / PACKAGE_NAME
     test = read_events(run / "ledger.sqlite")[0]
     request = scorecard_pb2.EvaluateRequest(
         scorecard="cu-emt-tiny",

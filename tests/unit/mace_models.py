@@ -19,6 +19,7 @@ def untrained_mace(
     mlp_irreps: str = "8x0e",
     avg_num_neighbors: float = 8.0,
     interaction_scale: float = 1.0,
+    correlation: int = 2,
     seed: int = 0,
 ) -> modules.ScaleShiftMACE:
     """A ScaleShiftMACE (r_max 4 Å) with its initial weights from ``seed``.
@@ -42,7 +43,7 @@ def untrained_mace(
         atomic_energies=np.array(atomic_energies, dtype=float),
         avg_num_neighbors=avg_num_neighbors,
         atomic_numbers=list(atomic_numbers),
-        correlation=2,
+        correlation=correlation,
         gate=torch.nn.functional.silu,
         atomic_inter_scale=interaction_scale,
         atomic_inter_shift=0.0,

@@ -18,6 +18,7 @@ from ase import Atoms
 from ase.build import bulk
 from mace_models import untrained_mace
 
+from mlipilot.model_files import read_package, write_package
 from mlipilot.scoring.md_batched import (
     NEIGHBOUR_SKIN_A,
     BatchedMACE,
@@ -63,7 +64,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         interaction_scale=0.5,
     )
     path = tmp_path_factory.mktemp("model") / "untrained.model"
-    torch.save(model, path)
+    write_package(model, path)
     return path
 
 
@@ -145,7 +146,7 @@ def test_batched_evaluation_equals_the_calculator_per_system(model_file: Path) -
 
 
 def test_radial_table_matches_the_radial_mlp_and_its_derivative(model_file: Path) -> None:
-    model = torch.load(model_file, map_location="cpu", weights_only=False).double()
+    model = read_package(model_file).double()
     mlp, radial = model.interactions[1].conv_tp_weights, model.radial_embedding
     table = _RadialTable(mlp, radial, float(model.r_max))
     r = torch.linspace(0.5, float(model.r_max) - 1e-6, 997, dtype=torch.float64)[:, None]
@@ -271,10 +272,12 @@ def test_batches_capped_by_atoms_give_the_same_outcomes(model_file: Path, tmp_pa
 
 
 def test_nan_model_fails_every_replica_at_the_start(model_file: Path, tmp_path: Path) -> None:
-    model = torch.load(model_file, map_location="cpu", weights_only=False)
-    model.scale_shift.scale *= math.nan
+    model = read_package(model_file)
+    with torch.no_grad():  # NaN weights (a NaN in the configuration itself is refused)
+        for param in model.parameters():
+            param.fill_(math.nan)
     nan_file = tmp_path / "nan.model"
-    torch.save(model, nan_file)
+    write_package(model, nan_file)
     report = run_md_stability(nan_file, [_cu(1), _cu(2)], _settings(engine="batched"), tmp_path)
 
     assert [(r.status, r.survived_steps, r.failure_ps) for r in report.replicas] == [

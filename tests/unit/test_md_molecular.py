@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from mace_models import untrained_mace
 from pydantic import ValidationError
 
 from mlipilot.errors import MlipilotError
+from mlipilot.model_files import write_package
 from mlipilot.scoring.md_molecular import MolecularCheck
 from mlipilot.scoring.md_stability import ReplicaJob, ReplicaMonitor, run_md_stability
 from mlipilot.scoring.spec import MDSettings, MolecularSettings
@@ -146,7 +146,7 @@ def forceless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     together, as in a model that learned nothing about bonding."""
     model = untrained_mace([1, 6, 8], [-13.6, -1030.0, -2040.0], interaction_scale=0.0)
     path = tmp_path_factory.mktemp("model") / "forceless.model"
-    torch.save(model, path)
+    write_package(model, path)
     return path
 
 

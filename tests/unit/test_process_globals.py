@@ -18,6 +18,7 @@ from ase.build import bulk
 from mace_models import untrained_mace
 
 from mlipilot.data.extxyz import ENERGY_KEY, FORCES_KEY
+from mlipilot.model_files import write_package
 from mlipilot.process_globals import GLOBALS_LOCK
 from mlipilot.scoring.accuracy import evaluate_accuracy
 from mlipilot.scoring.md_stability import load_md_calculator
@@ -28,7 +29,7 @@ from mlipilot.scoring.spec import AccuracySettings
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "cu.model"
-    torch.save(untrained_mace([29], [-3.0], hidden_irreps="8x0e+8x1o"), path)
+    write_package(untrained_mace([29], [-3.0], hidden_irreps="8x0e+8x1o"), path)
     return path
 
 

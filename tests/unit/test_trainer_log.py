@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.training.mace_args import MODEL_NAME
+from mlipilot.training.mace_entry import final_model_file
 from mlipilot.training.trainer import EpochRecord, TrainingBudget, _judge, parse_epoch_line
 
 # Lines as mace-torch 0.3.16 writes them (tools/train.py, valid_err_log).
@@ -110,9 +112,12 @@ def _write_models(mace_dir: Path, *names: str) -> None:
         (mace_dir / name).write_bytes(b"model")
 
 
+PACKAGE = PACKAGE_NAME  # what the trainer's child leaves when it succeeds
+
+
 def test_nan_last_loss_fails_even_with_a_model(tmp_path: Path) -> None:
-    _write_models(tmp_path, f"{MODEL_NAME}.model")
-    status, cause, model = _judge(-9, _curve(1.0, 0.5, math.nan), tmp_path, 3.0, BUDGET)
+    _write_models(tmp_path, PACKAGE)
+    status, cause, model = _judge(-9, _curve(1.0, 0.5, math.nan), tmp_path / PACKAGE, 3.0, BUDGET)
     assert status == "failed"
     assert cause is not None
     assert "non-finite loss" in cause
@@ -121,14 +126,14 @@ def test_nan_last_loss_fails_even_with_a_model(tmp_path: Path) -> None:
 
 
 def test_infinite_last_loss_fails(tmp_path: Path) -> None:
-    status, cause, _ = _judge(0, _curve(1.0, math.inf), tmp_path, 3.0, BUDGET)
+    status, cause, _ = _judge(0, _curve(1.0, math.inf), tmp_path / PACKAGE, 3.0, BUDGET)
     assert status == "failed"
     assert cause is not None
     assert "non-finite loss" in cause
 
 
 def test_nonzero_exit_after_the_wall_budget_is_a_timeout(tmp_path: Path) -> None:
-    status, cause, model = _judge(-9, _curve(1.0, 0.5), tmp_path, 100.2, BUDGET)
+    status, cause, model = _judge(-9, _curve(1.0, 0.5), tmp_path / PACKAGE, 100.2, BUDGET)
     assert status == "timeout"
     assert cause is not None
     assert "100 s" in cause
@@ -136,7 +141,7 @@ def test_nonzero_exit_after_the_wall_budget_is_a_timeout(tmp_path: Path) -> None
 
 
 def test_nonzero_exit_within_the_budget_is_a_failure(tmp_path: Path) -> None:
-    status, cause, model = _judge(1, _curve(1.0), tmp_path, 12.0, BUDGET)
+    status, cause, model = _judge(1, _curve(1.0), tmp_path / PACKAGE, 12.0, BUDGET)
     assert status == "failed"
     assert cause is not None
     assert "code 1" in cause
@@ -144,34 +149,38 @@ def test_nonzero_exit_within_the_budget_is_a_failure(tmp_path: Path) -> None:
 
 
 def test_clean_exit_without_a_model_is_a_failure(tmp_path: Path) -> None:
-    status, cause, model = _judge(0, _curve(1.0, 0.5), tmp_path, 5.0, BUDGET)
+    status, cause, model = _judge(0, _curve(1.0, 0.5), tmp_path / PACKAGE, 5.0, BUDGET)
     assert status == "failed"
     assert cause is not None
     assert "no model" in cause
     assert model is None
 
 
-def test_stage_one_model_when_it_is_the_only_one(tmp_path: Path) -> None:
-    _write_models(tmp_path, f"{MODEL_NAME}.model")
-    assert _judge(0, _curve(1.0, 0.5), tmp_path, 5.0, BUDGET) == (
+def test_a_clean_run_hands_back_its_package(tmp_path: Path) -> None:
+    _write_models(tmp_path, PACKAGE)
+    assert _judge(0, _curve(1.0, 0.5), tmp_path / PACKAGE, 5.0, BUDGET) == (
         "ok",
         None,
-        tmp_path / f"{MODEL_NAME}.model",
+        tmp_path / PACKAGE,
     )
+
+
+def test_stage_one_model_when_it_is_the_only_one(tmp_path: Path) -> None:
+    _write_models(tmp_path, f"{MODEL_NAME}.model")
+    assert final_model_file(tmp_path, MODEL_NAME) == tmp_path / f"{MODEL_NAME}.model"
 
 
 def test_stage_two_model_is_preferred(tmp_path: Path) -> None:
     _write_models(tmp_path, f"{MODEL_NAME}.model", f"{MODEL_NAME}_stagetwo.model")
-    status, cause, model = _judge(0, _curve(1.0, 0.5), tmp_path, 5.0, BUDGET)
-    assert (status, cause) == ("ok", None)
-    assert model == tmp_path / f"{MODEL_NAME}_stagetwo.model"
+    assert final_model_file(tmp_path, MODEL_NAME) == tmp_path / f"{MODEL_NAME}_stagetwo.model"
+    assert final_model_file(tmp_path, "other") is None
 
 
 def test_slow_but_clean_run_is_ok(tmp_path: Path) -> None:
-    _write_models(tmp_path, f"{MODEL_NAME}.model")
-    status, _, model = _judge(0, _curve(1.0), tmp_path, 250.0, BUDGET)
+    _write_models(tmp_path, PACKAGE)
+    status, _, model = _judge(0, _curve(1.0), tmp_path / PACKAGE, 250.0, BUDGET)
     assert status == "ok"
-    assert model == tmp_path / f"{MODEL_NAME}.model"
+    assert model == tmp_path / PACKAGE
 
 
 @pytest.mark.parametrize(
@@ -180,6 +189,6 @@ def test_slow_but_clean_run_is_ok(tmp_path: Path) -> None:
 )
 def test_a_child_killed_by_a_signal_names_it(tmp_path: Path, returncode: int, words: str) -> None:
     # Within the wall-clock budget: not a time-out, but a kill (the OOM killer sends SIGKILL).
-    status, cause, model = _judge(returncode, _curve(1.0), tmp_path, 12.0, BUDGET)
+    status, cause, model = _judge(returncode, _curve(1.0), tmp_path / PACKAGE, 12.0, BUDGET)
     assert status == "failed" and model is None
     assert cause is not None and words in cause

@@ -10,10 +10,14 @@
       writer.lock          held (flock) by the one process writing the campaign
       results.tsv          one line per decision, exported from the ledger
       summary.json         the final table and the paths below, for scripts
-      best.model           the accepted incumbent's MACE model
+      best.model           the accepted incumbent's MACE model (for users; services read
+                           each candidate's model-package.pt, never a pickle)
+      train.xyz            the training split, copied: all trainers read (on a cluster, Ray
+                           pods mount the runs volume only, never the data with its test split)
       candidates/it000/    the baseline; it001, it002, ... the proposals
         recipe.yaml        full recipe trained
         train.log          mace_run_train's output
+        model-package.pt   the trained model as configuration + tensors (model_files/)
         mace/              mace's own work dir (model, checkpoints, logs)
         md/                one CSV trace per MD replica
         result.json        the scorecard result
@@ -66,6 +70,10 @@ class RunLayout:
     @property
     def best_model(self) -> Path:
         return self.root / "best.model"
+
+    @property
+    def train_split(self) -> Path:
+        return self.root / "train.xyz"
 
     def candidate(self, iteration: int) -> Path:
         return self.candidate_dir(f"it{iteration:03d}")

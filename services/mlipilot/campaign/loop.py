@@ -42,6 +42,7 @@ from mlipilot.agents.base import (
     Proposal,
     TrainingSummary,
 )
+from mlipilot.atomic_files import replaced_atomically
 from mlipilot.campaign.candidates import (
     CandidateJob,
     Evaluated,
@@ -73,8 +74,9 @@ from mlipilot.code_mode.repo import ProgramRepo
 from mlipilot.code_mode.trainer import CodeTrainer
 from mlipilot.config import Campaign
 from mlipilot.data.campaign_data import ensure_campaign_data
-from mlipilot.data.dataset import Dataset
+from mlipilot.data.dataset import Dataset, file_sha256
 from mlipilot.errors import MlipilotError, format_validation_error
+from mlipilot.model_files import write_mace_file
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
@@ -519,7 +521,7 @@ def _trainer(
     """Trainers here (one candidate at a time), or Ray actors with MD as Ray tasks. In code
     mode each trains its candidate's program in the sandbox (here, or on the actor's node)."""
     compute = campaign.compute
-    train_file = dataset.path("train")
+    train_file = _training_split(layout, dataset)
     elements = dataset.atomic_numbers("train")
     if not compute.uses_ray(campaign.budget.candidates_per_iteration):
         if program is not None:
@@ -541,6 +543,17 @@ def _trainer(
     if isinstance(scorer, Scorecard):  # scored here: fan its MD replicas out to Ray
         scorer.md_runner = RayReplicaRunner(compute.md)
     return pool, True
+
+
+def _training_split(layout: RunLayout, dataset: Dataset) -> Path:
+    """The training split, copied into the run folder (checked against its hash): what every
+    trainer reads. On a cluster the Ray pods mount the runs volume only, never the data
+    volume that holds the test split."""
+    dest = layout.train_split
+    if not dest.is_file() or file_sha256(dest) != dataset.hash("train"):
+        with replaced_atomically(dest) as tmp:
+            shutil.copyfile(dataset.path("train"), tmp)
+    return dest
 
 
 def _run_iterations(run: _Run, agent: Agent) -> _Incumbent:
@@ -639,7 +652,7 @@ def _run_baseline(run: _Run) -> _Incumbent:
     _record_decision(run, job, {}, done.result, decision)
     if done.result is None or done.model is None:
         raise MlipilotError(f"the baseline could not be trained and scored: {done.failure}")
-    shutil.copyfile(done.model, run.layout.best_model)
+    write_mace_file(done.model, run.layout.best_model)
     return _Incumbent(0, "it000", recipe, done.result, done.model)
 
 
@@ -840,7 +853,7 @@ def _try_candidates(
             decision = Decision(verdict=decision.verdict, reason=reason)
         _record_decision(run, f.job, f.job.proposal.patch, f.result, decision, noise)
         if decision.verdict == "ACCEPT" and f.model is not None and f.result is not None:
-            shutil.copyfile(f.model, run.layout.best_model)
+            write_mace_file(f.model, run.layout.best_model)
             new_incumbent = _Incumbent(iteration, f.job.name, f.job.recipe, f.result, f.model)
     return new_incumbent
 

@@ -2,8 +2,9 @@
 
 The program is the incumbent's (the code repository's HEAD) with the candidate's diff applied,
 copied into the candidate's folder. It trains on the training split alone and hands back
-``model.json`` + ``weights.pt``, which the model boundary rebuilds here into the model file the
-scorecard reads, so nothing the program pickled is ever unpickled outside the sandbox.
+``model.json`` + ``weights.pt``, which the model boundary checks here and writes as the model
+package the scorecard reads, so nothing the program pickled is ever unpickled outside the
+sandbox.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from mlipilot.campaign.stopping import StopRequest
 from mlipilot.code_mode.model_boundary import ModelBoundaryError, save_trusted_model
 from mlipilot.code_mode.program_files import TEMPLATE_KNOBS, program_knobs, recipe_job
 from mlipilot.code_mode.repo import ProgramRepo
-from mlipilot.code_mode.sandbox import PROGRAM, SandboxLimits, run_sandboxed
+from mlipilot.code_mode.sandbox import PROGRAM, run_sandboxed
+from mlipilot.code_mode.sandbox_models import SandboxLimits
+from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.recipe import Recipe
-from mlipilot.training.mace_args import MODEL_NAME
 from mlipilot.training.trainer import (
     EpochRecord,
     ProgressFn,
@@ -67,8 +69,8 @@ def train_program(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> TrainingOutcome:
-    """Run the program in the sandbox, then rebuild its model at the boundary into
-    ``work_dir/mace/candidate.model``; never raises for what the program does. Here or on a
+    """Run the program in the sandbox, then check its model at the boundary and write it as
+    ``work_dir/model-package.pt``; never raises for what the program does. Here or on a
     Ray worker (training/ray_trainer.py), with ``work_dir`` on the shared run folder."""
     curve: list[EpochRecord] = []
 
@@ -88,7 +90,7 @@ def train_program(
     cause, model = None, None
     if result.status == "ok":
         try:
-            model = save_trusted_model(result.out_dir, work_dir / "mace" / f"{MODEL_NAME}.model")
+            model = save_trusted_model(result.out_dir, work_dir / PACKAGE_NAME)
         except ModelBoundaryError as exc:
             status, cause = "failed", f"the program's model does not rebuild: {exc}"
     elif result.status == "timeout":

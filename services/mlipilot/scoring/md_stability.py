@@ -104,7 +104,7 @@ class ForcesOnlyMACE(MACECalculator):
 def load_md_calculator(
     model_path: Path, device: str = "cpu", dtype: Precision = "float64"
 ) -> ForcesOnlyMACE:
-    """Load a mace_run_train model file as a stress-free MD calculator evaluated in ``dtype``."""
+    """Load a model package as a stress-free MD calculator evaluated in ``dtype``."""
     # Loaded here rather than via model_paths= so a path with glob characters still works.
     model = load_model(model_path)
     with GLOBALS_LOCK:  # MACECalculator sets torch's (process-wide) default dtype: put it back

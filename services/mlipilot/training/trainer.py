@@ -22,8 +22,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.recipe import Recipe
-from mlipilot.training.mace_args import MODEL_NAME, to_mace_args
+from mlipilot.training.mace_args import to_mace_args
 
 _EPOCH_LINE = re.compile(r"(Initial|Epoch (\d+)):.*?loss=\s*(\S+?),(.*)")
 _EXCEPTION_LINE = re.compile(r"^\w+(Error|Exception): .+")
@@ -83,10 +84,12 @@ def train_recipe(
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / "train.log"
+    package = work_dir / PACKAGE_NAME
     cmd = [
         sys.executable,
         "-m",
-        "mace.cli.run_train",
+        "mlipilot.training.mace_entry",  # mace_run_train, then its model as a package
+        str(package),
         *to_mace_args(
             recipe,
             train_file=train_file,
@@ -140,7 +143,7 @@ def train_recipe(
                 proc.kill()
                 proc.wait()
     wall = time.monotonic() - start
-    status, cause, model = _judge(proc.returncode, curve, work_dir / "mace", wall, budget)
+    status, cause, model = _judge(proc.returncode, curve, package, wall, budget)
     if cancel is not None and cancel.is_set() and status != "ok":
         status, cause, model = "cancelled", "cancelled while training", None
     if status == "failed" and last_error and cause:
@@ -185,7 +188,7 @@ def _kill_on(cancel: threading.Event, proc: subprocess.Popen[str]) -> None:
 
 
 def _judge(
-    returncode: int, curve: list[EpochRecord], mace_dir: Path, wall: float, budget: TrainingBudget
+    returncode: int, curve: list[EpochRecord], package: Path, wall: float, budget: TrainingBudget
 ) -> tuple[Literal["ok", "failed", "timeout"], str | None, Path | None]:
     if curve and not math.isfinite(curve[-1].loss):
         return "failed", f"non-finite loss ({curve[-1].loss}) at epoch {curve[-1].epoch}", None
@@ -197,10 +200,8 @@ def _judge(
         return "failed", f"mace_run_train was killed by {name}{hint}; see train.log", None
     if returncode != 0:
         return "failed", f"mace_run_train exited with code {returncode} (see train.log)", None
-    # Stage two writes a second model; it is the one the run ends with.
-    for name in (f"{MODEL_NAME}_stagetwo.model", f"{MODEL_NAME}.model"):
-        if (mace_dir / name).exists():
-            return "ok", None, mace_dir / name
+    if package.is_file():
+        return "ok", None, package
     return "failed", "mace_run_train finished but wrote no model file", None
 
 
