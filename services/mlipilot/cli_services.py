@@ -38,7 +38,14 @@ TlsCa = Annotated[
 ]
 MetricsPort = Annotated[
     Optional[int],  # noqa: UP045
-    typer.Option(help="serve Prometheus /metrics on this HTTP port"),
+    typer.Option(help="serve Prometheus /metrics on this HTTP port (behind the token, if any)"),
+]
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="listen beyond loopback without a token: anyone who reaches the port may use it",
+    ),
 ]
 Server = Annotated[
     str, typer.Option(help="orchestrator address host:port", envvar="MLIPILOT_SERVER")
@@ -53,6 +60,7 @@ def _server_options(
     tls_cert: Path | None,
     tls_key: Path | None,
     metrics_port: int | None,
+    insecure: bool,
 ) -> ServerOptions:
     from mlipilot.rpc.auth import load_token
     from mlipilot.rpc.serving import ServerOptions
@@ -64,6 +72,7 @@ def _server_options(
         tls_cert=tls_cert,
         tls_key=tls_key,
         metrics_port=metrics_port,
+        insecure=insecure,
     )
 
 
@@ -80,6 +89,23 @@ def serve_scorecard(
         typer.Option(help="folder of scorecard specs (default: the repository's scorecard/)"),
     ] = None,
     concurrent: Annotated[int, typer.Option(min=1, help="evaluations run at once")] = 1,
+    max_queued: Annotated[
+        int, typer.Option(min=0, help="evaluations waiting for a slot; more are refused")
+    ] = 8,
+    read_root: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            help="folder (or s3://bucket/prefix) models and test splits may be read from; "
+            "repeat for more (default: runs and data in the working folder)"
+        ),
+    ] = None,
+    write_root: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            help="folder (or s3://bucket/prefix) MD traces may be written to; repeat for more "
+            "(default: runs in the working folder)"
+        ),
+    ] = None,
     torch_threads: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(min=1, help="torch threads per evaluation (default: all cores)"),
@@ -88,9 +114,11 @@ def serve_scorecard(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     metrics_port: MetricsPort = None,
+    insecure: Insecure = False,
 ) -> None:
     """Serve the scorecard: Evaluate (progress stream), ListScorecards, GetScorecard."""
     from mlipilot.cli import _repo_root
+    from mlipilot.rpc.artifacts import UriPolicy
     from mlipilot.rpc.scorecard_service import SERVICE_NAME, ScorecardServicer, load_catalog
     from mlipilot.rpc.serving import serve_until_signal, start_server
     from mlipilot.v1 import scorecard_pb2_grpc
@@ -102,8 +130,11 @@ def serve_scorecard(
 
             torch.set_num_threads(torch_threads)
         catalog = load_catalog(scorecards or _repo_root() / "scorecard")
-        servicer = ScorecardServicer(catalog, max_concurrent=concurrent)
-        options = _server_options(host, port, token_file, tls_cert, tls_key, metrics_port)
+        uris = UriPolicy(read=read_root or ["runs", "data"], write=write_root or ["runs"])
+        servicer = ScorecardServicer(
+            catalog, uris, max_concurrent=concurrent, max_queued=max_queued
+        )
+        options = _server_options(host, port, token_file, tls_cert, tls_key, metrics_port, insecure)
         running = start_server(
             options,
             lambda s: scorecard_pb2_grpc.add_ScorecardServiceServicer_to_server(servicer, s),
@@ -129,10 +160,30 @@ def serve_orchestrator(
         typer.Option(help="PEM CA certificate of a TLS scorecard service"),
     ] = None,
     runs: Annotated[Path, typer.Option(help="folder of campaign run folders")] = Path("runs"),
+    scorecards: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="the scorecard specs campaigns may name (default: the repository's)"),
+    ] = None,
+    data_root: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="folder campaigns' data may live in; repeat for more (default: data)"),
+    ] = None,
+    llm_endpoint: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="NAME=URL: a model server campaigns may name (agent.endpoint)"),
+    ] = None,
+    llm_key_env: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="NAME=VARIABLE: the environment variable with that endpoint's key"),
+    ] = None,
+    max_campaigns: Annotated[
+        int, typer.Option(min=1, help="campaigns running at once; more are refused")
+    ] = 4,
     token_file: TokenFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     metrics_port: MetricsPort = None,
+    insecure: Insecure = False,
     grace: Annotated[float, typer.Option(help="seconds to wind down on SIGTERM")] = 30.0,
     resume: Annotated[
         bool,
@@ -141,20 +192,32 @@ def serve_orchestrator(
 ) -> None:
     """Serve the orchestrator: create, get, list, watch and cancel campaigns."""
     from mlipilot.campaign.loop import local_scorer
+    from mlipilot.cli import _repo_root
+    from mlipilot.rpc.campaign_policy import CampaignPolicy, parse_endpoints
     from mlipilot.rpc.channel import open_channel
     from mlipilot.rpc.orchestrator_service import SERVICE_NAME, OrchestratorServicer
     from mlipilot.rpc.scorecard_client import RemoteScorerFactory
+    from mlipilot.rpc.scorecard_service import load_catalog
     from mlipilot.rpc.serving import serve_until_signal, start_server
     from mlipilot.v1 import orchestrator_pb2_grpc
 
     _logging()
     try:
-        options = _server_options(host, port, token_file, tls_cert, tls_key, metrics_port)
+        options = _server_options(host, port, token_file, tls_cert, tls_key, metrics_port, insecure)
+        catalog = load_catalog(scorecards or _repo_root() / "scorecard")
+        policy = CampaignPolicy(
+            scorecards={name: entry.path for name, entry in catalog.items()},
+            data_roots=data_root or [Path("data")],
+            runs_root=runs,
+            llm_endpoints=parse_endpoints(llm_endpoint or [], llm_key_env or []),
+        )
         factory = local_scorer
         if scorecard:  # the same token guards both services
             channel = open_channel(scorecard, token=options.token, tls_ca=scorecard_tls_ca)
             factory = RemoteScorerFactory(channel)
-        servicer = OrchestratorServicer(runs, scorer_factory=factory)
+        servicer = OrchestratorServicer(
+            runs, policy, scorer_factory=factory, max_campaigns=max_campaigns
+        )
         running = start_server(
             options,
             lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, s),

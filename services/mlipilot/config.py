@@ -6,6 +6,7 @@ campaign file works from any working directory.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,10 @@ from pydantic import (
 from mlipilot.errors import MlipilotError, format_validation_error, shown
 from mlipilot.recipe import Recipe, describe_recipe_error
 from mlipilot.yaml_files import load_yaml_model, parse_yaml_model
+
+ENDPOINT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+MAX_EXTRA_BODY_BYTES = 16 << 10
+MAX_CAMPAIGN_FILE_BYTES = 256 << 10  # a campaign file is a page of YAML, not a data set
 
 
 class _Strict(BaseModel):
@@ -78,9 +83,20 @@ class AgentConfig(_Strict):
     seed: int = Field(0, ge=0)
     # -- kind: llm (an OpenAI-compatible server: vLLM, llama.cpp, ...)
     base_url: str | None = Field(
-        None, pattern=r"^https?://\S+$", description="e.g. http://vllm:8000/v1 (kind: llm)"
+        None,
+        pattern=r"^https?://\S+$",
+        max_length=2000,
+        description="e.g. http://vllm:8000/v1 (kind: llm)",
     )
-    model: str | None = Field(None, min_length=1, description="a model id the server lists")
+    endpoint: str | None = Field(
+        None,
+        pattern=ENDPOINT_NAME,
+        description="campaigns sent to an orchestrator server: one of its configured model "
+        "servers (its --llm-endpoint NAME=URL), instead of base_url and api_key_env",
+    )
+    model: str | None = Field(
+        None, min_length=1, max_length=500, description="a model id the server lists"
+    )
     api_key_env: str | None = Field(
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable holding the API key"
     )
@@ -114,10 +130,20 @@ class AgentConfig(_Strict):
     # -- kind: replay
     ledger: Path | None = Field(None, description="run folder whose proposals are replayed")
 
+    @field_validator("extra_body")
+    @classmethod
+    def _small_extra_body(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, default=str))
+        if size > MAX_EXTRA_BODY_BYTES:
+            raise ValueError(f"{size} bytes as JSON; at most {MAX_EXTRA_BODY_BYTES}")
+        return value
+
     @model_validator(mode="after")
     def _kind_needs(self) -> AgentConfig:
-        needed = {"llm": ("base_url", "model"), "replay": ("ledger",)}.get(self.kind, ())
+        needed = {"llm": ("model",), "replay": ("ledger",)}.get(self.kind, ())
         missing = [f"agent.{k}" for k in needed if getattr(self, k) is None]
+        if self.kind == "llm" and self.base_url is None and self.endpoint is None:
+            missing.insert(0, "agent.base_url (or agent.endpoint on a server)")
         if missing:
             raise ValueError(f"agent kind {self.kind!r} needs {', '.join(missing)}")
         return self
@@ -186,8 +212,8 @@ class NoiseConfig(_Strict):
 
 
 class Campaign(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    description: str = ""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = Field("", max_length=10_000)
     data: DataConfig
     scorecard: Path
     baseline: Recipe
@@ -208,6 +234,7 @@ class Campaign(_Strict):
     editable: list[str] = Field(
         default_factory=lambda: ["training/program.py"],
         min_length=1,
+        max_length=20,
         description="code mode: the program files an agent may change, relative to the program",
     )
 
@@ -216,7 +243,8 @@ class Campaign(_Strict):
     def _plain_relative_paths(cls, paths: list[str]) -> list[str]:
         for p in paths:
             parts = Path(p).parts
-            if not p or Path(p).is_absolute() or ".." in parts or p != Path(p).as_posix():
+            bad = not p or len(p) > 200 or Path(p).is_absolute() or {"..", ".git"} & set(parts)
+            if bad or p != Path(p).as_posix():
                 raise ValueError(f"{p!r} must be a plain relative path inside the program")
         return paths
 
@@ -241,31 +269,47 @@ class Campaign(_Strict):
 def load_campaign(path: str | Path) -> tuple[Campaign, str]:
     """Load and validate a campaign file; return it (paths made absolute) and its sha256."""
     path = Path(path)
-    campaign, digest = load_yaml_model(path, Campaign, "campaign file")
+    campaign, digest = load_yaml_model(
+        path, Campaign, "campaign file", max_bytes=MAX_CAMPAIGN_FILE_BYTES
+    )
     return _resolved(campaign, path.resolve().parent), digest
 
 
 def parse_campaign(text: str, source_name: str, base_dir: Path) -> tuple[Campaign, str]:
-    """A campaign file sent as text (e.g. over gRPC); relative paths resolve against base_dir."""
-    where = f"campaign file {source_name or '(unnamed)'}"
-    campaign, digest = parse_yaml_model(text.encode(), Campaign, where)
+    """A campaign file sent as text; relative paths resolve against ``base_dir``."""
+    campaign, digest = parse_campaign_text(text, source_name)
+    return resolved_paths(campaign, base_dir, source_name), digest
+
+
+def campaign_where(source_name: str) -> str:
+    """How messages name a campaign file sent as text."""
+    return f"campaign file {source_name or '(unnamed)'}"
+
+
+def parse_campaign_text(text: str, source_name: str) -> tuple[Campaign, str]:
+    """A campaign file sent as text, validated, paths as written (not resolved)."""
+    raw = text.encode(errors="surrogateescape")
+    if len(raw) > MAX_CAMPAIGN_FILE_BYTES:
+        raise MlipilotError(
+            f"{campaign_where(source_name)}: {len(raw)} bytes; a campaign file may have at most "
+            f"{MAX_CAMPAIGN_FILE_BYTES}",
+            fields=("campaign_yaml",),
+        )
+    return parse_yaml_model(raw, Campaign, campaign_where(source_name))
+
+
+def resolved_paths(campaign: Campaign, base_dir: Path, source_name: str) -> Campaign:
+    """``campaign`` with relative paths resolved against ``base_dir`` (a server's or the
+    client's folder), or an error naming base_dir when it cannot be."""
     try:
         root = base_dir.resolve()
     except (OSError, ValueError) as exc:  # e.g. a NUL byte in a base_dir sent over gRPC
         raise MlipilotError(
-            f"{where}: base folder {shown(str(base_dir))} is not usable: {exc}",
+            f"{campaign_where(source_name)}: base folder {shown(str(base_dir))} is not usable: "
+            f"{exc}",
             fields=("base_dir",),
         ) from exc
-    campaign = _resolved(campaign, root)
-    try:
-        found = campaign.scorecard.is_file()
-    except OSError:  # e.g. a name longer than the file system allows
-        found = False
-    if not found:
-        raise MlipilotError(
-            f"{where}: scorecard: no such file {campaign.scorecard}", fields=("scorecard",)
-        )
-    return campaign, digest
+    return _resolved(campaign, root)
 
 
 def _resolved(campaign: Campaign, root: Path) -> Campaign:

@@ -16,6 +16,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from tiny_campaign import BAD_BASELINE, TINY_SPEC
 
+from mlipilot.rpc.artifacts import UriPolicy
+from mlipilot.rpc.campaign_policy import CampaignPolicy
 from mlipilot.rpc.channel import open_channel
 from mlipilot.rpc.orchestrator_client import OrchestratorClient
 from mlipilot.rpc.orchestrator_service import SERVICE_NAME as ORCHESTRATOR
@@ -47,6 +49,7 @@ class ServiceStack:
     scorecard: RunningServer
     orchestrator: RunningServer
     servicer: OrchestratorServicer
+    scorecard_servicer: ScorecardServicer
 
     @property
     def runs(self) -> Path:
@@ -71,7 +74,8 @@ class ServiceStack:
     def metric(self, server: RunningServer, sample: str) -> float:
         """The value of one Prometheus sample line (e.g. 'x_total{a="b"}'), 0 when absent."""
         url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as reply:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=5) as reply:
             for line in reply.read().decode().splitlines():
                 if line.startswith(sample + " "):
                     return float(line.split()[-1])
@@ -103,17 +107,24 @@ def start_stack(root: Path) -> ServiceStack:
     specs.mkdir(parents=True)
     (specs / "cu-emt-tiny.yaml").write_text(yaml.safe_dump(TINY_SPEC))
     catalog = load_catalog(specs)
-    scoring = ScorecardServicer(catalog)
+    # The roots a deployment gives both services: runs (models, traces) and data.
+    uris = UriPolicy(read=[root / "runs", root / "data"], write=[root / "runs"])
+    scoring = ScorecardServicer(catalog, uris)
     scorecard = start_server(
         ServerOptions(token=TOKEN, metrics_port=0),
         lambda s: scorecard_pb2_grpc.add_ScorecardServiceServicer_to_server(scoring, s),
         [SCORECARD],
     )
     remote = RemoteScorerFactory(open_channel(f"127.0.0.1:{scorecard.port}", token=TOKEN))
-    servicer = OrchestratorServicer(root / "runs", scorer_factory=remote, base_dir=root)
+    policy = CampaignPolicy(
+        scorecards={name: entry.path for name, entry in catalog.items()},
+        data_roots=[root / "data"],
+        runs_root=root / "runs",
+    )
+    servicer = OrchestratorServicer(root / "runs", policy, scorer_factory=remote, base_dir=root)
     orchestrator = start_server(
         ServerOptions(token=TOKEN, metrics_port=0),
         lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, s),
         [ORCHESTRATOR],
     )
-    return ServiceStack(root, scorecard, orchestrator, servicer)
+    return ServiceStack(root, scorecard, orchestrator, servicer, scoring)

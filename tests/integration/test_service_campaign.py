@@ -198,23 +198,8 @@ def test_sigterm_records_running_campaigns_as_interrupted(
     """`mlipilot serve orchestrator` as its own process, stopped as Kubernetes stops a pod."""
     port = _free_port()
     runs = tmp_path / "runs"
-    env = {**os.environ, "MLIPILOT_TOKEN": TOKEN}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlipilot.cli",
-        "serve",
-        "orchestrator",
-        "--port",
-        str(port),
-        "--runs",
-        str(runs),
-        "--grace",
-        "30",
-    ]
     log = tmp_path / "server.log"
-    with log.open("w") as out:  # a file, not a pipe: a full pipe would block the server
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = _serve_orchestrator(port, runs, log, stack, "--grace", "30")
     try:
         client = OrchestratorClient(stack.channel_to(f"127.0.0.1:{port}"), f"127.0.0.1:{port}")
         campaign = _create_when_up(client, stack.write_campaign("sigterm", epochs=10_000))
@@ -241,8 +226,14 @@ def _create_when_up(client: OrchestratorClient, path: Path, timeout_s: float = 6
             time.sleep(0.5)
 
 
-def _serve_orchestrator(port: int, runs: Path, log: Path, **env: str) -> subprocess.Popen:
+def _serve_orchestrator(
+    port: int, runs: Path, log: Path, stack: ServiceStack, *args: str, **env: str
+) -> subprocess.Popen:
+    """`mlipilot serve orchestrator` as its own process, serving the stack's scorecards and
+    keeping campaigns' data where the stack's do."""
     cmd = [*_CLI, "serve", "orchestrator", "--port", str(port), "--runs", str(runs)]
+    cmd += ["--scorecards", str(stack.root / "specs"), "--data-root", str(stack.root / "data")]
+    cmd += list(args)
     environ = {k: v for k, v in os.environ.items() if k != "MLIPILOT_KILL_AT"}
     with log.open("a") as out:  # a file, not a pipe: a full pipe would block the server
         return subprocess.Popen(
@@ -260,7 +251,7 @@ def test_a_restarted_orchestrator_resumes_the_campaign_a_kill_cut_short(
     server on the same volume: the campaign goes on to its end under the same id."""
     runs, log = tmp_path / "runs", tmp_path / "server.log"
     port = _free_port()
-    proc = _serve_orchestrator(port, runs, log, MLIPILOT_KILL_AT="md:0")
+    proc = _serve_orchestrator(port, runs, log, stack, MLIPILOT_KILL_AT="md:0")
     try:
         client = OrchestratorClient(stack.channel_to(f"127.0.0.1:{port}"), f"127.0.0.1:{port}")
         campaign = _create_when_up(client, stack.write_campaign("restart", iterations=1))
@@ -274,7 +265,7 @@ def test_a_restarted_orchestrator_resumes_the_campaign_a_kill_cut_short(
     assert not _processes_mentioning(runs / campaign.id)
 
     port = _free_port()
-    proc = _serve_orchestrator(port, runs, log)
+    proc = _serve_orchestrator(port, runs, log, stack)
     try:
         client = OrchestratorClient(stack.channel_to(f"127.0.0.1:{port}"), f"127.0.0.1:{port}")
         deadline = time.monotonic() + 60

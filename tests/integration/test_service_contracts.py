@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from mlipilot.cli import app
 from mlipilot.errors import MlipilotError
+from mlipilot.rpc.campaign_policy import CampaignPolicy
 from mlipilot.rpc.channel import open_channel
 from mlipilot.rpc.orchestrator_client import OrchestratorClient
 from mlipilot.rpc.orchestrator_service import SERVICE_NAME as ORCHESTRATOR
@@ -99,25 +100,50 @@ def test_unparseable_campaign_text_is_invalid_argument(
     assert field_violations(exc) == [field]
 
 
-def test_a_scorecard_that_differs_from_the_services_is_refused(stack: ServiceStack) -> None:
-    """Same name, different thresholds: the two services would judge by different yardsticks."""
+def test_a_scorecard_that_differs_from_the_services_is_refused(
+    stack: ServiceStack, tmp_path: Path
+) -> None:
+    """Same name, different thresholds: an orchestrator whose catalog differs from the
+    scorecard service's would judge by a different yardstick than the one that measures."""
     spec = yaml.safe_load((stack.root / "specs" / "cu-emt-tiny.yaml").read_text())
     spec["constraints"][0]["max"] = 1000.0
-    (stack.root / "specs-loose.yaml").write_text(yaml.safe_dump(spec))
-    campaign = yaml.safe_load(stack.write_campaign("loose").read_text())
-    campaign["scorecard"] = "specs-loose.yaml"
-    exc = _create_raw(stack, yaml.safe_dump(campaign))
-    assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "sha256" in exc.details()
-    assert field_violations(exc) == ["scorecard"]
+    loose = tmp_path / "cu-emt-tiny.yaml"
+    loose.write_text(yaml.safe_dump(spec))
+    policy = CampaignPolicy({"cu-emt-tiny": loose}, [stack.root / "data"], tmp_path / "runs")
+    servicer = OrchestratorServicer(
+        tmp_path / "runs",
+        policy,
+        scorer_factory=RemoteScorerFactory(stack.channel(stack.scorecard)),
+        base_dir=stack.root,
+    )
+    server = start_server(
+        ServerOptions(),
+        lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, s),
+        [ORCHESTRATOR],
+    )
+    try:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(
+            open_channel(f"127.0.0.1:{server.port}")
+        )
+        request = orchestrator_pb2.CreateCampaignRequest(
+            campaign_yaml=stack.write_campaign("loose").read_text(), source_name="loose.yaml"
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreateCampaign(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "sha256" in err.value.details()
+        assert field_violations(err.value) == ["scorecard"]
+        assert list((tmp_path / "runs").iterdir()) == []
+    finally:
+        server.stop(grace_s=0)
 
 
-def test_a_missing_scorecard_file_names_the_field(stack: ServiceStack) -> None:
+def test_a_scorecard_the_server_does_not_serve_names_the_field(stack: ServiceStack) -> None:
     campaign = yaml.safe_load(stack.write_campaign("nospec").read_text())
     campaign["scorecard"] = "specs/absent.yaml"
     exc = _create_raw(stack, yaml.safe_dump(campaign))
     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "absent.yaml" in exc.details()
+    assert "absent.yaml" in exc.details() and "cu-emt-tiny" in exc.details()  # says what is
     assert field_violations(exc) == ["scorecard"]
 
 
@@ -158,10 +184,10 @@ def test_evaluate_refuses_bad_requests_with_the_field(stack: ServiceStack, tmp_p
     assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "scorecard_sha256" in exc.details()
 
-    missing = (tmp_path / "absent.model").as_uri()
+    missing = (stack.runs / "absent.model").as_uri()  # under the service's roots
     exc = _evaluate(stack, model_uri=missing, test_set_uri=missing, test_set_sha256="ab")
-    assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "model_uri" in exc.details() and "absent.model" in exc.details()
+    assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT  # the test set is read first
+    assert exc.details().startswith("test_set_uri: ") and "absent.model" in exc.details()
 
 
 def test_cli_submit_names_the_bad_field(
@@ -188,6 +214,7 @@ def test_an_unreachable_scorecard_service_is_unavailable_not_a_bad_file(
         dead = f"127.0.0.1:{s.getsockname()[1]}"
     servicer = OrchestratorServicer(
         tmp_path / "runs",
+        stack.servicer.policy,
         scorer_factory=RemoteScorerFactory(open_channel(dead)),
         base_dir=stack.root,
     )
@@ -216,8 +243,8 @@ def test_submit_paths_resolve_in_the_servers_folder_when_asked(
     path = laptop / "remote.yaml"
     path.write_text(stack.write_campaign("remote").read_text())  # data, specs/... relative
     client = stack.client()
-    with pytest.raises(MlipilotError, match="scorecard") as err:
-        client.create(path)  # resolved in laptop/, where there is no specs/ folder
+    with pytest.raises(MlipilotError, match=r"PERMISSION_DENIED: .*data\.path") as err:
+        client.create(path)  # resolved in laptop/, outside the server's data folders
     assert str(laptop) in str(err.value)
     campaign = client.create(path, paths_on_server=True)
     client.cancel(campaign.id)

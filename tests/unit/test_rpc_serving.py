@@ -10,6 +10,8 @@ import os
 import re
 import signal
 import threading
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,3 +305,105 @@ def test_serve_until_signal_needs_main_thread(serve) -> None:
     thread.start()
     thread.join(TIMEOUT)
     assert len(errors) == 1 and "main thread" in str(errors[0])
+
+
+# --- the trust boundary: who may reach a server, and how much of it ---------------------------
+
+HOLD_SERVICE = "mlipilot.v1.Hold"
+HOLD_METHOD = f"/{HOLD_SERVICE}/Hold"
+
+
+def register_hold(release: threading.Event):
+    """Echo, plus a server stream that holds its thread until ``release`` (a watcher)."""
+
+    def hold(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield b"started"
+        while not release.wait(0.05) and context.is_active():
+            pass
+        yield b"released"
+
+    def register(server: grpc.Server) -> None:
+        register_echo(server)
+        handler = grpc.method_handlers_generic_handler(
+            HOLD_SERVICE, {"Hold": grpc.unary_stream_rpc_method_handler(hold)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+
+    return register
+
+
+def test_streams_that_fill_the_pool_starve_neither_health_nor_the_server() -> None:
+    """The attack: as many WatchCampaign-like streams as the server has threads. Without the
+    cap, the next call (a kubelet's health probe) waited behind them until it timed out."""
+    release = threading.Event()
+    running = start_server(ServerOptions(max_workers=6), register_hold(release), [HOLD_SERVICE])
+    channel = open_channel(f"127.0.0.1:{running.port}")
+    streams = []
+    try:
+        admitted, refused = 0, 0
+        for _ in range(12):  # twice the pool
+            stream = channel.unary_stream(HOLD_METHOD)(b"", timeout=30)
+            streams.append(stream)
+            try:
+                assert next(stream) == b"started"
+                admitted += 1
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
+                assert "calls, its most at once" in exc.details()
+                refused += 1
+        assert admitted == ServerOptions(max_workers=6).max_calls == 3 and refused == 9
+        assert health_status(channel) == SERVING  # within TIMEOUT, with every slot held
+        with pytest.raises(grpc.RpcError) as info:
+            echo(channel)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        for stream in streams[:admitted]:
+            assert list(stream) == [b"released"]
+        assert echo(channel) == b"ping"  # slots come back when the streams end
+    finally:
+        release.set()
+        running.stop(0)
+
+
+def test_a_caller_that_goes_away_gives_its_slot_back(serve) -> None:
+    release = threading.Event()
+    running = start_server(ServerOptions(max_workers=4), register_hold(release), [HOLD_SERVICE])
+    channel = open_channel(f"127.0.0.1:{running.port}")
+    try:
+        for _ in range(6):  # more than max_calls, one after the other, each cancelled
+            stream = channel.unary_stream(HOLD_METHOD)(b"", timeout=30)
+            assert next(stream) == b"started"
+            stream.cancel()
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:
+                try:
+                    assert echo(channel) == b"ping"
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.05)  # the cancel reaches the server a moment later
+        assert echo(channel) == b"ping"
+    finally:
+        release.set()
+        running.stop(0)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "my-host.example"])
+def test_a_server_will_not_listen_beyond_loopback_without_a_token(host: str) -> None:
+    with pytest.raises(MlipilotError, match=f"refusing to listen on {re.escape(host)} without"):
+        ServerOptions(host=host)
+    assert ServerOptions(host=host, token="t").token == "t"
+    assert ServerOptions(host=host, insecure=True).insecure  # said in so many words
+    for loopback in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert ServerOptions(host=loopback).token is None
+
+
+def test_metrics_need_the_servers_token(serve) -> None:
+    running = serve(token=TOKEN, metrics_port=0)
+    url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT)
+        assert info.value.code == 401
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        assert b"mlipilot_decisions_total" in response.read()

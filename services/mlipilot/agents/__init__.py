@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from mlipilot.agents.base import Agent
 from mlipilot.agents.random_search import RandomSearchAgent
 from mlipilot.agents.rule_based import RuleBasedResearcher
+from mlipilot.errors import MlipilotError
 
 if TYPE_CHECKING:
     from mlipilot.config import AgentConfig
@@ -32,7 +33,13 @@ def make_agent(config: AgentConfig) -> Agent:
 def _llm_agent(config: AgentConfig) -> Agent:
     from mlipilot.agents.llm import LlmAgent, LlmSettings, api_key_from_env
 
-    assert config.base_url is not None and config.model is not None  # AgentConfig checks
+    if config.base_url is None:  # only a server fills it in, from the endpoint's name
+        raise MlipilotError(
+            f"agent.endpoint {config.endpoint!r} names a model server an orchestrator server "
+            "is configured with; to run the campaign here, set agent.base_url instead",
+            fields=("agent.endpoint",),
+        )
+    assert config.model is not None  # AgentConfig checks
     settings = LlmSettings(
         base_url=config.base_url,
         model=config.model,

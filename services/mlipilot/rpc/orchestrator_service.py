@@ -6,6 +6,11 @@ list, watch) comes from the campaign's ledger, so it also covers campaigns of ea
 lifetimes and of ``mlipilot run``, and a watcher can resume from any event. On start, the
 server resumes the campaigns an earlier lifetime left unfinished (killed, or interrupted by a
 shutdown), as ``mlipilot run --resume`` would.
+
+A submitted campaign is admitted by the server's CampaignPolicy (rpc/campaign_policy.py): it
+names the server's scorecards and model endpoints and keeps its files under the server's
+roots. At most ``max_campaigns`` run at once and ``max_watchers`` WatchCampaign streams are
+open at once (each holds a server thread); beyond, callers get RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from mlipilot.campaign.loop import (
 )
 from mlipilot.campaign.reporting import IterationRow, NullReporter
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
-from mlipilot.config import Campaign, parse_campaign
+from mlipilot.config import Campaign, parse_campaign_text
 from mlipilot.errors import MlipilotError, clipped, shown
+from mlipilot.rpc.campaign_policy import CampaignDenied, CampaignPolicy
 from mlipilot.rpc.convert import STATUS_BY_NAME, event_to_proto, timestamp
 from mlipilot.rpc.metrics import ACTIVE_CAMPAIGNS, CAMPAIGNS, DECISIONS, ITERATIONS
 from mlipilot.scoring.scorecard import ScorerUnavailable
@@ -72,13 +78,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def __init__(
         self,
         runs_root: Path,
+        policy: CampaignPolicy,
         scorer_factory: ScorerFactory = local_scorer,
         base_dir: Path | None = None,
+        max_campaigns: int = 4,
+        max_watchers: int = 32,
     ) -> None:
         self.runs_root = runs_root.resolve()
         self.runs_root.mkdir(parents=True, exist_ok=True)
+        self.policy = policy
         self.scorer_factory = scorer_factory
         self.base_dir = (base_dir or Path.cwd()).resolve()
+        self.max_campaigns = max_campaigns
+        self._watchers = threading.BoundedSemaphore(max_watchers)
+        self.max_watchers = max_watchers
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
         self._closing = False
@@ -90,6 +103,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         with self._lock:
             if self._closing:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the orchestrator is shutting down")
+            if len(self._live) >= self.max_campaigns:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{len(self._live)} campaigns are running, the most this server runs at "
+                    "once; wait for one to end or cancel one",
+                )
             try:
                 layout = create_run(campaign, request.campaign_yaml, self.runs_root)
             except OSError as exc:
@@ -117,6 +136,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     def WatchCampaign(self, request, context) -> Iterator[orchestrator_pb2.CampaignEvent]:
         ledger = self._ledger_path(request.id, context)
+        if not self._watchers.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_watchers} watch streams are open, the most this server keeps; "
+                "close one or poll with GetCampaign",
+            )
+        try:
+            yield from self._watch(ledger, request, context)
+        finally:
+            self._watchers.release()
+
+    def _watch(
+        self, ledger: Path, request, context: grpc.ServicerContext
+    ) -> Iterator[orchestrator_pb2.CampaignEvent]:
         after = request.after_sequence
         while context.is_active():
             live = request.id in self._live  # read before the ledger: no end can be missed
@@ -232,14 +265,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def _validated(self, request, context: grpc.ServicerContext) -> Campaign:
         base = Path(request.base_dir) if request.base_dir else self.base_dir
         try:
-            campaign, _ = parse_campaign(request.campaign_yaml, request.source_name, base)
-            try:
-                spec, spec_hash = load_spec(campaign.scorecard)
-            except MlipilotError as exc:
-                raise MlipilotError(str(exc), fields=("scorecard",)) from exc
+            written, _ = parse_campaign_text(request.campaign_yaml, request.source_name)
+            campaign = self.policy.admit(written, base, request.source_name)
+            spec, spec_hash = load_spec(campaign.scorecard)  # the server's own catalog file
             preflight = getattr(self.scorer_factory, "preflight", None)
             if preflight is not None:
                 preflight(spec, spec_hash)
+        except CampaignDenied as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, clipped(str(exc), MAX_MESSAGE_BYTES))
         except MlipilotError as exc:
             _abort_invalid(context, exc)
         except ScorerUnavailable as exc:

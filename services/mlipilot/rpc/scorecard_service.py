@@ -5,6 +5,11 @@ by URI. The test split also comes by URI with the sha256 the caller expects; the
 the bytes before using them, so a result's test hash always describes what was measured.
 Evaluations run in a worker thread; the gRPC handler streams their progress and stops them
 when the caller goes away (a cancel or a deadline).
+
+Every URI is checked against the roots the operator configured before anything is read
+(rpc/artifacts.py), the model is a package of configuration and tensors, never a pickle
+(model_files/), and at most ``max_queued`` evaluations wait for a slot: a caller cannot make
+the service run code, read or write outside its roots, or pile up work without bound.
 """
 
 from __future__ import annotations
@@ -17,13 +22,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import ase
 import grpc
 
+from mlipilot.data.dataset import file_sha256
 from mlipilot.data.extxyz import load_extxyz
 from mlipilot.errors import MlipilotError, clipped, shown
+from mlipilot.model_files import ModelFileError, read_package
+from mlipilot.model_files.package import MAX_PACKAGE_BYTES
 from mlipilot.rpc import artifacts
+from mlipilot.rpc.artifacts import Location, UriPolicy, UriRefused
 from mlipilot.rpc.convert import score_result_to_proto
 from mlipilot.rpc.metrics import EVALUATION_SECONDS, EVALUATIONS
 from mlipilot.scoring.result import ScoreResult
@@ -35,6 +45,16 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = scorecard_pb2.DESCRIPTOR.services_by_name["ScorecardService"].full_name
 # A status message rides in trailing metadata, percent-encoded; clients refuse it above 8 KiB.
 MAX_MESSAGE_BYTES = 800
+MAX_TEST_SET_BYTES = 256 << 20
+
+
+class _Targets(NamedTuple):
+    """An evaluation's URIs, checked against the service's roots."""
+
+    model: Location
+    baseline: Location | None
+    test_set: Location
+    artifacts: Location | None
 
 
 @dataclass(frozen=True)
@@ -80,10 +100,22 @@ class _Aborted(Exception):
 
 
 class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
-    def __init__(self, catalog: dict[str, CatalogEntry], max_concurrent: int = 1) -> None:
+    def __init__(
+        self,
+        catalog: dict[str, CatalogEntry],
+        uris: UriPolicy,
+        max_concurrent: int = 1,
+        max_queued: int = 8,
+    ) -> None:
         self.catalog = catalog
+        self.uris = uris
         # Evaluations are CPU/GPU bound; more at once only slows each and skews throughput.
         self._slots = threading.BoundedSemaphore(max_concurrent)
+        # Each waiting evaluation holds a server thread: past this many, callers are told to
+        # come back rather than queued.
+        self.max_queued = max_queued
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self._test_sets: dict[str, list[ase.Atoms]] = {}  # by sha256
         self._test_lock = threading.Lock()
 
@@ -105,19 +137,60 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
         for field in ("model_uri", "test_set_uri", "test_set_sha256"):
             if not getattr(request, field):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: required")
+        targets = self._targets(request, context)
         name = entry.spec.name
         aborted = threading.Event()
         if not context.add_callback(aborted.set):  # runs when the RPC ends, however it ends
             EVALUATIONS.labels(scorecard=name, status="aborted").inc()
             return  # already over: the caller left or its deadline passed
-        waited = 0
-        while not self._slots.acquire(timeout=1.0):
-            if aborted.is_set():
-                EVALUATIONS.labels(scorecard=name, status="aborted").inc()
-                return
-            waited += 1  # a heartbeat, so the caller can give up while we wait
-            yield _progress("queued", waited, 0)
-        yield from self._evaluate(request, entry, context, aborted)
+        if not self._slots.acquire(blocking=False):
+            with self._waiting_lock:
+                full = self._waiting >= self.max_queued
+                self._waiting += 0 if full else 1
+            if full:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self.max_queued} evaluations are waiting already; try again later",
+                )
+            try:
+                waited = 0
+                while not self._slots.acquire(timeout=1.0):
+                    if aborted.is_set():
+                        EVALUATIONS.labels(scorecard=name, status="aborted").inc()
+                        return
+                    waited += 1  # a heartbeat, so the caller can give up while we wait
+                    yield _progress("queued", waited, 0)
+            finally:
+                with self._waiting_lock:
+                    self._waiting -= 1
+        yield from self._evaluate(targets, request, entry, context, aborted)
+
+    def _targets(self, request, context: grpc.ServicerContext) -> _Targets:
+        """The request's URIs checked before any I/O: PERMISSION_DENIED outside the roots,
+        INVALID_ARGUMENT when malformed."""
+        try:
+            return _Targets(
+                model=self.uris.readable(request.model_uri, "model_uri"),
+                baseline=(
+                    self.uris.readable(request.baseline_model_uri, "baseline_model_uri")
+                    if request.baseline_model_uri
+                    else None
+                ),
+                test_set=self.uris.readable(request.test_set_uri, "test_set_uri"),
+                artifacts=(
+                    self.uris.writable(request.artifacts_uri, "artifacts_uri")
+                    if request.artifacts_uri
+                    else None
+                ),
+            )
+        except UriRefused as exc:
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if exc.kind == "denied"
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            context.abort(code, clipped(str(exc), MAX_MESSAGE_BYTES))
+        raise AssertionError("unreachable: abort raises")
 
     def _entry(self, name: str, context: grpc.ServicerContext) -> CatalogEntry:
         entry = self.catalog.get(name)
@@ -130,6 +203,7 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
 
     def _evaluate(
         self,
+        targets: _Targets,
         request: scorecard_pb2.EvaluateRequest,
         entry: CatalogEntry,
         context: grpc.ServicerContext,
@@ -146,7 +220,7 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
 
         def work() -> None:
             try:
-                events.put(self._run(request, entry, progress))
+                events.put(self._run(targets, request.test_set_sha256, entry, progress))
             except _Aborted as exc:
                 # Counted here: once the RPC is over, gRPC may never resume the RPC thread
                 # (the generator below) to read this.
@@ -183,36 +257,34 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
         context.abort(grpc.StatusCode.INTERNAL, clipped(failure, MAX_MESSAGE_BYTES))
 
     def _run(
-        self, request: scorecard_pb2.EvaluateRequest, entry: CatalogEntry, progress
+        self, targets: _Targets, test_sha256: str, entry: CatalogEntry, progress
     ) -> ScoreResult:
         with tempfile.TemporaryDirectory(prefix="mlipilot-eval-") as tmp:
             work = Path(tmp)
-            model = artifacts.fetch(request.model_uri, work / "candidate.model", "model_uri")
+            frames = self._test_set(targets.test_set, test_sha256, work)
+            model = _fetch_model(targets.model, work / "candidate.model", "model_uri")
             baseline = model
-            if request.baseline_model_uri:
-                baseline = artifacts.fetch(
-                    request.baseline_model_uri, work / "baseline.model", "baseline_model_uri"
+            if targets.baseline is not None:
+                baseline = _fetch_model(
+                    targets.baseline, work / "baseline.model", "baseline_model_uri"
                 )
-            frames = self._test_set(request.test_set_uri, request.test_set_sha256, work)
-            scorecard = Scorecard(entry.spec, entry.sha256, frames, request.test_set_sha256)
+            scorecard = Scorecard(entry.spec, entry.sha256, frames, test_sha256)
             out = work / "artifacts"
             result = scorecard.evaluate(
                 model, baseline_model_path=baseline, out_dir=out, progress=progress
             )
-            if request.artifacts_uri and out.exists():
-                artifacts.publish(out, request.artifacts_uri)
+            if targets.artifacts is not None and out.exists():
+                artifacts.publish(out, targets.artifacts)
             return result
 
-    def _test_set(self, uri: str, sha256: str, work: Path) -> list[ase.Atoms]:
+    def _test_set(self, location: Location, sha256: str, work: Path) -> list[ase.Atoms]:
         with self._test_lock:
             if sha256 in self._test_sets:
                 return self._test_sets[sha256]
-        path = artifacts.fetch(uri, work / "test.xyz", "test_set_uri")
-        actual = artifacts.sha256_of(path)
-        if actual != sha256:
-            raise MlipilotError(
-                f"test_set_sha256: {uri} has sha256 {actual}, the request says {sha256}"
-            )
+        uri = location.uri
+        path = artifacts.fetch(location, work / "test.xyz", "test_set_uri", MAX_TEST_SET_BYTES)
+        if file_sha256(path) != sha256:  # never tell the hash of what was read
+            raise MlipilotError(f"test_set_sha256: {uri} does not have the sha256 requested")
         try:
             frames = load_extxyz(path)
         except MlipilotError as exc:  # name the field and the URI, not our temporary copy
@@ -221,3 +293,15 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
         with self._test_lock:
             self._test_sets[sha256] = frames
         return frames
+
+
+def _fetch_model(location: Location, dest: Path, field: str) -> Path:
+    """The model copied here and checked: a package that rebuilds (model_files/), or an
+    error naming the field and the URI, not our temporary copy."""
+    artifacts.fetch(location, dest, field, MAX_PACKAGE_BYTES)
+    try:
+        read_package(dest)
+    except ModelFileError as exc:
+        detail = str(exc).replace(f"{dest}: ", "").replace(str(dest), "the file")
+        raise MlipilotError(f"{field}: {location.uri}: {detail}") from None
+    return dest

@@ -2,14 +2,19 @@
 
 Every server gets the standard health service (what Kubernetes probes and load balancers ask;
 it answers without a token), reflection (so grpcurl works without the protos; behind the token
-like any other method), optional bearer-token auth, optional TLS and an optional Prometheus
-``/metrics`` port. On SIGTERM (Kubernetes' way of asking a pod to stop) or SIGINT the server
+like any other method), optional bearer-token auth, optional TLS, an optional Prometheus
+``/metrics`` port (behind the same token), and a cap on the calls it works on at once that
+keeps threads free for health checks (rpc/admission.py). A server refuses to listen beyond
+loopback without a token unless told ``insecure`` in so many words.
+
+On SIGTERM (Kubernetes' way of asking a pod to stop) or SIGINT the server
 reports NOT_SERVING first, so traffic drains away, lets the service clean up (the orchestrator
 cancels in-flight campaigns and records them in its ledger), then stops with a grace period.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -25,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mlipilot.errors import MlipilotError
+from mlipilot.rpc.admission import AdmissionInterceptor
 from mlipilot.rpc.auth import BearerTokenInterceptor
 from mlipilot.rpc.metrics import serve_metrics
 
@@ -39,7 +45,20 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     # send no data for a long time; the default (5 min) would answer them with GOAWAY.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    # Requests are campaign files and URIs: a few KiB. Refuse megabytes before parsing them.
+    ("grpc.max_receive_message_length", 1 << 20),
 ]
+HEALTH_RESERVE = 8  # pool threads kept free of other calls, for health checks
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` reaches this machine only: localhost, 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -52,9 +71,10 @@ class ServerOptions:
     tls_cert: Path | None = None  # PEM cert + key: serve TLS; both or neither
     tls_key: Path | None = None
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
-    # Each WatchCampaign or Evaluate stream holds a worker for its whole length; health
-    # checks queue behind them when all are busy, so keep plenty.
+    # Each WatchCampaign or Evaluate stream holds a worker for its whole length; calls other
+    # than health checks are capped below it (max_calls, rpc/admission.py).
     max_workers: int = 64
+    insecure: bool = False  # listen beyond loopback without a token: said in so many words
 
     def __post_init__(self) -> None:
         if self.tls_cert is not None and self.tls_key is None:
@@ -73,8 +93,22 @@ class ServerOptions:
             raise MlipilotError(
                 f"metrics_port must be between 0 and 65535 (got {self.metrics_port})"
             )
-        if self.max_workers < 1:
-            raise MlipilotError(f"max_workers must be at least 1 (got {self.max_workers})")
+        if self.max_workers < 2:
+            raise MlipilotError(
+                f"max_workers must be at least 2 (got {self.max_workers}): some threads are "
+                "kept for health checks"
+            )
+        if not self.token and not self.insecure and not is_loopback(self.host):
+            raise MlipilotError(
+                f"refusing to listen on {self.host} without a token: anyone who reaches the "
+                "port could run campaigns. Give --token-file (or $MLIPILOT_TOKEN), listen on "
+                "127.0.0.1, or pass --insecure to serve without auth on a trusted network"
+            )
+
+    @property
+    def max_calls(self) -> int:
+        """Calls other than health checks worked on at once."""
+        return self.max_workers - min(HEALTH_RESERVE, self.max_workers // 2)
 
     @property
     def tls(self) -> bool:
@@ -144,7 +178,10 @@ def start_server(
     ``mlipilot.v1.Orchestrator``): each gets a health status and shows in reflection.
     """
     names = list(service_names)
-    interceptors = [BearerTokenInterceptor(options.token)] if options.token else []
+    interceptors: list[grpc.ServerInterceptor] = []
+    if options.token:  # first: a call without the token is refused before it takes a slot
+        interceptors.append(BearerTokenInterceptor(options.token))
+    interceptors.append(AdmissionInterceptor(options.max_calls))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
         interceptors=interceptors,
@@ -184,7 +221,7 @@ def start_server(
     running.set_serving(True)
     if options.metrics_port is not None:
         try:
-            httpd = serve_metrics(options.metrics_port, options.host)
+            httpd = serve_metrics(options.metrics_port, options.host, options.token)
         except MlipilotError:
             server.stop(0).wait()
             raise
