@@ -21,6 +21,8 @@ CHART = REPO / "charts" / "mlipilot"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "mlipilot"
 NAMESPACE = "mlipilot"
+# `helm template --api-versions`: a cluster that serves cert-manager's API.
+CERT_MANAGER = ("cert-manager.io/v1",)
 
 
 def helm() -> str:
@@ -31,12 +33,16 @@ def helm() -> str:
     return found
 
 
-def _helm_args(values: tuple[str, ...], sets: tuple[str, ...]) -> list[str]:
+def _helm_args(
+    values: tuple[str, ...], sets: tuple[str, ...], api_versions: tuple[str, ...] = ()
+) -> list[str]:
     args: list[str] = []
     for name in values:
         args += ["-f", str(CHART / "ci" / name)]
     for item in sets:
         args += ["--set", item]
+    for api in api_versions:
+        args += ["--api-versions", api]
     return args
 
 
@@ -45,26 +51,32 @@ def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @functools.cache
-def _render(values: tuple[str, ...], sets: tuple[str, ...], release: str) -> tuple[Any, ...]:
-    proc = run_helm(
-        "template", release, str(CHART), "--namespace", NAMESPACE, *_helm_args(values, sets)
-    )
+def _render(
+    values: tuple[str, ...], sets: tuple[str, ...], release: str, api_versions: tuple[str, ...]
+) -> tuple[Any, ...]:
+    args = _helm_args(values, sets, api_versions)
+    proc = run_helm("template", release, str(CHART), "--namespace", NAMESPACE, *args)
     assert proc.returncode == 0, proc.stderr
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
 
 
 def render(
-    *values: str, sets: tuple[str, ...] = (), release: str = RELEASE
+    *values: str,
+    sets: tuple[str, ...] = (),
+    release: str = RELEASE,
+    api_versions: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """The objects ``helm template`` renders with ci/<values> files and --set items."""
-    return [dict(d) for d in _render(tuple(values), tuple(sets), release)]
+    """The objects ``helm template`` renders with ci/<values> files and --set items, for a
+    cluster that also serves ``api_versions`` (e.g. CERT_MANAGER)."""
+    return [dict(d) for d in _render(tuple(values), tuple(sets), release, tuple(api_versions))]
 
 
-def render_error(*values: str, sets: tuple[str, ...] = ()) -> str:
+def render_error(
+    *values: str, sets: tuple[str, ...] = (), api_versions: tuple[str, ...] = ()
+) -> str:
     """helm template's error output; fails the test if rendering succeeded."""
-    proc = run_helm(
-        "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *_helm_args(values, sets)
-    )
+    args = _helm_args(values, sets, api_versions)
+    proc = run_helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
     assert proc.returncode != 0, f"expected helm to refuse {values} {sets}"
     return proc.stderr
 

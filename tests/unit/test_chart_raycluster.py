@@ -87,8 +87,10 @@ def test_raycluster_matches_kuberays_schema(values: str | None) -> None:
         lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(
             imagePullPolicy=3
         ),
+        lambda rc: rc["spec"]["authOptions"].update(mode="Token"),  # enum: disabled, token
+        lambda rc: rc["spec"]["authOptions"].update(secretKey="token"),  # no such field in 1.7
     ],
-    ids=["misspelled", "type", "required", "enum", "pod-template"],
+    ids=["misspelled", "type", "required", "enum", "pod-template", "auth-mode", "auth-field"],
 )
 def test_schema_check_rejects_a_broken_raycluster(mutate: Any) -> None:
     obj = copy.deepcopy(raycluster("gpu-values.yaml"))
@@ -163,3 +165,33 @@ def test_a_second_worker_group_renders_beside_the_first() -> None:
     )["spec"]
     assert [g["groupName"] for g in spec["workerGroupSpecs"]] == ["cpu", "gpu"]
     assert errors({"apiVersion": "ray.io/v1", "kind": "RayCluster", "spec": spec}) == []
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("ray.auth.enabled=false",),
+        ("ray.auth.existingSecret=ray-token",),
+        ("ray.head.dashboardHost=0.0.0.0",),
+    ],
+)
+def test_ray_auth_and_dashboard_variants_match_kuberays_schema(sets: tuple[str, ...]) -> None:
+    assert errors(raycluster(None, sets=sets)) == []
+
+
+@pytest.mark.parametrize("values", SCENARIOS_WITH_RAY)
+def test_ray_containers_leave_the_token_env_to_kuberay(values: str | None) -> None:
+    """KubeRay (v1.7, authOptions) adds RAY_AUTH_MODE and RAY_AUTH_TOKEN (secretKeyRef to the
+    Secret's auth_token) only to containers that lack them: the chart must set neither, or a
+    stale value would win. The workers' wait-gcs-ready copies the Ray container's env."""
+    spec = raycluster(values)["spec"]
+    assert spec["authOptions"]["mode"] == "token"
+    templates = [spec["headGroupSpec"]["template"]] + [
+        g["template"] for g in spec["workerGroupSpecs"]
+    ]
+    for template in templates:
+        for c in template["spec"]["containers"]:
+            names = {e["name"] for e in c.get("env", [])}
+            assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & names
+    autoscaler = {e["name"] for e in spec["autoscalerOptions"].get("env", [])}
+    assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & autoscaler

@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from chart_render import (
+    CERT_MANAGER,
     CHART,
     CI_VALUES,
     NAMESPACE,
@@ -31,11 +32,13 @@ from chart_render import (
     one,
     pod_specs,
     render,
+    render_error,
     run_helm,
 )
 
 SCENARIOS = [p.name for p in CI_VALUES]
-CUSTOM_KINDS = {"RayCluster", "ServiceMonitor"}  # not in Kubernetes' own schemas
+# Not in Kubernetes' own schemas.
+CUSTOM_KINDS = {"RayCluster", "ServiceMonitor", "Certificate", "Issuer"}
 K8S_VERSIONS = ["1.27.0", "1.33.0"]
 
 
@@ -53,9 +56,12 @@ def test_helm_lint_strict(values: str | None) -> None:
     assert "0 chart(s) failed" in proc.stdout
 
 
+@pytest.mark.parametrize("api_versions", [(), CERT_MANAGER], ids=["plain", "cert-manager"])
 @pytest.mark.parametrize("values", [None, *SCENARIOS])
-def test_builtin_kinds_pass_kubernetes_validate_strict(values: str | None) -> None:
-    objects = render(*([values] if values else []))
+def test_builtin_kinds_pass_kubernetes_validate_strict(
+    values: str | None, api_versions: tuple[str, ...]
+) -> None:
+    objects = render(*([values] if values else []), api_versions=api_versions)
     checked = 0
     for obj in objects:
         if obj["kind"] in CUSTOM_KINDS:
@@ -167,6 +173,21 @@ def test_tls_scenario_serves_tls_and_probes_from_inside() -> None:
     assert not find(objects, "Secret")
 
 
+def _flag(args: list[str], flag: str) -> str:
+    assert args.count(flag) == 1, f"{flag} in {args}"
+    return args[args.index(flag) + 1]
+
+
+def _orchestrator(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = one(objects, "Deployment", "mlipilot-orchestrator")["spec"]["template"]["spec"]
+    return container(spec, "orchestrator")
+
+
+def _scorecard(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = one(objects, "Deployment", "mlipilot-scorecard")["spec"]["template"]["spec"]
+    return container(spec, "scorecard")
+
+
 def _vllm(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return container(
         one(objects, "Deployment", "mlipilot-vllm")["spec"]["template"]["spec"], "vllm"
@@ -230,12 +251,23 @@ def test_vllm_api_key_is_shared_with_the_orchestrator_through_a_secret() -> None
     )
     env = {e["name"]: e for e in orchestrator["env"]}
     assert env["MLIPILOT_LLM_KEY"]["valueFrom"]["secretKeyRef"] == key_ref
-    assert env["MLIPILOT_LLM_BASE_URL"]["value"] == f"http://mlipilot-vllm.{NAMESPACE}.svc:8000/v1"
-    assert env["MLIPILOT_LLM_MODEL"]["value"] == "qwen3-32b"
     secret = one(objects, "Secret", key_ref["name"])
     assert len(secret["data"][key_ref["key"]]) >= 48  # random, base64
     # no key in plain text anywhere in a pod spec
     assert not any(e.get("value") for e in _vllm(objects)["env"] if "KEY" in e["name"])
+
+
+def test_orchestrator_gets_llm_endpoint_and_key_env_and_no_llm_base_url() -> None:
+    """Campaigns name the endpoint ("vllm"); its URL and key stay in the server's flags."""
+    args = _orchestrator(render("gpu-values.yaml"))["args"]
+    assert _flag(args, "--llm-endpoint") == f"vllm=http://mlipilot-vllm.{NAMESPACE}.svc:8000/v1"
+    assert _flag(args, "--llm-key-env") == "vllm=MLIPILOT_LLM_KEY"
+    env = {e["name"] for e in _orchestrator(render("gpu-values.yaml"))["env"]}
+    assert "MLIPILOT_LLM_KEY" in env
+    assert not {"MLIPILOT_LLM_BASE_URL", "MLIPILOT_LLM_MODEL"} & env
+    no_vllm = _orchestrator(render("cpu-values.yaml"))
+    assert "--llm-endpoint" not in no_vllm["args"] and "--llm-key-env" not in no_vllm["args"]
+    assert "MLIPILOT_LLM_KEY" not in {e["name"] for e in no_vllm["env"]}
 
 
 def test_vllm_extra_args_false_is_left_out() -> None:
@@ -246,10 +278,10 @@ def test_vllm_extra_args_false_is_left_out() -> None:
 @pytest.mark.parametrize(
     ("values", "present", "absent"),
     [
-        (None, set(), {"PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"}),
+        (None, {"NetworkPolicy"}, {"PodDisruptionBudget", "ServiceMonitor", "Certificate"}),
         ("gpu-values.yaml", {"PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"}, set()),
-        ("cpu-values.yaml", {"RayCluster"}, {"ServiceMonitor", "NetworkPolicy"}),
-        ("tls-values.yaml", set(), {"RayCluster", "PodDisruptionBudget"}),
+        ("cpu-values.yaml", {"RayCluster", "NetworkPolicy"}, {"ServiceMonitor", "Certificate"}),
+        ("tls-values.yaml", {"NetworkPolicy"}, {"RayCluster", "PodDisruptionBudget", "Issuer"}),
     ],
 )
 def test_gated_objects(values: str | None, present: set[str], absent: set[str]) -> None:
@@ -307,6 +339,287 @@ def test_servicemonitors_scrape_the_metrics_ports() -> None:
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
+def test_servicemonitor_sends_the_bearer_token() -> None:
+    """/metrics of both services needs the gRPC token; vLLM's does not (outside /v1)."""
+    monitors = {m["metadata"]["name"]: m for m in find(render("gpu-values.yaml"), "ServiceMonitor")}
+    for name in ("mlipilot-orchestrator", "mlipilot-scorecard"):
+        (endpoint,) = monitors[name]["spec"]["endpoints"]
+        assert endpoint["authorization"] == {
+            "type": "Bearer",
+            "credentials": {"name": "mlipilot-auth", "key": "token"},
+        }, name
+    assert "authorization" not in monitors["mlipilot-vllm"]["spec"]["endpoints"][0]
+    own = render(
+        "gpu-values.yaml", sets=("auth.existingSecret=tokens", "auth.secretKey=grpc-token")
+    )
+    endpoint = one(own, "ServiceMonitor", "mlipilot-scorecard")["spec"]["endpoints"][0]
+    assert endpoint["authorization"]["credentials"] == {"name": "tokens", "key": "grpc-token"}
+
+
+def test_auth_disabled_without_allow_insecure_fails_to_render() -> None:
+    message = render_error(sets=("auth.enabled=false",))
+    assert "auth.allowInsecure=true" in message
+
+
+def test_auth_disabled_with_allow_insecure_passes_insecure() -> None:
+    objects = render("gpu-values.yaml", sets=("auth.enabled=false", "auth.allowInsecure=true"))
+    for c in (_orchestrator(objects), _scorecard(objects)):
+        assert "--insecure" in c["args"] and "--token-file" not in c["args"]
+        assert "/etc/mlipilot/auth" not in {m["mountPath"] for m in c["volumeMounts"]}
+    assert not find(objects, "Secret", "mlipilot-auth")
+    for monitor in find(objects, "ServiceMonitor"):
+        assert "authorization" not in monitor["spec"]["endpoints"][0]
+
+
+def test_servers_with_a_token_do_not_get_insecure() -> None:
+    objects = render(sets=("auth.allowInsecure=true",))  # allowed, but auth is still on
+    for c in (_orchestrator(objects), _scorecard(objects)):
+        assert "--insecure" not in c["args"]
+        assert _flag(c["args"], "--token-file") == "/etc/mlipilot/auth/token"
+
+
+def _tls_args(c: dict[str, Any]) -> tuple[str | None, str | None]:
+    args = c["args"]
+    cert = args[args.index("--tls-cert") + 1] if "--tls-cert" in args else None
+    key = args[args.index("--tls-key") + 1] if "--tls-key" in args else None
+    return cert, key
+
+
+def test_tls_certificates_are_rendered_when_cert_manager_is_available_and_not_otherwise() -> None:
+    assert not {"Certificate", "Issuer"} & {o["kind"] for o in render()}
+    assert _tls_args(_orchestrator(render())) == (None, None)
+    objects = render(api_versions=CERT_MANAGER)
+    issuers = {o["metadata"]["name"]: o["spec"] for o in find(objects, "Issuer")}
+    assert issuers == {
+        "mlipilot-selfsigned": {"selfSigned": {}},
+        "mlipilot-ca": {"ca": {"secretName": "mlipilot-ca"}},
+    }
+    ca = one(objects, "Certificate", "mlipilot-ca")["spec"]
+    assert ca["isCA"] is True and ca["secretName"] == "mlipilot-ca"
+    assert ca["issuerRef"] == {
+        "name": "mlipilot-selfsigned",
+        "kind": "Issuer",
+        "group": "cert-manager.io",
+    }
+    server = one(objects, "Certificate", "mlipilot-grpc")["spec"]
+    assert server["issuerRef"]["name"] == "mlipilot-ca"
+    assert server.get("isCA") is not True
+    assert set(server["dnsNames"]) == {
+        "mlipilot-orchestrator",
+        f"mlipilot-orchestrator.{NAMESPACE}.svc",
+        "mlipilot-scorecard",
+        f"mlipilot-scorecard.{NAMESPACE}.svc",
+        "localhost",
+    }
+    assert server["secretName"] == "mlipilot-grpc-tls"
+    for c in (_orchestrator(objects), _scorecard(objects)):
+        assert _tls_args(c) == ("/etc/mlipilot/tls/tls.crt", "/etc/mlipilot/tls/tls.key")
+        assert "exec" in c["readinessProbe"]  # kubelet's gRPC probe speaks plaintext only
+    for label, spec in pod_specs(objects):
+        for volume in spec.get("volumes", []):
+            if volume["name"] == "tls":
+                assert volume["secret"]["secretName"] == "mlipilot-grpc-tls", label
+    orchestrator = _orchestrator(objects)["args"]
+    assert _flag(orchestrator, "--scorecard-tls-ca") == "/etc/mlipilot/tls/ca.crt"
+    script = container(one(objects, "Pod", "mlipilot-test-grpc-health")["spec"], "grpc-health")
+    assert script["args"][0].count("--tls-ca /etc/mlipilot/tls/ca.crt") == 2
+
+
+def test_tls_certificate_names_only_the_services_rendered() -> None:
+    objects = render(sets=("scorecard.enabled=false",), api_versions=CERT_MANAGER)
+    names = one(objects, "Certificate", "mlipilot-grpc")["spec"]["dnsNames"]
+    assert not any("scorecard" in n for n in names)
+
+
+@pytest.mark.parametrize(
+    ("sets", "api_versions", "tls", "issued"),
+    [
+        (("tls.mode=disabled",), CERT_MANAGER, False, False),
+        (("tls.mode=enabled",), CERT_MANAGER, True, True),
+        (("tls.existingSecret=mine",), (), True, False),  # auto with a Secret
+        (("tls.existingSecret=mine",), CERT_MANAGER, True, False),  # the user's Secret wins
+        (("tls.mode=disabled", "tls.existingSecret=mine"), (), False, False),
+    ],
+)
+def test_tls_mode(
+    sets: tuple[str, ...], api_versions: tuple[str, ...], tls: bool, issued: bool
+) -> None:
+    objects = render(sets=sets, api_versions=api_versions)
+    assert (_tls_args(_orchestrator(objects))[0] is not None) is tls
+    assert bool(find(objects, "Certificate")) is issued
+    if tls and not issued:
+        volumes = one(objects, "Deployment", "mlipilot-scorecard")["spec"]["template"]["spec"][
+            "volumes"
+        ]
+        assert {"name": "tls", "secret": {"secretName": "mine", "defaultMode": 0o440}} in volumes
+
+
+def test_tls_enabled_without_a_certificate_source_fails_to_render() -> None:
+    message = render_error(sets=("tls.mode=enabled",))
+    assert "tls.existingSecret" in message and "cert-manager" in message
+
+
+def test_ray_head_and_workers_get_the_ray_token_from_the_secret() -> None:
+    """KubeRay's authOptions (v1.7): RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the Secret's
+    auth_token in every Ray container; the orchestrator's Ray client reads the same key."""
+    objects = render("gpu-values.yaml")
+    auth = one(objects, "RayCluster", "mlipilot-ray")["spec"]["authOptions"]
+    assert auth == {"mode": "token", "secretName": "mlipilot-ray-auth"}
+    secret = one(objects, "Secret", "mlipilot-ray-auth")
+    assert set(secret["data"]) == {"auth_token"}  # the key KubeRay reads
+    assert len(secret["data"]["auth_token"]) >= 48
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    orchestrator = _orchestrator(objects)
+    env = {e["name"]: e.get("value") for e in orchestrator["env"]}
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert "RAY_AUTH_TOKEN" not in env  # a file, not the environment children inherit
+    path = Path(env["RAY_AUTH_TOKEN_PATH"])
+    mount = next(m for m in orchestrator["volumeMounts"] if m["mountPath"] == str(path.parent))
+    assert mount["readOnly"] is True
+    spec = one(objects, "Deployment", "mlipilot-orchestrator")["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "mlipilot-ray-auth"
+    assert volume["secret"]["items"] == [{"key": "auth_token", "path": path.name}]
+
+
+def test_ray_auth_existing_secret_and_disabled() -> None:
+    own = render(sets=("ray.auth.existingSecret=ray-token",))
+    assert one(own, "RayCluster", "mlipilot-ray")["spec"]["authOptions"]["secretName"] == (
+        "ray-token"
+    )
+    assert not find(own, "Secret", "mlipilot-ray-auth")
+    off = render(sets=("ray.auth.enabled=false",))
+    assert "authOptions" not in one(off, "RayCluster", "mlipilot-ray")["spec"]
+    assert not find(off, "Secret", "mlipilot-ray-auth")
+    env = {e["name"] for e in _orchestrator(off)["env"]}
+    assert "RAY_ADDRESS" in env and not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"} & env
+    no_ray = _orchestrator(render("tls-values.yaml"))
+    assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"} & {e["name"] for e in no_ray["env"]}
+
+
+def _head(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objects, "RayCluster", "mlipilot-ray")["spec"]["headGroupSpec"]
+
+
+def test_the_dashboard_host_is_not_0_0_0_0() -> None:
+    head = _head(render())
+    assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    # KubeRay builds the head Service from the container's ports: no port nothing listens on.
+    ports = {p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
+    assert 8265 not in ports and 10001 in ports
+
+
+def test_an_open_dashboard_host_puts_the_dashboard_on_the_head_service() -> None:
+    head = _head(render(sets=("ray.head.dashboardHost=0.0.0.0",)))
+    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    ports = {
+        p["name"]: p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert ports["dashboard"] == 8265
+
+
+def test_dashboard_host_in_ray_start_params_is_refused() -> None:
+    message = render_error(sets=("ray.head.rayStartParams.dashboard-host=0.0.0.0",))
+    assert "ray.head.dashboardHost" in message
+
+
+def _pod_labels(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Labels of each kind of pod the chart runs, by a short name."""
+    labels = {}
+    for o in find(objects, "Deployment"):
+        component = o["metadata"]["labels"]["app.kubernetes.io/component"]
+        labels[component] = o["spec"]["template"]["metadata"]["labels"]
+    for o in find(objects, "RayCluster"):
+        labels["ray-head"] = o["spec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+        for g in o["spec"]["workerGroupSpecs"]:
+            labels[f"ray-{g['groupName']}"] = g["template"]["metadata"]["labels"]
+    labels["test"] = one(objects, "Pod", "mlipilot-test-grpc-health")["metadata"]["labels"]
+    labels["stranger"] = {"app": "something-else"}
+    return labels
+
+
+def _admits(
+    policy: dict[str, Any],
+    port: str | int,
+    *,
+    labels: dict[str, str] | None = None,
+    peer: dict[str, Any] | None = None,
+) -> bool:
+    """Whether an ingress policy lets a pod of this namespace (its labels) or a peer given in
+    the values (e.g. a namespaceSelector) reach `port` (a name or number) of its pods."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports and not any(p["port"] == port for p in ports):
+            continue
+        peers = rule.get("from")
+        if not peers:
+            return True
+        if peer is not None and peer in peers:
+            return True
+        if labels is not None and any(_selected(p, labels) for p in peers):
+            return True
+    return False
+
+
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+def test_network_policy_is_rendered_by_default() -> None:
+    objects = render()
+    names = {p["metadata"]["name"] for p in find(objects, "NetworkPolicy")}
+    assert names == {"mlipilot-orchestrator", "mlipilot-scorecard", "mlipilot-vllm", "mlipilot-ray"}
+    for policy in find(objects, "NetworkPolicy"):
+        assert policy["spec"]["policyTypes"] == ["Ingress"]  # DNS and egress stay open
+    assert not find(render(sets=("networkPolicy.enabled=false",)), "NetworkPolicy")
+
+
+def test_network_policies_let_the_legitimate_traffic_through() -> None:
+    objects = render("gpu-values.yaml")
+    labels = _pod_labels(objects)
+    policy = {p["metadata"]["name"]: p for p in find(objects, "NetworkPolicy")}
+    allowed = [
+        ("mlipilot-scorecard", "orchestrator", "grpc"),
+        ("mlipilot-scorecard", "test", "grpc"),
+        ("mlipilot-vllm", "orchestrator", "http"),
+        ("mlipilot-ray", "orchestrator", 10001),  # the Ray client
+        ("mlipilot-ray", "ray-head", 6379),  # GCS, raylets, object transfer among Ray pods
+        ("mlipilot-ray", "ray-gpu", 6379),
+        ("mlipilot-ray", "ray-gpu", 12345),
+        ("mlipilot-orchestrator", "stranger", "grpc"),  # orchestratorFrom empty: the token decides
+        ("mlipilot-orchestrator", "test", "grpc"),
+    ]
+    for name, source, port in allowed:
+        assert _admits(policy[name], port, labels=labels[source]), (name, source, port)
+    refused = [
+        ("mlipilot-scorecard", "ray-gpu", "grpc"),
+        ("mlipilot-scorecard", "ray-head", "grpc"),
+        ("mlipilot-scorecard", "vllm", "grpc"),
+        ("mlipilot-scorecard", "stranger", "grpc"),
+        ("mlipilot-vllm", "ray-gpu", "http"),
+        ("mlipilot-ray", "vllm", 10001),
+        ("mlipilot-ray", "scorecard", 10001),
+        ("mlipilot-ray", "stranger", 10001),
+    ]
+    for name, source, port in refused:
+        assert not _admits(policy[name], port, labels=labels[source]), (name, source, port)
+
+
+def test_metrics_ingress_is_limited_to_metrics_from() -> None:
+    objects = render("gpu-values.yaml")
+    stranger = _pod_labels(objects)["stranger"]
+    policy = {p["metadata"]["name"]: p for p in find(objects, "NetworkPolicy")}
+    for name, port in [
+        ("mlipilot-orchestrator", "metrics"),
+        ("mlipilot-scorecard", "metrics"),
+        ("mlipilot-vllm", "http"),  # vLLM's /metrics shares its API port
+        ("mlipilot-ray", 8080),
+    ]:
+        assert _admits(policy[name], port, peer=MONITORING), (name, port)
+        assert not _admits(policy[name], port, labels=stranger), (name, port)
+    assert not _admits(policy["mlipilot-scorecard"], "grpc", peer=MONITORING)
+    assert not _admits(policy["mlipilot-ray"], 10001, peer=MONITORING)
+
+
 def test_orchestrator_points_at_the_rayclusters_head_service() -> None:
     objects = render()
     cluster = find(objects, "RayCluster")[0]["metadata"]["name"]
@@ -320,26 +633,81 @@ def test_orchestrator_points_at_the_rayclusters_head_service() -> None:
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
 
 
+def _mounts(c: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """mountPath -> (subPath, read-only) of the state volume's mounts."""
+    return {
+        m["mountPath"]: (m.get("subPath", ""), m.get("readOnly", False))
+        for m in c["volumeMounts"]
+        if m["name"] == "state"
+    }
+
+
+RUNS = "/var/lib/mlipilot/runs"
+DATA = "/var/lib/mlipilot/data"
+
+
 def test_ray_pods_share_the_run_folders_at_the_orchestrators_paths() -> None:
     objects = render("gpu-values.yaml")
-
-    def mounts(c: dict[str, Any]) -> set[tuple[str, str]]:
-        return {(m["mountPath"], m.get("subPath", "")) for m in c["volumeMounts"]}
-
-    orchestrator = container(
-        one(objects, "Deployment", "mlipilot-orchestrator")["spec"]["template"]["spec"],
-        "orchestrator",
-    )
-    shared = {("/var/lib/mlipilot/runs", "runs"), ("/var/lib/mlipilot/data", "data")}
-    assert shared <= mounts(orchestrator)
+    assert _mounts(_orchestrator(objects))[RUNS] == ("runs", False)
     for label, spec in pod_specs(objects):
         if "RayCluster" in label:
-            assert shared <= mounts(spec["containers"][0]), label
+            assert _mounts(spec["containers"][0])[RUNS] == ("runs", False), label
             claim = next(v for v in spec["volumes"] if v["name"] == "state")
             assert claim["persistentVolumeClaim"]["claimName"] == "mlipilot-runs"
     pvc = one(objects, "PersistentVolumeClaim", "mlipilot-runs")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+@pytest.mark.parametrize("values", [None, *SCENARIOS])
+def test_no_ray_pod_mounts_the_data_subpath(values: str | None) -> None:
+    """Trainers get their training split in the run folder; the test split is not theirs."""
+    for label, spec in pod_specs(render(*([values] if values else []))):
+        if "RayCluster" not in label:
+            continue
+        for c in spec["containers"]:
+            mounts = c.get("volumeMounts", [])
+            assert not any(m.get("subPath") == "data" for m in mounts), label
+            assert DATA not in {m["mountPath"] for m in mounts}, label
+
+
+@pytest.mark.parametrize("values", [None, *SCENARIOS])
+def test_the_scorecard_mounts_data_read_only_and_runs_read_write(values: str | None) -> None:
+    mounts = _mounts(_scorecard(render(*([values] if values else []))))
+    assert mounts == {RUNS: ("runs", False), DATA: ("data", True)}
+
+
+def test_the_orchestrator_mounts_runs_and_data_read_write() -> None:
+    assert _mounts(_orchestrator(render())) == {RUNS: ("runs", False), DATA: ("data", False)}
+
+
+def test_only_the_orchestrator_and_scorecard_mount_the_data_sets() -> None:
+    for label, spec in pod_specs(render("gpu-values.yaml", api_versions=CERT_MANAGER)):
+        has_data = any(DATA in _mounts(c) for c in spec["containers"])
+        expected = label in {"Deployment/mlipilot-orchestrator", "Deployment/mlipilot-scorecard"}
+        assert has_data is expected, label
+
+
+def test_orchestrator_and_scorecard_flags() -> None:
+    objects = render()
+    orchestrator = _orchestrator(objects)["args"]
+    assert _flag(orchestrator, "--max-campaigns") == "4"
+    assert _flag(orchestrator, "--scorecards") == "/var/lib/mlipilot/scorecard"
+    assert _flag(orchestrator, "--data-root") == DATA
+    scorecard = _scorecard(objects)["args"]
+    assert _flag(scorecard, "--max-queued") == "8"
+    read_roots = [scorecard[i + 1] for i, a in enumerate(scorecard) if a == "--read-root"]
+    assert read_roots == [RUNS, DATA]
+    assert _flag(scorecard, "--write-root") == RUNS
+    # The scorecard specs the orchestrator checks are the ConfigMap both mount.
+    mounted = {m["mountPath"] for m in _orchestrator(objects)["volumeMounts"]}
+    assert "/var/lib/mlipilot/scorecard" in mounted
+
+
+def test_max_campaigns_and_max_queued_come_from_values() -> None:
+    objects = render(sets=("orchestrator.maxCampaigns=2", "scorecard.maxQueued=3"))
+    assert _flag(_orchestrator(objects)["args"], "--max-campaigns") == "2"
+    assert _flag(_scorecard(objects)["args"], "--max-queued") == "3"
 
 
 def test_scorecard_configmap_carries_the_specs_byte_for_byte() -> None:
@@ -407,9 +775,11 @@ def test_workloads_do_not_mount_api_tokens() -> None:
 def test_long_release_names_stay_within_kubernetes_limits() -> None:
     release = "potentials-" + "x" * 42  # helm's longest: 53 characters
     assert len(release) == 53
-    objects = render("gpu-values.yaml", release=release)
+    objects = render("gpu-values.yaml", release=release, api_versions=CERT_MANAGER)
     for obj in objects:
         assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+    for cert in find(objects, "Certificate"):
+        assert len(cert["spec"]["commonName"]) <= 64  # X.509's upper bound
     cluster = find(objects, "RayCluster")[0]["metadata"]["name"]
     assert len(f"{cluster}-head-svc") <= 63
 
@@ -466,7 +836,9 @@ def test_vllm_readiness_probe_runs_against_v1_models(
         server.shutdown()
 
 
-def _notes(tmp_path: Path, *values: str) -> str:
+def _notes(
+    tmp_path: Path, *values: str, sets: tuple[str, ...] = (), api_versions: tuple[str, ...] = ()
+) -> str:
     """NOTES.txt as `helm install` prints it: helm template skips NOTES, so a copy of the chart
     renders it through `tpl` as an ordinary template."""
     chart = tmp_path / "chart"
@@ -479,6 +851,10 @@ def _notes(tmp_path: Path, *values: str) -> str:
     args += ["--show-only", "templates/zz-notes.yaml"]
     for name in values:
         args += ["-f", str(CHART / "ci" / name)]
+    for item in sets:
+        args += ["--set", item]
+    for api in api_versions:
+        args += ["--api-versions", api]
     proc = run_helm(*args)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)["notes"]
@@ -492,6 +868,24 @@ def test_notes_warn_about_single_node_storage_only_when_it_applies(tmp_path: Pat
     assert "mlipilot cluster status --namespace mlipilot --release mlipilot" in cpu
     gpu = _notes(tmp_path / "gpu", "gpu-values.yaml")
     assert "ReadWriteMany" not in gpu
-    assert '"qwen3-32b"' in gpu and "agent.api_key_env MLIPILOT_LLM_KEY" in gpu
+    assert '"qwen3-32b"' in gpu
     tls = _notes(tmp_path / "tls", "tls-values.yaml")
     assert "--tls-ca ca.crt" in tls and "mlipilot-grpc-tls must name it" in tls
+
+
+def test_notes_tell_llm_campaigns_to_name_the_endpoint(tmp_path: Path) -> None:
+    gpu = _notes(tmp_path, "gpu-values.yaml")
+    assert "agent: {kind: llm, endpoint: vllm, model: qwen3-32b}" in gpu
+    assert "base_url" not in gpu and "api_key_env" not in gpu and "MLIPILOT_LLM" not in gpu
+
+
+def test_notes_say_plainly_when_tls_is_off(tmp_path: Path) -> None:
+    plain = _notes(tmp_path / "plain")
+    assert "WARNING: TLS is off" in plain and "cert-manager.io/v1" in plain
+    assert "gRPC and the bearer token travel in clear text" in plain
+    assert "(plaintext)" in plain and "--tls-ca" not in plain
+    issued = _notes(tmp_path / "issued", api_versions=CERT_MANAGER)
+    assert "TLS is off" not in issued and "(TLS)" in issued
+    assert "get secret mlipilot-grpc-tls" in issued and "--tls-ca ca.crt" in issued
+    insecure = _notes(tmp_path / "insecure", sets=("auth.enabled=false", "auth.allowInsecure=true"))
+    assert "--insecure" in insecure and "--token-file" not in insecure

@@ -116,8 +116,48 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-vllm-api-key" (include "mlipilot.fullname" .)) .Values.vllm.apiKey.existingSecret }}
 {{- end }}
 
+{{/* The Ray token: KubeRay's authOptions.secretName reads it under the key auth_token. */}}
+{{- define "mlipilot.rayAuthSecretName" -}}
+{{- default (printf "%s-ray-auth" (include "mlipilot.fullname" .)) .Values.ray.auth.existingSecret }}
+{{- end }}
+
+{{/* TLS -------------------------------------------------------------------------------- */}}
+
+{{/* "true" when the services serve TLS, else empty: tls.mode enabled, or auto with
+tls.existingSecret or the cert-manager.io/v1 API (`helm template --api-versions
+cert-manager.io/v1` stands in for a cluster that serves it). */}}
+{{- define "mlipilot.tlsOn" -}}
+{{- $certManager := .Capabilities.APIVersions.Has "cert-manager.io/v1" }}
+{{- $source := or .Values.tls.existingSecret $certManager }}
+{{- if eq .Values.tls.mode "enabled" }}
+{{- if not $source }}
+{{- fail "tls.mode=enabled needs a certificate: set tls.existingSecret (a Secret with tls.crt, tls.key and ca.crt) or install cert-manager (the cluster serves no cert-manager.io/v1 API)" }}
+{{- end }}
+{{- "true" }}
+{{- else if and (eq .Values.tls.mode "auto") $source }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the chart has cert-manager issue the services' certificate. */}}
+{{- define "mlipilot.tlsIssued" -}}
+{{- if and (include "mlipilot.tlsOn" .) (not .Values.tls.existingSecret) }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
 {{- define "mlipilot.tlsSecretName" -}}
-{{- required "tls.existingSecret is required when tls.enabled: a Secret with tls.crt, tls.key and ca.crt" .Values.tls.existingSecret }}
+{{- default (printf "%s-grpc-tls" (include "mlipilot.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{/* Checks of value combinations the schema cannot express; renders nothing. */}}
+{{- define "mlipilot.validate" -}}
+{{- if and (not .Values.auth.enabled) (not .Values.auth.allowInsecure) }}
+{{- fail "auth.enabled=false lets anyone who reaches the services start and cancel campaigns and score models, and the servers refuse to listen beyond loopback without a token: set auth.allowInsecure=true as well to confirm (they then run with --insecure)" }}
+{{- end }}
+{{- if hasKey .Values.ray.head.rayStartParams "dashboard-host" }}
+{{- fail "ray.head.rayStartParams.dashboard-host: set ray.head.dashboardHost instead" }}
+{{- end }}
 {{- end }}
 
 {{/* A random secret value that survives upgrades: (dict "root" $ "name" secret "key" key). */}}
@@ -172,7 +212,7 @@ whole server (""), readiness for the service, which reports NOT_SERVING while dr
 {{- $p := index $ctx.probes $kind }}
 {{- $service := ternary $ctx.service "" (eq $kind "readiness") }}
 {{ $kind }}Probe:
-  {{- if $ctx.root.Values.tls.enabled }}
+  {{- if include "mlipilot.tlsOn" $ctx.root }}
   exec:
     command:
       - mlipilot
@@ -200,15 +240,23 @@ whole server (""), readiness for the service, which reports NOT_SERVING while dr
 
 {{/* Volumes of the mlipilot pods ------------------------------------------------------- */}}
 
-{{/* Mounts: runs and data at the same paths in every pod (Ray actors get absolute paths from
-the orchestrator), the scorecard specs read-only, /tmp writable (read-only root filesystem). */}}
+{{/* Mounts of the state volume: (dict "data" "rw" | "ro" | "none"). Runs at the same path in
+every pod (Ray actors get absolute paths from the orchestrator), read-write. The data sets (the
+test split among them) only where .data says: the orchestrator builds them (rw), the scorecard
+reads them (ro), Ray pods never see them (none: the orchestrator copies each campaign's
+training split into its run folder). /tmp is writable (read-only root filesystem). */}}
 {{- define "mlipilot.stateVolumeMounts" -}}
 - name: state
   mountPath: /var/lib/mlipilot/runs
   subPath: runs
+{{- if ne .data "none" }}
 - name: state
   mountPath: /var/lib/mlipilot/data
   subPath: data
+  {{- if eq .data "ro" }}
+  readOnly: true
+  {{- end }}
+{{- end }}
 - name: tmp
   mountPath: /tmp
 {{- end }}
@@ -225,17 +273,18 @@ the orchestrator), the scorecard specs read-only, /tmp writable (read-only root 
   emptyDir: {}
 {{- end }}
 
+{{/* Mounts of the orchestrator and the scorecard: (dict "root" $ "data" "rw" | "ro"). */}}
 {{- define "mlipilot.serviceVolumeMounts" -}}
-{{ include "mlipilot.stateVolumeMounts" . }}
+{{ include "mlipilot.stateVolumeMounts" (dict "data" .data) }}
 - name: scorecards
   mountPath: /var/lib/mlipilot/scorecard
   readOnly: true
-{{- if .Values.auth.enabled }}
+{{- if .root.Values.auth.enabled }}
 - name: auth
   mountPath: /etc/mlipilot/auth
   readOnly: true
 {{- end }}
-{{- if .Values.tls.enabled }}
+{{- if include "mlipilot.tlsOn" .root }}
 - name: tls
   mountPath: /etc/mlipilot/tls
   readOnly: true
@@ -256,7 +305,7 @@ the orchestrator), the scorecard specs read-only, /tmp writable (read-only root 
       - key: {{ .Values.auth.secretKey }}
         path: token
 {{- end }}
-{{- if .Values.tls.enabled }}
+{{- if include "mlipilot.tlsOn" . }}
 - name: tls
   secret:
     secretName: {{ include "mlipilot.tlsSecretName" . }}
@@ -264,15 +313,19 @@ the orchestrator), the scorecard specs read-only, /tmp writable (read-only root 
 {{- end }}
 {{- end }}
 
-{{/* Arguments every mlipilot server takes: auth, TLS, metrics. */}}
+{{/* Arguments every mlipilot server takes: auth, TLS, metrics. They listen on every address
+(the Service and NetworkPolicy decide who reaches them), which the servers allow only with a
+token or --insecure. The token also guards /metrics. */}}
 {{- define "mlipilot.serverArgs" -}}
 - --host
 - 0.0.0.0
 {{- if .root.Values.auth.enabled }}
 - --token-file
 - /etc/mlipilot/auth/token
+{{- else }}
+- --insecure
 {{- end }}
-{{- if .root.Values.tls.enabled }}
+{{- if include "mlipilot.tlsOn" .root }}
 - --tls-cert
 - /etc/mlipilot/tls/tls.crt
 - --tls-key
