@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from ase import Atoms
 from service_stack import ServiceStack, start_stack
 
@@ -50,15 +49,6 @@ def tiny_cu_model(tmp_path_factory: pytest.TempPathFactory, cu_data: Dataset) ->
     if outcome.model_path is None:
         pytest.fail(f"training failed: {outcome.cause}; see {outcome.log_path}")
     return outcome.model_path
-
-
-@pytest.fixture()
-def torch_one_thread() -> Iterator[None]:
-    """Run in-process MD on one torch thread (see above), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,28 @@ class ServiceStack:
         self.scorecard.stop(grace_s=1)
 
 
+def serve_orchestrator(
+    servicer: OrchestratorServicer, options: ServerOptions | None = None
+) -> RunningServer:
+    """An orchestrator of the test's own (another policy, scorer or limits) on loopback."""
+    return start_server(
+        options or ServerOptions(),
+        lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, s),
+        [ORCHESTRATOR],
+    )
+
+
+def serve_scorecard(
+    servicer: ScorecardServicer, options: ServerOptions | None = None
+) -> RunningServer:
+    """A scorecard service of the test's own on loopback."""
+    return start_server(
+        options or ServerOptions(),
+        lambda s: scorecard_pb2_grpc.add_ScorecardServiceServicer_to_server(servicer, s),
+        [SCORECARD],
+    )
+
+
 def start_stack(root: Path) -> ServiceStack:
     specs = root / "specs"
     specs.mkdir(parents=True)

@@ -22,18 +22,23 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_stack import TOKEN, ServiceStack, field_violations
+from mace_models import untrained_mace
+from service_stack import (
+    TOKEN,
+    ServiceStack,
+    field_violations,
+    serve_orchestrator,
+    serve_scorecard,
+)
 
 from mlipilot.campaign.layout import RunLayout
 from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.stopping import StopRequest
 from mlipilot.data.dataset import Dataset, ensure_cu_emt
 from mlipilot.model_files import write_package
-from mlipilot.rpc.orchestrator_service import SERVICE_NAME as ORCHESTRATOR
 from mlipilot.rpc.orchestrator_service import OrchestratorServicer, _Live
-from mlipilot.rpc.scorecard_service import SERVICE_NAME as SCORECARD
 from mlipilot.rpc.scorecard_service import ScorecardServicer
-from mlipilot.rpc.serving import ServerOptions, start_server
+from mlipilot.rpc.serving import ServerOptions
 from mlipilot.v1 import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,
@@ -53,31 +58,8 @@ def data(stack: ServiceStack) -> Dataset:
 @pytest.fixture(scope="module")
 def package(stack: ServiceStack) -> Path:
     """A real model package (an untrained Cu MACE) where the services keep models."""
-    import numpy as np
-    import torch
-    from e3nn import o3
-    from mace import modules
-
-    model = modules.ScaleShiftMACE(
-        r_max=4.0,
-        num_bessel=4,
-        num_polynomial_cutoff=5,
-        max_ell=1,
-        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
-        num_interactions=1,
-        num_elements=1,
-        hidden_irreps=o3.Irreps("4x0e"),
-        MLP_irreps=o3.Irreps("4x0e"),
-        atomic_energies=np.array([-3.0]),
-        avg_num_neighbors=8.0,
-        atomic_numbers=[29],
-        correlation=1,
-        gate=torch.nn.functional.silu,
-        atomic_inter_scale=1.0,
-        atomic_inter_shift=0.0,
-    )
-    return write_package(model.double(), stack.runs / "untrained-package.pt")
+    model = untrained_mace([29], [-3.0]).double()
+    return write_package(model, stack.runs / "untrained-package.pt")
 
 
 class _Payload:
@@ -327,10 +309,7 @@ def test_artifacts_go_only_under_the_write_roots(stack: ServiceStack, data: Data
 # --- load: a caller cannot exhaust a server --------------------------------------------------
 
 
-def _serve(servicer, add, name: str):
-    return start_server(
-        ServerOptions(token=TOKEN, max_workers=12), lambda s: add(servicer, s), [name]
-    )
+OPTIONS = ServerOptions(token=TOKEN, max_workers=12)
 
 
 def _healthy(channel: grpc.Channel) -> bool:
@@ -352,9 +331,7 @@ def test_watch_streams_and_campaigns_are_capped(stack: ServiceStack, tmp_path: P
     layout = RunLayout.create(tmp_path / "runs", "live")
     Ledger(layout.ledger).close()
     servicer._live[layout.root.name] = _Live(threading.Thread(), StopRequest(), layout)
-    running = _serve(
-        servicer, orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, ORCHESTRATOR
-    )
+    running = serve_orchestrator(servicer, OPTIONS)
     channel = stack.channel_to(f"127.0.0.1:{running.port}")
     stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
     streams = []
@@ -392,7 +369,7 @@ def test_evaluations_waiting_for_a_slot_are_capped(stack: ServiceStack, data: Da
         max_concurrent=1,
         max_queued=1,
     )
-    running = _serve(servicer, scorecard_pb2_grpc.add_ScorecardServiceServicer_to_server, SCORECARD)
+    running = serve_scorecard(servicer, OPTIONS)
     channel = stack.channel_to(f"127.0.0.1:{running.port}")
     stub = scorecard_pb2_grpc.ScorecardServiceStub(channel)
     request = scorecard_pb2.EvaluateRequest(

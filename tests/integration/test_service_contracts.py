@@ -15,7 +15,7 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_stack import ServiceStack, field_violations
+from service_stack import ServiceStack, field_violations, serve_orchestrator
 from typer.testing import CliRunner
 
 from mlipilot.cli import app
@@ -27,7 +27,6 @@ from mlipilot.rpc.orchestrator_service import SERVICE_NAME as ORCHESTRATOR
 from mlipilot.rpc.orchestrator_service import OrchestratorServicer
 from mlipilot.rpc.scorecard_client import RemoteScorerFactory
 from mlipilot.rpc.scorecard_service import SERVICE_NAME as SCORECARD
-from mlipilot.rpc.serving import ServerOptions, start_server
 from mlipilot.v1 import orchestrator_pb2, orchestrator_pb2_grpc, scorecard_pb2
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -116,11 +115,7 @@ def test_a_scorecard_that_differs_from_the_services_is_refused(
         scorer_factory=RemoteScorerFactory(stack.channel(stack.scorecard)),
         base_dir=stack.root,
     )
-    server = start_server(
-        ServerOptions(),
-        lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, s),
-        [ORCHESTRATOR],
-    )
+    server = serve_orchestrator(servicer)
     try:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(
             open_channel(f"127.0.0.1:{server.port}")
@@ -218,11 +213,7 @@ def test_an_unreachable_scorecard_service_is_unavailable_not_a_bad_file(
         scorer_factory=RemoteScorerFactory(open_channel(dead)),
         base_dir=stack.root,
     )
-    server = start_server(
-        ServerOptions(),
-        lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, s),
-        [ORCHESTRATOR],
-    )
+    server = serve_orchestrator(servicer)
     try:
         client = OrchestratorClient(open_channel(f"127.0.0.1:{server.port}"), "orchestrator")
         with pytest.raises(MlipilotError, match="UNAVAILABLE") as err:
