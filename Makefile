@@ -74,10 +74,10 @@ test:
 	  echo "tests in network namespace $(TEST_NETNS) (loopback only)"; \
 	  nsenter --net=/run/netns/$(TEST_NETNS) env RAY_AUTH_MODE=disabled MLIPILOT_REQUIRE_RAY_TESTS=1 \
 	    MLIPILOT_REQUIRE_SANDBOX_TESTS=$$(command -v apt-get >/dev/null 2>&1 && echo 1) \
-	    $(BIN)/python -m pytest -q; \
+	    $(BIN)/python -m pytest -q --durations=15; \
 	else \
 	  echo "note: not root or no 'ip' command: the Ray tests will be skipped"; \
-	  $(BIN)/python -m pytest -q; \
+	  $(BIN)/python -m pytest -q --durations=15; \
 	fi
 
 test-fast:

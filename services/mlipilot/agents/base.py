@@ -1,6 +1,6 @@
 """The one interface every agent implements: read a compact state, propose a patch.
 
-The LLM agent (later), the rule-based researcher and the random baseline all see the same
+The LLM agent, the rule-based researcher, random search, Optuna and replay all see the same
 ``CampaignState`` and answer with the same ``Proposal``; the orchestrator validates the patch,
 so an agent can be wrong without breaking the campaign.
 """

@@ -1,4 +1,4 @@
-"""The accept/revert rule (DESIGN.md, step 5), as one pure function.
+"""The accept/revert rule (README, "The loop", step 5), as one pure function.
 
 - A candidate that failed to train or score is reverted, with its cause.
 - Feasible beats infeasible.
