@@ -283,6 +283,40 @@ def compare(
     typer.echo(str(path))
 
 
+@app.command("validate")
+def validate_model(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="a model package (model-package.pt), or a candidate folder holding one "
+            "(runs/<campaign>/candidates/<name>)"
+        ),
+    ],
+    suite: Annotated[
+        str, typer.Option(help="a suite of the repository's validation/ by name, or a file")
+    ] = "cu-emt",
+    out: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
+        typer.Option(
+            help="folder for validation.json, validation.html and validation/ (figures); "
+            "default: the model's folder"
+        ),
+    ] = None,
+    torch_threads: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="torch threads for the model (default: all cores)"),
+    ] = None,
+) -> None:
+    """Check a model on physics the scorecard never sees, against the suite's reference (EMT
+    for Cu). A report: exit 0 whether or not checks fail; 2 for a bad model or suite."""
+    from mlipilot.validation.command import run_validation
+
+    try:
+        run_validation(model, suite, out, _repo_root() / "validation", torch_threads)
+    except MlipilotError as exc:
+        fail(exc)
+
+
 def _register_service_commands() -> None:
     from mlipilot.cli_services import register
 

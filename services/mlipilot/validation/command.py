@@ -1,0 +1,100 @@
+"""``mlipilot validate``: resolve its arguments, run the suite, print the table, write files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mlipilot.errors import MlipilotError
+from mlipilot.model_files import PACKAGE_NAME
+from mlipilot.validation.page import error_text, write_outputs
+from mlipilot.validation.result import ValidationResult
+from mlipilot.validation.run import package_calculator, validate
+from mlipilot.validation.suite import load_suite
+
+
+def resolve_suite(suite: str, suites_dir: Path) -> Path:
+    """A suite file given by path, or by name in ``suites_dir`` (``cu-emt``)."""
+    if suite.endswith((".yaml", ".yml")) or "/" in suite:
+        return Path(suite)
+    path = suites_dir / f"{suite}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in suites_dir.glob("*.yaml"))
+        raise MlipilotError(f"--suite: no suite {suite!r} in {suites_dir}; known: {known}")
+    return path
+
+
+def resolve_model(model: Path) -> Path:
+    """A model package file, or a candidate folder holding one."""
+    if model.is_dir():
+        if (model / PACKAGE_NAME).is_file():
+            return model / PACKAGE_NAME
+        if (model / "ledger.sqlite").exists():
+            raise MlipilotError(
+                f"{model}: a run folder; give its incumbent's package, "
+                f"{model}/candidates/<name>/{PACKAGE_NAME} (the incumbent is not looked up yet)"
+            )
+        raise MlipilotError(f"{model}: no {PACKAGE_NAME} in this folder")
+    if not model.is_file():
+        raise MlipilotError(f"{model}: no such model package")
+    return model
+
+
+def checks_table(result: ValidationResult) -> Table:
+    table = Table(title=f"validation: {result.suite.name} v{result.suite.version}")
+    table.add_column("property", no_wrap=True)  # the numbers wrap in a narrow terminal
+    for name in ("model", result.reference.who):
+        table.add_column(name, justify="right")
+    table.add_column("error", justify="right", no_wrap=True)
+    table.add_column("tolerance")
+    table.add_column("verdict", no_wrap=True)
+    for c in result.checks:
+        table.add_row(
+            c.metric,
+            "–" if c.value is None else f"{c.value:.4g}",
+            "–" if c.reference is None else f"{c.reference:.4g}",
+            escape(error_text(c)),
+            escape(c.tolerance_text),
+            "[green]pass[/]" if c.passed else "[red]FAIL[/]",
+        )
+    return table
+
+
+def run_validation(
+    model: Path, suite: str, out: Path | None, suites_dir: Path, torch_threads: int | None = None
+) -> None:
+    """The whole command; raises MlipilotError on bad input, before any long computation."""
+    suite_path = resolve_suite(suite, suites_dir)
+    spec, sha = load_suite(suite_path)
+    package = resolve_model(model)
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    factory = package_calculator(package, spec.element)
+    err = Console(stderr=True)
+    result = validate(
+        factory,
+        spec,
+        sha256=sha,
+        suite_file=str(suite_path),
+        model=str(package),
+        progress=lambda line: err.print(escape(line), highlight=False),
+    )
+    json_path, page = write_outputs(result, out if out is not None else package.parent)
+    console = Console()
+    console.print(checks_table(result))
+    notes = dict.fromkeys((c.group, c.note) for c in result.checks if c.note and not c.passed)
+    for group, note in notes:
+        console.print(f"[yellow]{escape(group)}[/]: {escape(note)}", highlight=False)
+    passed = sum(c.passed for c in result.checks)
+    console.print(f"passed: {passed} of {len(result.checks)}", highlight=False)
+    console.print(
+        f"wall_s: model {result.model.wall_s:.1f}, reference {result.reference.wall_s:.1f}",
+        highlight=False,
+    )
+    console.print(f"json: {json_path}", highlight=False)
+    console.print(f"page: {page}", highlight=False)
