@@ -200,6 +200,7 @@ def serve_orchestrator(
     from mlipilot.rpc.scorecard_service import load_catalog
     from mlipilot.rpc.serving import serve_until_signal, start_server
     from mlipilot.v1 import orchestrator_pb2_grpc
+    from mlipilot.validation.suite import SUITES_DIR
 
     _logging()
     try:
@@ -210,6 +211,7 @@ def serve_orchestrator(
             data_roots=data_root or [Path("data")],
             runs_root=runs,
             llm_endpoints=parse_endpoints(llm_endpoint or [], llm_key_env or []),
+            validation_suites=sorted(p.stem for p in SUITES_DIR.glob("*.yaml")),
         )
         factory = local_scorer
         if scorecard:  # the same token guards both services

@@ -211,6 +211,28 @@ class NoiseConfig(_Strict):
     )
 
 
+class ValidationConfig(_Strict):
+    """After the campaign, its best model checked on physics the scorecard never sees.
+
+    The agent never sees the results: they go to the ledger, the summary and the report.
+    """
+
+    suite: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description="a suite of the repository's validation/ by name (cu-emt), or a suite file "
+        "(mlipilot run only); unset: the best model is not validated, and the campaign says so",
+    )
+    accepts: bool = Field(
+        False, description="also validate every accepted candidate as it is accepted"
+    )
+
+    @property
+    def suite_is_a_file(self) -> bool:
+        return self.suite is not None and ("/" in self.suite or self.suite.endswith(".yaml"))
+
+
 class Campaign(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = Field("", max_length=10_000)
@@ -226,6 +248,7 @@ class Campaign(_Strict):
     noise: NoiseConfig | None = Field(
         None, description="repeat a would-be accept and its incumbent over seeds (off: absent)"
     )
+    validation: ValidationConfig = ValidationConfig()
     mode: Literal["recipe", "code"] = Field(
         "recipe",
         description="recipe: agents turn the recipe's knobs; code: they also edit the training "
@@ -319,6 +342,9 @@ def _resolved(campaign: Campaign, root: Path) -> Campaign:
     }
     if campaign.agent.ledger is not None:
         update["agent"] = campaign.agent.model_copy(update={"ledger": root / campaign.agent.ledger})
+    if campaign.validation.suite_is_a_file:
+        suite = str(root / str(campaign.validation.suite))
+        update["validation"] = campaign.validation.model_copy(update={"suite": suite})
     return campaign.model_copy(update=update)
 
 

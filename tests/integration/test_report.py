@@ -179,6 +179,8 @@ def test_html_has_header_reasons_and_images(real_run) -> None:
     images = re.findall(r"<img src='([^']+)'", text)
     assert len(images) == 4  # no token figure: the rule-based agent spends no tokens
     assert "none (the agent made no LLM calls)" in text
+    # The campaign named no validation suite: the report says so plainly.
+    assert "was accepted by the scorecard but not validated" in text
     for src in images:
         assert src.startswith("report/") and src.endswith(".png")
         assert (root / src).is_file() and (root / src).stat().st_size > 1000

@@ -35,6 +35,7 @@ def server(tmp_path: Path) -> CampaignPolicy:
         data_roots=[tmp_path / "data"],
         runs_root=tmp_path / "runs",
         llm_endpoints={"vllm": LlmEndpoint("vllm", "http://vllm:8000/v1", "MLIPILOT_LLM_KEY")},
+        validation_suites=["cu-emt"],
     )
 
 
@@ -155,3 +156,15 @@ def test_oversized_campaign_files_and_extra_bodies_are_refused() -> None:
     agent = {"kind": "llm", "base_url": "http://h/v1", "model": "m", "extra_body": body}
     with pytest.raises(MlipilotError, match=r"agent\.extra_body"):
         parse_campaign_text(yaml.safe_dump({**CAMPAIGN, "agent": agent}), "body.yaml")
+
+
+def test_a_served_campaign_names_its_validation_suite(
+    server: CampaignPolicy, tmp_path: Path
+) -> None:
+    assert _admit(server, tmp_path, validation={"suite": "cu-emt"}).validation.suite == "cu-emt"
+    with pytest.raises(CampaignDenied) as info:
+        _admit(server, tmp_path, validation={"suite": "/etc/passwd.yaml"})
+    assert info.value.fields == ("validation.suite",)
+    with pytest.raises(MlipilotError, match="name one of: cu-emt") as info:
+        _admit(server, tmp_path, validation={"suite": "qm7"})
+    assert info.value.fields == ("validation.suite",)

@@ -155,3 +155,30 @@ def test_every_ledger_event_kind_has_a_typed_event() -> None:
     assert (repeat.seed_repeat.repeat_of, repeat.seed_repeat.side) == ("it003", "candidate")
     assert repeat.seed_repeat.seed == 2
     assert "trained again with seed 2" in describe_event(repeat)
+
+
+def test_a_validation_row_streams_its_verdict() -> None:
+    from mlipilot.rpc.orchestrator_client import describe_event
+
+    row = LedgerEvent(
+        id=7,
+        campaign="c",
+        event="validation",
+        candidate="it006",
+        status="failed",
+        reason="18 of 20 checks pass (cu-emt v1); failing: c44_GPa, vacancy_formation_eV",
+        detail={
+            "suite": "cu-emt",
+            "sha256": "ab" * 32,
+            "passed": 18,
+            "total": 20,
+            "failed": ["c44_GPa", "vacancy_formation_eV"],
+            "result": "file:///runs/x/candidates/it006/validation.json",
+        },
+    )
+    event = event_to_proto(row, "c")
+    v = event.validation
+    assert (v.status, v.suite, v.passed, v.total) == ("failed", "cu-emt", 18, 20)
+    assert list(v.failed) == ["c44_GPa", "vacancy_formation_eV"]
+    assert v.suite_sha256 == "ab" * 32 and v.result_uri.endswith("validation.json")
+    assert "validation failed: 18 of 20 checks pass" in describe_event(event)

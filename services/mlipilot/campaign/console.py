@@ -85,6 +85,7 @@ class RichReporter:
             f"({outcome.wall_s / 60:.1f} min)"
         )
         self.console.print(f"best model: {layout.best_model}")
+        self.console.print(escape(f"validated:  {validation_line(outcome)}"), highlight=False)
         self.console.print(f"ledger:     {layout.ledger}")
         self.console.print(f"results:    {layout.root}  (results.tsv, summary.json)")
 
@@ -129,3 +130,14 @@ def _fmt(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:.3g}"
+
+
+def validation_line(outcome: CampaignOutcome) -> str:
+    """Plainly, whether the best model holds up beyond the scorecard."""
+    record = outcome.validation
+    if record is None:
+        return "no: accepted by the scorecard, not validated (the campaign names no suite)"
+    if record.status == "error":
+        return f"no: {record.reason}"
+    verdict = "yes" if record.status == "passed" else "partly"
+    return f"{verdict}: {record.reason} (validation.html in {record.candidate}'s folder)"

@@ -49,6 +49,7 @@ EventKind = Literal[
     "training",
     "evaluation",
     "decision",
+    "validation",  # the best (or an accepted) model checked on physics the scorecard never sees
     "campaign_finished",
 ]
 

@@ -68,6 +68,7 @@ from mlipilot.campaign.ledger import Ledger, LedgerEvent, check_chain, read_even
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
 from mlipilot.campaign.resume import PriorRun, read_prior_run
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
+from mlipilot.campaign.validation_stage import ValidationRecord, validate_candidate
 from mlipilot.code_mode.diffs import CodeEditError
 from mlipilot.code_mode.program_files import TEMPLATE, program_digest, recipe_job
 from mlipilot.code_mode.repo import ProgramRepo
@@ -99,6 +100,7 @@ class CampaignOutcome:
     best_iteration: int
     best_result: ScoreResult
     wall_s: float
+    validation: ValidationRecord | None = None  # of the best model; None: not validated
 
 
 @dataclass
@@ -337,6 +339,7 @@ def run_in_layout(
                 campaign, layout, ledger, reporter, agent, scorer_factory, stop, prior
             )
             incumbent = _run_iterations(run, agent)
+            validation = _validate(run, incumbent.iteration, incumbent.name, incumbent.model)
         except BaseException as exc:  # the ledger says how a campaign ended, whatever ended it
             if isinstance(exc, CampaignStopped):
                 status: str = exc.status
@@ -367,7 +370,9 @@ def run_in_layout(
             reason=f"best is iteration {incumbent.iteration}: {incumbent.result.short()}",
             duration_s=wall,
         )
-    outcome = CampaignOutcome(layout, run.rows, incumbent.iteration, incumbent.result, wall)
+    outcome = CampaignOutcome(
+        layout, run.rows, incumbent.iteration, incumbent.result, wall, validation
+    )
     _write_summary(outcome)
     reporter.campaign_finished(outcome)
     return outcome
@@ -855,7 +860,37 @@ def _try_candidates(
         if decision.verdict == "ACCEPT" and f.model is not None and f.result is not None:
             write_mace_file(f.model, run.layout.best_model)
             new_incumbent = _Incumbent(iteration, f.job.name, f.job.recipe, f.result, f.model)
+            if run.campaign.validation.accepts:
+                _validate(run, iteration, f.job.name, f.model)
     return new_incumbent
+
+
+def _validate(run: _Run, iteration: int, name: str, model: Path) -> ValidationRecord | None:
+    """The campaign's validation of candidate ``name`` (validation_stage.py), recorded once:
+    a resumed campaign reads it back. None when the campaign validates nothing."""
+    if run.campaign.validation.suite is None:
+        return None
+    done = run.ledger.events("validation", candidate=name)
+    if done:
+        return ValidationRecord.from_event(done[-1])
+    record = validate_candidate(
+        run.campaign.validation,
+        name,
+        model,
+        run.layout.candidate_dir(name),
+        run.stop,
+        run.reporter.note,
+    )
+    run.record(
+        event="validation",
+        iteration=iteration,
+        candidate=name,
+        status=record.status,
+        reason=record.reason,
+        detail=record.detail,
+    )
+    run.reporter.note(f"{name} validation: {record.reason}")
+    return record
 
 
 class _Side(NamedTuple):
@@ -1155,6 +1190,19 @@ def _write_summary(outcome: CampaignOutcome) -> None:
         "ledger": str(layout.ledger),
         "results_tsv": str(layout.results_tsv),
         "wall_s": round(outcome.wall_s, 1),
+        "validation": _validation_summary(outcome.validation),
         "iterations": [r.model_dump() for r in outcome.rows],
     }
     layout.summary.write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _validation_summary(record: ValidationRecord | None) -> dict[str, Any]:
+    """The best model's validation for scripts: what was checked and how it went."""
+    if record is None:
+        return {"status": "not validated", "reason": "the campaign names no validation suite"}
+    fields = ("suite", "version", "sha256", "passed", "total", "failed", "result")
+    return {
+        "status": record.status,
+        "reason": record.reason,
+        **{k: record.detail[k] for k in fields if k in record.detail},
+    }

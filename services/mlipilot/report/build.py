@@ -90,6 +90,7 @@ def build_report(run_dir: Path) -> Path:
         data.recipe_diff(view),
         data.iteration_table(view),
         data.table_columns(view),
+        data.validation_section(view),
     )
     path = view.run_dir / PAGE
     path.write_text(page, encoding="utf-8")

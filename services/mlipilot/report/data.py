@@ -684,3 +684,27 @@ def noise_check(decision: LedgerEvent) -> NoiseCheck | None:
         gain=_float(node.get("gain")),
         spread=_float(node.get("spread")),
     )
+
+
+@dataclass
+class ValidationSection:
+    """Where scorecard and validation agree: the accepts, and the validated models' checks."""
+
+    accepted: list[str]  # the candidates the scorecard accepted (the baseline not counted)
+    validated: list[LedgerEvent]  # validation rows, in ledger order
+    best: str | None  # the campaign's best candidate, if it ended
+
+    @property
+    def confirmed(self) -> list[str]:
+        """Accepted candidates whose validation passed every check."""
+        return [
+            v.candidate or ""
+            for v in self.validated
+            if v.status == "passed" and v.candidate in self.accepted
+        ]
+
+
+def validation_section(view: RunView) -> ValidationSection:
+    accepted = [d.candidate or "" for d in view.decisions if d.decision == "ACCEPT"]
+    best = header(view).best_candidate
+    return ValidationSection(accepted, list(view.validations), best)

@@ -13,6 +13,7 @@ from mlipilot.report.data import (
     NoiseCheck,
     RecipeDiff,
     TableRow,
+    ValidationSection,
     iteration_label,
 )
 
@@ -36,6 +37,7 @@ tr.FAILED td.decision { background: #333; color: #fff; }
 figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #555; }
+p.bad { color: #a00; font-weight: 600; }
 """
 
 
@@ -198,12 +200,50 @@ def figure_html(ref: FigureRef) -> str:
     )
 
 
+def _validation(section: ValidationSection) -> str:
+    """Whether the accepted models hold up beyond the scorecard, and each validated one's
+    checks, with a link to its own validation page."""
+    done = {v.candidate for v in section.validated}
+    parts = [
+        f"<p>Scorecard accepts: {len(section.accepted)}; validated: "
+        f"{sum(c in done for c in section.accepted)}; passing every check: "
+        f"{len(section.confirmed)}.</p>"
+    ]
+    if section.best is not None and section.best not in done:
+        parts.append(
+            f"<p class='bad'>The best model ({escape(section.best)}) was accepted by the "
+            "scorecard but not validated: the campaign named no validation suite "
+            "(<code>validation.suite</code>).</p>"
+        )
+    for v in section.validated:
+        detail = v.detail or {}
+        link = f"candidates/{v.candidate}/validation.html"
+        parts.append(
+            f"<h3>{escape(v.candidate or '')}: {escape(v.status or '')}</h3>"
+            f"<p>{escape(v.reason or '')} (<a href='{escape(link)}'>its validation page</a>)</p>"
+        )
+        checks = detail.get("checks") or []
+        if checks:
+            rows = "".join(
+                f"<tr><td>{escape(str(c.get('metric')))}</td><td>{fmt(c.get('value'), 4)}</td>"
+                f"<td>{fmt(c.get('reference'), 4)}</td><td>{escape(str(c.get('tolerance')))}</td>"
+                f"<td>{'pass' if c.get('passed') else '<b>FAIL</b>'}</td></tr>"
+                for c in checks
+            )
+            parts.append(
+                "<table><tr><th>check</th><th>model</th><th>reference</th><th>tolerance</th>"
+                f"<th>verdict</th></tr>{rows}</table>"
+            )
+    return "\n".join(parts)
+
+
 def render_page(
     header: Header,
     figures: Sequence[FigureRef],
     diff: RecipeDiff,
     rows: Sequence[TableRow],
     columns: dict[str, str],
+    validation: ValidationSection | None = None,
 ) -> str:
     title = f"mlipilot campaign report: {header.campaign}"
     body = [
@@ -211,6 +251,11 @@ def render_page(
         _header(header),
         "<h2>Results</h2>",
         *(figure_html(f) for f in figures),
+        *(
+            ["<h2>Validation (physics the scorecard never sees)</h2>", _validation(validation)]
+            if validation is not None
+            else []
+        ),
         "<h2>Incumbent recipe (baseline → incumbent)</h2>",
         _recipe(diff),
         "<h2>Iterations</h2>",

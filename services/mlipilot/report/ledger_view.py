@@ -40,6 +40,8 @@ class RunView:
     # Conversations with an LLM agent (prompt/completion tokens in ``detail``), in ledger
     # order; empty for agents without a model. Failed conversations spent tokens too.
     agent_calls: list[LedgerEvent] = field(default_factory=list)
+    # Models checked on physics the scorecard never sees (campaign/validation_stage.py).
+    validations: list[LedgerEvent] = field(default_factory=list)
 
     @property
     def baseline(self) -> Recipe:
@@ -119,4 +121,5 @@ def load_run(run_dir: Path) -> RunView:
         proposals=proposals,
         evaluations=evaluations,
         agent_calls=[e for e in events if e.event == "agent_call"],
+        validations=[e for e in events if e.event == "validation"],
     )

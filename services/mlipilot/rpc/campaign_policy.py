@@ -15,7 +15,8 @@ network, secrets or files through it. So a served campaign:
   a bearer token to any URL;
 - uses the server's Ray cluster or none: ``compute.ray_address`` may be left out or be
   ``auto`` (the cluster the server is configured for, ``RAY_ADDRESS``) or ``local``; a Ray
-  client unpickles what a Ray server sends it, so a caller-chosen address is code execution.
+  client unpickles what a Ray server sends it, so a caller-chosen address is code execution;
+- names its validation suite among the server's (``validation.suite``), never a file.
 
 Everything here is checked before the run folder exists or a file is read.
 """
@@ -52,6 +53,7 @@ class CampaignPolicy:
     data_roots: list[Path]
     runs_root: Path
     llm_endpoints: dict[str, LlmEndpoint] = field(default_factory=dict)
+    validation_suites: list[str] = field(default_factory=list)  # names in its validation/
 
     def __post_init__(self) -> None:
         self.data_roots = [Path(os.path.realpath(r)) for r in self.data_roots]
@@ -75,6 +77,7 @@ class CampaignPolicy:
             self._check_under(agent.ledger, [self.runs_root], where, "agent.ledger", "--runs")
         if agent.kind == "llm" or agent.endpoint is not None:
             update["agent"] = self._agent(campaign, where)
+        self._check_validation(campaign, where)
         address = campaign.compute.ray_address
         if address not in SERVED_RAY_ADDRESSES:
             raise CampaignDenied(
@@ -83,6 +86,24 @@ class CampaignPolicy:
                 fields=("compute.ray_address",),
             )
         return campaign.model_copy(update=update)
+
+    def _check_validation(self, campaign: Campaign, where: str) -> None:
+        config = campaign.validation
+        if config.suite is None:
+            return
+        known = ", ".join(sorted(self.validation_suites)) or "none"
+        if config.suite_is_a_file:
+            raise CampaignDenied(
+                f"{where}: validation.suite: {shown(config.suite)}: a campaign sent to a server "
+                f"names one of its suites ({known}), not a file",
+                fields=("validation.suite",),
+            )
+        if config.suite not in self.validation_suites:
+            raise MlipilotError(
+                f"{where}: validation.suite: {shown(config.suite)} is not a suite this server "
+                f"has; name one of: {known}",
+                fields=("validation.suite",),
+            )
 
     def _scorecard(self, written: Path, where: str) -> Path:
         for name, path in self.scorecards.items():

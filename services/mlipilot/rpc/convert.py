@@ -264,6 +264,19 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
             )
         )
         _set_optional(msg.decision, e)
+    elif e.event == "validation":
+        msg.validation.CopyFrom(
+            orchestrator_pb2.ValidationFinished(
+                status=e.status or "",
+                reason=e.reason or "",
+                suite=str(detail.get("suite", "")),
+                suite_sha256=str(detail.get("sha256", "")),
+                passed=int(detail.get("passed", 0)),
+                total=int(detail.get("total", 0)),
+                failed=[str(m) for m in detail.get("failed", [])],
+                result_uri=str(detail.get("result", "")),
+            )
+        )
     elif e.event == "campaign_finished":
         msg.campaign_finished.CopyFrom(
             orchestrator_pb2.CampaignFinished(

@@ -145,6 +145,8 @@ def describe_event(event: orchestrator_pb2.CampaignEvent) -> str:
             text = f"scoring {label(orchestrator_pb2.EvaluationStatus, body.status)}: {body.reason}"
     elif kind == "decision":
         text = f"{label(orchestrator_pb2.Verdict, body.verdict).upper()}: {body.reason}"
+    elif kind == "validation":
+        text = f"validation {body.status}: {body.reason}"
     elif kind == "campaign_finished":
         text = f"{status_name(body.status).upper()}: {body.reason}"
     return f"[{event.sequence:>5}] {who:<8} {text}"

@@ -146,7 +146,7 @@ class CancelCampaignRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class CampaignEvent(_message.Message):
-    __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished", "campaign_resumed", "agent_call", "seed_repeat")
+    __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished", "campaign_resumed", "agent_call", "seed_repeat", "validation")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class CampaignEvent(_message.Message):
     CAMPAIGN_RESUMED_FIELD_NUMBER: _ClassVar[int]
     AGENT_CALL_FIELD_NUMBER: _ClassVar[int]
     SEED_REPEAT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     campaign_id: str
@@ -183,7 +184,8 @@ class CampaignEvent(_message.Message):
     campaign_resumed: CampaignResumed
     agent_call: AgentCall
     seed_repeat: SeedRepeat
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., campaign_id: _Optional[str] = ..., iteration: _Optional[int] = ..., candidate: _Optional[str] = ..., campaign_started: _Optional[_Union[CampaignStarted, _Mapping]] = ..., iteration_started: _Optional[_Union[IterationStarted, _Mapping]] = ..., proposal: _Optional[_Union[ProposalMade, _Mapping]] = ..., agent_failure: _Optional[_Union[AgentFailure, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., scorecard_progress: _Optional[_Union[ScorecardProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluationFinished, _Mapping]] = ..., decision: _Optional[_Union[DecisionMade, _Mapping]] = ..., campaign_finished: _Optional[_Union[CampaignFinished, _Mapping]] = ..., campaign_resumed: _Optional[_Union[CampaignResumed, _Mapping]] = ..., agent_call: _Optional[_Union[AgentCall, _Mapping]] = ..., seed_repeat: _Optional[_Union[SeedRepeat, _Mapping]] = ...) -> None: ...
+    validation: ValidationFinished
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., campaign_id: _Optional[str] = ..., iteration: _Optional[int] = ..., candidate: _Optional[str] = ..., campaign_started: _Optional[_Union[CampaignStarted, _Mapping]] = ..., iteration_started: _Optional[_Union[IterationStarted, _Mapping]] = ..., proposal: _Optional[_Union[ProposalMade, _Mapping]] = ..., agent_failure: _Optional[_Union[AgentFailure, _Mapping]] = ..., training_progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., training_finished: _Optional[_Union[TrainingFinished, _Mapping]] = ..., scorecard_progress: _Optional[_Union[ScorecardProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluationFinished, _Mapping]] = ..., decision: _Optional[_Union[DecisionMade, _Mapping]] = ..., campaign_finished: _Optional[_Union[CampaignFinished, _Mapping]] = ..., campaign_resumed: _Optional[_Union[CampaignResumed, _Mapping]] = ..., agent_call: _Optional[_Union[AgentCall, _Mapping]] = ..., seed_repeat: _Optional[_Union[SeedRepeat, _Mapping]] = ..., validation: _Optional[_Union[ValidationFinished, _Mapping]] = ...) -> None: ...
 
 class CampaignStarted(_message.Message):
     __slots__ = ("agent", "scorecard_sha256", "train_set_sha256", "test_set_sha256", "baseline_recipe")
@@ -274,6 +276,26 @@ class SeedRepeat(_message.Message):
     side: str
     seed: int
     def __init__(self, repeat_of: _Optional[str] = ..., side: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ValidationFinished(_message.Message):
+    __slots__ = ("status", "reason", "suite", "suite_sha256", "passed", "total", "failed", "result_uri")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    SUITE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_URI_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    reason: str
+    suite: str
+    suite_sha256: str
+    passed: int
+    total: int
+    failed: _containers.RepeatedScalarFieldContainer[str]
+    result_uri: str
+    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ..., suite: _Optional[str] = ..., suite_sha256: _Optional[str] = ..., passed: _Optional[int] = ..., total: _Optional[int] = ..., failed: _Optional[_Iterable[str]] = ..., result_uri: _Optional[str] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
     __slots__ = ("epoch", "epochs_budget", "loss", "validation")

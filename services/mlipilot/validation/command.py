@@ -13,18 +13,7 @@ from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.validation.page import error_text, write_outputs
 from mlipilot.validation.result import ValidationResult
 from mlipilot.validation.run import package_calculator, validate
-from mlipilot.validation.suite import load_suite
-
-
-def resolve_suite(suite: str, suites_dir: Path) -> Path:
-    """A suite file given by path, or by name in ``suites_dir`` (``cu-emt``)."""
-    if suite.endswith((".yaml", ".yml")) or "/" in suite:
-        return Path(suite)
-    path = suites_dir / f"{suite}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in suites_dir.glob("*.yaml"))
-        raise MlipilotError(f"--suite: no suite {suite!r} in {suites_dir}; known: {known}")
-    return path
+from mlipilot.validation.suite import find_suite, load_suite
 
 
 def resolve_model(model: Path) -> Path:
@@ -67,7 +56,10 @@ def run_validation(
     model: Path, suite: str, out: Path | None, suites_dir: Path, torch_threads: int | None = None
 ) -> None:
     """The whole command; raises MlipilotError on bad input, before any long computation."""
-    suite_path = resolve_suite(suite, suites_dir)
+    try:
+        suite_path = find_suite(suite, suites_dir)
+    except MlipilotError as exc:
+        raise MlipilotError(f"--suite: {exc}") from None
     spec, sha = load_suite(suite_path)
     package = resolve_model(model)
     if torch_threads:

@@ -11,6 +11,7 @@ group left out of a suite is not run.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -281,6 +282,28 @@ class ValidationSuite(_Strict):
     def checks(self) -> dict[str, tuple[str, Check]]:
         """Every check by metric: (group, check), in the order the groups run."""
         return {m: (g, c) for g, group in self.groups().items() for m, c in group.checks.items()}
+
+
+# The suites campaigns may name: the repository's validation/ (services/mlipilot/validation/
+# suite.py -> the repository root), or where $MLIPILOT_VALIDATION_SUITES says (an installed
+# package, as in the image).
+SUITES_DIR = Path(
+    os.environ.get("MLIPILOT_VALIDATION_SUITES")
+    or Path(__file__).resolve().parents[3] / "validation"
+)
+
+
+def find_suite(suite: str, suites_dir: Path = SUITES_DIR) -> Path:
+    """A suite file given by path, or by name in ``suites_dir`` (``cu-emt``)."""
+    from mlipilot.errors import MlipilotError
+
+    if suite.endswith((".yaml", ".yml")) or "/" in suite:
+        return Path(suite)
+    path = suites_dir / f"{suite}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in suites_dir.glob("*.yaml"))
+        raise MlipilotError(f"no validation suite {suite!r} in {suites_dir}; known: {known}")
+    return path
 
 
 def load_suite(path: str | Path) -> tuple[ValidationSuite, str]:
