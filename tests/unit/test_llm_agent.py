@@ -204,7 +204,46 @@ def test_a_tried_recipe_is_refused() -> None:
     with serve([MODEL], script) as server:
         agent_for(server.url).propose(campaign_state())
     refusal = server.requests[1]["messages"][-1]["content"]
-    assert "changes nothing" in refusal
+    # it names the values that already hold, and the levers nobody has pulled
+    assert "changes nothing: the incumbent's ema is false, lr is 0.001 already" in refusal
+    assert "keys no candidate has changed yet: e0s, scaling," in refusal
+
+
+def test_a_recipe_tried_before_is_refused_naming_its_iteration_and_untried_keys() -> None:
+    """Seen with Qwen2.5-Coder-1.5B: told only "tried already", it proposed a no-op next."""
+    state = campaign_state(iteration=2)
+    tried = BASELINE.patched({"lr": 0.01})
+    entry = state.history[0].model_copy(
+        update={"iteration": 1, "patch": {"lr": 0.01}, "recipe": tried, "verdict": "REVERT"}
+    )
+    entry = entry.model_copy(update={"reason": "violation 5.6 not below 5.5"})
+    state = state.model_copy(update={"history": [*state.history, entry]})
+    again = {"hypothesis": "faster", "patch": {"lr": 0.01}}
+    script = [calls(tool_call("propose", again)), calls(tool_call("propose", GOOD, "c2"))]
+    with serve([MODEL], script) as server:
+        agent_for(server.url).propose(state)
+    refusal = server.requests[1]["messages"][-1]["content"]
+    assert "tried already at iteration 1 (REVERT: violation 5.6 not below 5.5)" in refusal
+    untried = refusal.split("keys no candidate has changed yet: ")[1].split(", ")
+    assert "lr" not in untried and "e0s" in untried and "seed" not in untried
+    first = server.requests[0]["messages"][1]["content"]
+    assert "keys no candidate has changed yet: e0s" in first and ", lr," not in first
+
+
+def test_each_call_sends_a_sampling_seed_from_the_agent_seed() -> None:
+    """Repeats of a benchmark differ by the agent's seed; the same seed samples the same."""
+    refused = calls(tool_call("propose", {"hypothesis": "h", "patch": {"no_such_key": 1}}))
+
+    def seeds(agent_seed: int | None, iteration: int) -> list[int | None]:
+        with serve([MODEL], [refused, calls(tool_call("propose", GOOD))]) as server:
+            agent_for(server.url, seed=agent_seed).propose(campaign_state(iteration=iteration))
+        return [r.get("seed") for r in server.requests]
+
+    first, second = seeds(7, 1)
+    assert isinstance(first, int) and second == first + 1  # a retry does not resample the same
+    assert seeds(7, 1) == [first, second]
+    assert seeds(8, 1)[0] != first and seeds(7, 2)[0] != first
+    assert seeds(None, 1) == [None, None]
 
 
 def test_bad_answers_past_the_limit_fail_the_iteration_with_the_transcript() -> None:

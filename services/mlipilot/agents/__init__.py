@@ -57,6 +57,7 @@ def _llm_agent(config: AgentConfig) -> Agent:
         max_retries=config.max_retries,
         max_response_bytes=config.max_response_bytes,
         extra_body=dict(config.extra_body),
+        seed=config.seed,
     )
     agent = LlmAgent(settings)
     agent.check_server()  # before the baseline trains: a wrong URL or model fails at once

@@ -66,7 +66,8 @@ Allowed recipe keys and values:
 """
 
 NO_CALL = (
-    "error: no tool call found. Call a tool; to finish, call propose with a hypothesis and a patch."
+    "error: no tool call found. Call a tool; to finish, call propose with a hypothesis and a "
+    'patch, e.g. {"name": "propose", "arguments": {"hypothesis": "...", "patch": {"lr": 0.005}}}'
 )
 _NO_PROPOSAL = (
     'error: no proposal found. Answer with one JSON object {"hypothesis": "...", "patch": {...}}.'
@@ -102,6 +103,7 @@ class LlmSettings:
     backoff_s: float = 1.0
     max_response_bytes: int = MAX_RESPONSE_BYTES  # a longer reply is refused unread
     extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. {"repetition_penalty": 1.1}
+    seed: int | None = None  # the agent's seed: each call sends one derived from it (sampling)
 
     @property
     def mistral_ids(self) -> bool:
@@ -115,6 +117,7 @@ class _Conversation:
     """One ``propose``: the messages as sent, and what the calls cost."""
 
     model: str
+    seed: int | None = None  # of this proposal's first call; the next calls count up from it
     messages: list[dict[str, Any]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -160,7 +163,8 @@ class LlmAgent:
     def propose(self, state: CampaignState) -> Proposal:
         if not self._checked:
             self.check_server()
-        conv = _Conversation(self.settings.model)
+        seed = self.settings.seed
+        conv = _Conversation(self.settings.model, _call_seed(seed, state))
         try:
             if self.settings.tool_mode == "json_schema":
                 proposal = self._converse_json(state, conv)
@@ -290,6 +294,8 @@ class LlmAgent:
             "max_tokens": min(s.max_completion_tokens, s.max_tokens_per_iteration - spent),
             **extra,
         }
+        if conv.seed is not None:  # a campaign's seed repeats its sampling (same server)
+            payload["seed"] = (conv.seed + len(conv.calls)) % 2**31
         if s.thinking is not None:
             payload["chat_template_kwargs"] = {"enable_thinking": s.thinking}
         payload.update(s.extra_body)  # server-specific sampling settings
@@ -341,6 +347,16 @@ class LlmAgent:
 
     def _failed(self, conv: _Conversation, reason: str) -> AgentFailed:
         return AgentFailed(f"{self.name}: {reason}", cost=conv.cost())
+
+
+def _call_seed(seed: int | None, state: CampaignState) -> int | None:
+    """The sampling seed of an iteration's first call: one per agent seed, iteration,
+    candidate of the iteration (parallel campaigns propose several) and refusal before it (a
+    retried proposal must not sample the refused answer again)."""
+    if seed is None:
+        return None
+    key = f"{seed}/{state.iteration}/{len(state.pending)}/{state.last_error or ''}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % 2**31
 
 
 def _system(state: CampaignState) -> str:

@@ -171,6 +171,22 @@ def incumbent_text(state: CampaignState) -> str:
     )
 
 
+def untouched_keys(state: CampaignState) -> list[str]:
+    """Recipe keys no candidate of the campaign has moved from the baseline's value (the seed
+    aside): levers not pulled yet. Small models otherwise keep nudging the one they tried."""
+    tried = [h.recipe for h in state.history] + list(state.pending) + [state.incumbent]
+    moved = {k for r in tried for k in state.baseline.diff(r)}
+    return [k for k in Recipe.model_fields if k not in moved and k != "seed"]
+
+
+def tried_at(state: CampaignState, recipe: Recipe) -> str:
+    """Where ``recipe`` was tried, as a history row says it (for a refusal)."""
+    for h in state.history:
+        if h.recipe == recipe and h.program_sha256 == state.program_sha256:
+            return f"iteration {h.iteration} ({h.verdict}: {h.reason})"
+    return "this iteration (already proposed)"
+
+
 def overview(state: CampaignState) -> str:
     """The first user message: everything needed for a proposal, in one compact block."""
     head = f"Iteration {state.iteration} of {state.iterations_total}."
@@ -183,6 +199,8 @@ def overview(state: CampaignState) -> str:
         incumbent_text(state),
         "history:\n" + history_table(state.history),
     ]
+    if untouched := untouched_keys(state):
+        parts.append("keys no candidate has changed yet: " + ", ".join(untouched))
     if state.pending:
         pending = [compact(state.incumbent.diff(r)) for r in state.pending]
         parts.append(

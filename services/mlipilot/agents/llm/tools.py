@@ -201,6 +201,11 @@ def _read_program(state: CampaignState, path: Any) -> ToolAnswer:
     return ToolAnswer(program[path])
 
 
+def _untouched_hint(state: CampaignState) -> str:
+    keys = state_view.untouched_keys(state)
+    return "keys no candidate has changed yet: " + ", ".join(keys) if keys else "see get_history"
+
+
 def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
     """A ``Proposal`` when hypothesis and patch (and in code mode the diff) are valid and new,
     else the reason why not."""
@@ -221,9 +226,15 @@ def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
     if state.train_frames is not None and (why := batch_fits(recipe, state.train_frames)):
         return _refused(why)
     if recipe == state.incumbent:
-        return _refused("the patch changes nothing: every value equals the incumbent's")
+        same = ", ".join(f"{k} is {state_view.compact(v)}" for k, v in sorted(patch.items()))
+        return _refused(
+            f"the patch changes nothing: the incumbent's {same} already; " + _untouched_hint(state)
+        )
     if state.tried(recipe):
-        return _refused("that recipe was tried already (see get_history); propose another")
+        where = state_view.tried_at(state, recipe)
+        return _refused(
+            f"that recipe was tried already at {where}; propose another; " + _untouched_hint(state)
+        )
     return ToolAnswer(
         "accepted: the candidate will be trained and scored",
         proposal=Proposal(hypothesis=hypothesis.strip(), patch=patch),

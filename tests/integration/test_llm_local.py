@@ -1,10 +1,12 @@
-"""Opt-in: a two-iteration tiny campaign driven by a REAL vLLM server (CPU build, SmolLM2-135M).
+"""Opt-in: a two-iteration tiny campaign driven by a REAL local model server (`make test-llm`).
 
-Runs only with MLIPILOT_TEST_VLLM=1 and the local server installed
-(``python -m mlipilot.agents.llm.serve_local install``). The test starts vLLM on a free
-loopback port, runs the campaign in this process with ``tool_mode: json_schema`` (SmolLM2's
-chat template has no tools), and checks what the ledger recorded. The small model's
-proposals are poor; this shows the protocol running for real, with a real tokenizer's counts.
+Runs only with MLIPILOT_TEST_LLM=1 and the server installed (`make llm-local`'s install step).
+It serves LLM_MODEL (default qwen: Qwen2.5-Coder-1.5B-Instruct) on LLM_ENGINE (default
+llama.cpp; or vllm) on a free loopback port, runs the campaign in this process with the
+model's tool mode (tools for Qwen, json_schema for SmolLM2, whose template has no tools) and
+checks what the ledger recorded: real tokenizer counts, a real chat template, real tool-call
+parsing. A 1.5B model's proposals are often poor; each iteration must still end in a trained
+proposal or a recorded agent failure.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import yaml
 from tiny_campaign import write_tiny_campaign
 
 from mlipilot.agents.llm import serve_local
+from mlipilot.agents.llm.local_models import model
 from mlipilot.campaign.ledger import read_events
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
 
+SPEC = model(os.environ.get("LLM_MODEL", serve_local.DEFAULT_MODEL))
+ENGINE = os.environ.get("LLM_ENGINE", serve_local.DEFAULT_ENGINE)
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        os.environ.get("MLIPILOT_TEST_VLLM") != "1"
-        or not serve_local.model_dir().joinpath("model.safetensors").exists(),
-        reason="opt-in: MLIPILOT_TEST_VLLM=1 and `python -m mlipilot.agents.llm.serve_local "
-        "install` first",
+        os.environ.get("MLIPILOT_TEST_LLM") != "1" or not serve_local.installed(SPEC, ENGINE),
+        reason="opt-in: MLIPILOT_TEST_LLM=1 and `make llm-local` (its install step) first",
     ),
 ]
 
@@ -40,13 +44,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def vllm_url(tmp_path_factory: pytest.TempPathFactory):
+def server_url(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    log = tmp_path_factory.mktemp("llm") / "server.log"
+    cmd, env = serve_local.server_command(SPEC, ENGINE, port)
     with log.open("w") as out:
-        process = subprocess.Popen(
-            serve_local.server_command(port), stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         serve_local.wait_until_serving(url, process)
@@ -56,18 +59,20 @@ def vllm_url(tmp_path_factory: pytest.TempPathFactory):
         process.wait(timeout=60)
 
 
-def test_two_iterations_through_a_real_vllm(vllm_url: str, tmp_path) -> None:
-    path = write_tiny_campaign(tmp_path, name="vllm", data_path=tmp_path / "data", iterations=2)
+def test_two_iterations_through_a_real_server(server_url: str, tmp_path) -> None:
+    path = write_tiny_campaign(tmp_path, name="llm", data_path=tmp_path / "data", iterations=2)
     data = yaml.safe_load(path.read_text())
     data["agent"] = {
         "kind": "llm",
-        "base_url": vllm_url,
-        "model": serve_local.MODEL_NAME,
-        "tool_mode": "json_schema",
+        "base_url": server_url,
+        "model": SPEC.served_name,
+        "tool_mode": SPEC.tool_mode,
         "temperature": 0.2,
-        "max_completion_tokens": 256,
-        "extra_body": {"repetition_penalty": 1.1},  # a 135M model repeats itself otherwise
+        "max_completion_tokens": 512,
+        "timeout_s": 600,
     }
+    if SPEC.key == "smollm2":  # a 135M model repeats itself otherwise
+        data["agent"]["extra_body"] = {"repetition_penalty": 1.1}
     path.write_text(yaml.safe_dump(data))
     campaign, _ = load_campaign(path)
     outcome = run_campaign(campaign, path, tmp_path / "runs")
