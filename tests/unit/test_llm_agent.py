@@ -230,6 +230,32 @@ def test_a_recipe_tried_before_is_refused_naming_its_iteration_and_untried_keys(
     assert "keys no candidate has changed yet: e0s" in first and ", lr," not in first
 
 
+def test_a_refused_call_sent_again_is_named_and_warms_the_sampling() -> None:
+    """Qwen2.5-Coder-1.5B sent the incumbent's own values three times at temperature 0.7."""
+    noop = {"hypothesis": "same", "patch": {"lr": 0.001}}
+    spaced = '{"patch": {"lr": 0.001},   "hypothesis": "same"}'  # the same call, respaced
+    script = [
+        calls(tool_call("propose", noop)),
+        calls(tool_call("propose", spaced, "c2")),
+        calls(tool_call("propose", noop, "c3")),
+        calls(tool_call("propose", GOOD, "c4")),
+    ]
+    with serve([MODEL], script) as server:
+        agent_for(server.url, temperature=0.7, max_tool_errors=5).propose(campaign_state())
+    answers = [r["messages"][-1]["content"] for r in server.requests[1:]]
+    assert answers[0].startswith("error: proposal refused: the patch changes nothing")
+    for again in answers[1:]:
+        assert again.startswith("error: you sent this same call before and it was refused")
+        assert "proposal refused: the patch changes nothing" in again
+    assert [r["temperature"] for r in server.requests] == pytest.approx([0.7, 0.7, 1.0, 1.3])
+
+
+def test_warming_stops_at_its_cap_and_never_cools_a_hot_setting() -> None:
+    from mlipilot.agents.llm.agent import _warmed
+
+    assert _warmed(0.7, 0) == 0.7 and _warmed(0.7, 10) == 1.5 and _warmed(1.8, 2) == 1.8
+
+
 def test_each_call_sends_a_sampling_seed_from_the_agent_seed() -> None:
     """Repeats of a benchmark differ by the agent's seed; the same seed samples the same."""
     refused = calls(tool_call("propose", {"hypothesis": "h", "patch": {"no_such_key": 1}}))

@@ -24,7 +24,7 @@ import os
 import re
 import string
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlipilot.agents.base import AgentCost, AgentFailed, CampaignState, Proposal
@@ -81,6 +81,8 @@ _WIRE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 # Bounds on what a model's answer may cost (see the module's docstring).
 MAX_CALLS_PER_TURN = 8  # tool calls answered per turn; a model asks for one or two
 ECHO_MAX_BYTES = 16 * 1024  # an assistant text as sent back to the model each turn
+REPEAT_WARMING = 0.3  # added to the temperature for each refused call the model repeats
+MAX_WARMED = 1.5  # ... up to this (a configured temperature above it is kept as it is)
 _NAME_MAX = 64  # a tool name (OpenAI's limit) or a tool-call id; longer is no name or id
 
 
@@ -124,6 +126,8 @@ class _Conversation:
     completion_tokens: int = 0
     errors: int = 0
     started: float = field(default_factory=time.monotonic)
+    refused: set[str] = field(default_factory=set)  # calls answered with an error, as keys
+    repeats: int = 0  # calls that repeated a refused one: each warms the sampling up
 
     def cost(self) -> AgentCost:
         return AgentCost(
@@ -202,6 +206,8 @@ class LlmAgent:
             for call in calls:
                 fn = call["function"]
                 answer = call_tool(state, fn["name"], fn["arguments"])
+                if answer.error:
+                    answer = self._unless_repeated(conv, fn, answer)
                 conv.messages.append(
                     {
                         "role": "tool",
@@ -215,6 +221,17 @@ class LlmAgent:
                 if answer.error:
                     self._count_error(conv, answer.content)
         raise self._failed(conv, f"no valid proposal in {self.settings.max_turns} turns")
+
+    def _unless_repeated(self, conv: _Conversation, fn: dict[str, Any], answer: Any) -> Any:
+        """A refused call sent again: said so, and the next calls sample warmer. Seen with
+        Qwen2.5-Coder-1.5B: at its temperature it sent one refused patch three times over."""
+        key = f"{fn['name']}\n{_canonical(fn['arguments'])}"
+        if key not in conv.refused:
+            conv.refused.add(key)
+            return answer
+        conv.repeats += 1
+        again = "error: you sent this same call before and it was refused; change it. "
+        return replace(answer, content=again + answer.content.removeprefix("error: "))
 
     def _tool_choice(self) -> Any:
         if self.settings.tool_choice == "propose":
@@ -290,7 +307,7 @@ class LlmAgent:
             )
         payload: dict[str, Any] = {
             "messages": [_wire(m) for m in conv.messages],
-            "temperature": s.temperature,
+            "temperature": _warmed(s.temperature, conv.repeats),
             "max_tokens": min(s.max_completion_tokens, s.max_tokens_per_iteration - spent),
             **extra,
         }
@@ -384,6 +401,21 @@ def _assistant(message: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str
     if reasoning:
         out["reasoning"] = _text(reasoning)  # recorded, never sent back
     return out
+
+
+def _warmed(temperature: float, repeats: int) -> float:
+    if not repeats:
+        return temperature
+    return max(temperature, min(temperature + REPEAT_WARMING * repeats, MAX_WARMED))
+
+
+def _canonical(arguments: Any) -> str:
+    """Arguments compared as data: the same JSON with other spacing or key order is the same."""
+    try:
+        value = json.loads(arguments) if isinstance(arguments, str) else arguments
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        return str(arguments)
 
 
 def _text(value: Any) -> str:
