@@ -26,9 +26,10 @@ the final ranking and tokens against score.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,14 @@ class RunStats:
     answers: int  # model answers (chat completions)
     bad_answers: int
     agent_s: float
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "run_dir": str(self.run_dir)})
+
+    @classmethod
+    def from_json(cls, line: str) -> RunStats:
+        data = json.loads(line)
+        return cls(**{**data, "run_dir": Path(data["run_dir"])})
 
 
 def campaign_for(base_file: Path, agent: AgentSpec, seed: int, iterations: int | None) -> str:
@@ -158,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--campaign", type=Path, default=REPO / "examples" / "cu-emt-quick.yaml")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="to go on with a benchmark")
     parser.add_argument("--iterations", type=int, default=None, help="default: the campaign's")
     parser.add_argument("--agents", nargs="*", default=list(BUILT_IN), choices=BUILT_IN)
     parser.add_argument(
@@ -170,15 +180,22 @@ def main() -> None:
     )
     parser.add_argument("--timeout-s", type=float, default=600.0, help="per model call")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-agents")
+    parser.add_argument(
+        "--summarize", action="store_true", help="only the table and figures of the runs in --out"
+    )
     args = parser.parse_args()
+    if args.summarize:
+        summarize(args.out, earlier_runs(args.out))
+        return
 
     agents = [AgentSpec(kind, {"kind": kind}) for kind in args.agents]
     for label, url, model in args.llm:
         config = {"kind": "llm", "base_url": url, "model": model, "timeout_s": args.timeout_s}
         agents.append(AgentSpec(label, config | {"max_completion_tokens": 512}))
     args.out.mkdir(parents=True, exist_ok=True)
-    stats: list[RunStats] = []
-    for seed in range(args.seeds):  # seeds outermost: a cut-short benchmark stays balanced
+    stats = earlier_runs(args.out)  # a benchmark gone on with (--first-seed) counts them all
+    # Seeds outermost: a benchmark cut short has run every agent on the same seeds.
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for agent in agents:
             file = args.out / "campaigns" / f"{agent.label}-s{seed}.yaml"
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -190,11 +207,25 @@ def main() -> None:
                 agent.label, seed, outcome.layout.ledger.parent, time.monotonic() - start
             )
             stats.append(run)
+            with (args.out / "stats.jsonl").open("a") as f:
+                f.write(run.to_json() + "\n")
             print(f"{agent.label} seed {seed}: {run}", flush=True)
+    summarize(args.out, stats)
+
+
+def earlier_runs(out: Path) -> list[RunStats]:
+    """The runs a benchmark in ``out`` has finished (``stats.jsonl``, a line each)."""
+    path = out / "stats.jsonl"
+    if not path.exists():
+        return []
+    return [RunStats.from_json(line) for line in path.read_text().splitlines() if line]
+
+
+def summarize(out: Path, stats: list[RunStats]) -> None:
     text = table(stats)
-    (args.out / "agents.md").write_text(text + "\n")
+    (out / "agents.md").write_text(text + "\n")
     print(text)
-    page = build_comparison([s.run_dir for s in stats], args.out / "compare.html")
+    page = build_comparison([s.run_dir for s in stats], out / "compare.html")
     print(f"figures: {page}")
 
 
