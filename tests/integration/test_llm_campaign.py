@@ -38,7 +38,7 @@ def step(message: dict) -> dict:
 
 SCRIPT = [
     # iteration 1: two bad answers (max_tool_errors: 1) -> agent failure, the campaign goes on
-    step(calls(tool_call("propose", {"hypothesis": "h", "patch": {"learning_rate": 0.01}}))),
+    step(calls(tool_call("propose", {"hypothesis": "faster", "patch": {"learning_rate": 0.01}}))),
     step(calls(tool_call("propose", "{not json", "call_2"))),
     # iteration 2: read the baseline's details, then a valid proposal
     step(calls(tool_call("get_run", {"iteration": 0}, "call_3"))),

@@ -21,6 +21,7 @@ from mlipilot.agents.base import (
     TrainingSummary,
 )
 from mlipilot.agents.llm import LlmAgent, LlmServerError, LlmSettings
+from mlipilot.agents.llm.agent import NO_CALL
 from mlipilot.config import AgentConfig
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.result import ScoreResult
@@ -230,6 +231,22 @@ def test_a_recipe_tried_before_is_refused_naming_its_iteration_and_untried_keys(
     assert "keys no candidate has changed yet: e0s" in first and ", lr," not in first
 
 
+def test_a_copied_template_is_not_a_proposal() -> None:
+    """Qwen2.5-Coder-1.5B, told how to call, echoed the example back: it must not be trained.
+    No example the model sees is a patch it could copy."""
+    echoed = text(NO_CALL.removeprefix("error: no tool call found. "))
+    placeholder = calls(tool_call("propose", {"hypothesis": "...", "patch": {"lr": 0.005}}))
+    script = [text("no idea"), echoed, placeholder, calls(tool_call("propose", GOOD, "c4"))]
+    with serve([MODEL], script) as server:
+        proposal = agent_for(server.url).propose(campaign_state())
+    assert proposal.patch == GOOD["patch"]
+    answers = [r["messages"][-1]["content"] for r in server.requests[1:]]
+    assert answers[1] == NO_CALL  # the echoed form holds no JSON: no call is read from it
+    assert answers[2].endswith("hypothesis must say in words why the change should help")
+    shown = json.dumps(server.requests[0]) + NO_CALL
+    assert '"lr": 0.005' not in shown and "0.005" not in shown
+
+
 def test_a_refused_call_sent_again_is_named_and_warms_the_sampling() -> None:
     """Qwen2.5-Coder-1.5B sent the incumbent's own values three times at temperature 0.7."""
     noop = {"hypothesis": "same", "patch": {"lr": 0.001}}
@@ -258,7 +275,7 @@ def test_warming_stops_at_its_cap_and_never_cools_a_hot_setting() -> None:
 
 def test_each_call_sends_a_sampling_seed_from_the_agent_seed() -> None:
     """Repeats of a benchmark differ by the agent's seed; the same seed samples the same."""
-    refused = calls(tool_call("propose", {"hypothesis": "h", "patch": {"no_such_key": 1}}))
+    refused = calls(tool_call("propose", {"hypothesis": "guess", "patch": {"no_such_key": 1}}))
 
     def seeds(agent_seed: int | None, iteration: int) -> list[int | None]:
         with serve([MODEL], [refused, calls(tool_call("propose", GOOD))]) as server:
@@ -273,7 +290,7 @@ def test_each_call_sends_a_sampling_seed_from_the_agent_seed() -> None:
 
 
 def test_bad_answers_past_the_limit_fail_the_iteration_with_the_transcript() -> None:
-    bad = calls(tool_call("propose", {"hypothesis": "h", "patch": {"no_such_key": 1}}))
+    bad = calls(tool_call("propose", {"hypothesis": "guess", "patch": {"no_such_key": 1}}))
     with (
         serve([MODEL], [bad] * 3) as server,
         pytest.raises(AgentFailed, match="3 bad answers") as info,

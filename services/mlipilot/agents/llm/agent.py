@@ -67,7 +67,7 @@ Allowed recipe keys and values:
 
 NO_CALL = (
     "error: no tool call found. Call a tool; to finish, call propose with a hypothesis and a "
-    'patch, e.g. {"name": "propose", "arguments": {"hypothesis": "...", "patch": {"lr": 0.005}}}'
+    'patch: {"name": "propose", "arguments": {"hypothesis": "<why>", "patch": {"<key>": <value>}}}'
 )
 _NO_PROPOSAL = (
     'error: no proposal found. Answer with one JSON object {"hypothesis": "...", "patch": {...}}.'

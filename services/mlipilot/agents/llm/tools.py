@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,7 @@ PROPOSAL_PROPERTIES: dict[str, Any] = {
     },
     "patch": {
         "type": "object",
-        "description": 'recipe keys to change and their new values, e.g. {"lr": 0.005}',
+        "description": 'recipe keys to change and their new values: {"<key>": <value>, ...}',
     },
 }
 
@@ -83,7 +84,9 @@ CODE_PROPOSAL_PROPERTIES: dict[str, Any] = {
     **PROPOSAL_PROPERTIES,
     "patch": {
         "type": "object",
-        "description": 'recipe keys to change, e.g. {"lr": 0.005}; {} to change only the program',
+        "description": (
+            'recipe keys to change: {"<key>": <value>, ...}; {} to change only the program'
+        ),
     },
     "diff": {
         "type": "string",
@@ -218,7 +221,7 @@ def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
         with contextlib.suppress(json.JSONDecodeError):
             patch = json.loads(patch)
     if not isinstance(patch, dict) or not patch:
-        return _refused('patch must be a non-empty JSON object of recipe keys, e.g. {"lr": 0.005}')
+        return _refused(f"patch must be a non-empty JSON object of recipe keys: {_PATCH_FORM}")
     try:
         recipe = state.incumbent.patched(patch)
     except RecipeError as exc:
@@ -254,7 +257,7 @@ def _check_code_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnsw
     if patch is None:
         patch = {}
     if not isinstance(patch, dict):
-        return _refused('patch must be a JSON object of recipe keys, e.g. {"lr": 0.005}, or {}')
+        return _refused(f"patch must be a JSON object of recipe keys, {_PATCH_FORM}, or {{}}")
     if diff is None:
         diff = ""
     if not isinstance(diff, str):
@@ -289,9 +292,15 @@ def _argument_problem(args: dict[str, Any], allowed: tuple[str, ...]) -> str | N
     hypothesis = args.get("hypothesis")
     if not isinstance(hypothesis, str) or not hypothesis.strip():
         return "hypothesis must be a non-empty string"
+    if not _WORD.search(hypothesis):  # "...", "<why>": a template copied, not a reason
+        return "hypothesis must say in words why the change should help"
     if len(hypothesis) > HYPOTHESIS_MAX:
         return f"hypothesis is longer than {HYPOTHESIS_MAX} characters: be brief"
     return None
+
+
+_PATCH_FORM = '{"<key>": <value>, ...}'  # a form, not a patch a model could copy as its own
+_WORD = re.compile(r"[^\W\d_]{3}")  # three letters in a row, in any script
 
 
 def _refused(reason: str) -> ToolAnswer:
