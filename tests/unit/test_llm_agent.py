@@ -249,8 +249,9 @@ def test_a_copied_template_is_not_a_proposal() -> None:
 
 def test_a_refused_call_sent_again_is_named_and_warms_the_sampling() -> None:
     """Qwen2.5-Coder-1.5B sent the incumbent's own values three times at temperature 0.7."""
-    noop = {"hypothesis": "same", "patch": {"lr": 0.001}}
-    spaced = '{"patch": {"lr": 0.001},   "hypothesis": "same"}'  # the same call, respaced
+    noop = {"hypothesis": "same", "patch": {"lr": 0.001, "energy_weight": 1.0}}
+    # the same patch: respaced, reordered, 1 for 1.0, and another hypothesis
+    spaced = '{"patch": {"energy_weight": 1,   "lr": 0.001}, "hypothesis": "same again"}'
     script = [
         calls(tool_call("propose", noop)),
         calls(tool_call("propose", spaced, "c2")),

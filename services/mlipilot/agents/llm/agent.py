@@ -225,7 +225,7 @@ class LlmAgent:
     def _unless_repeated(self, conv: _Conversation, fn: dict[str, Any], answer: Any) -> Any:
         """A refused call sent again: said so, and the next calls sample warmer. Seen with
         Qwen2.5-Coder-1.5B: at its temperature it sent one refused patch three times over."""
-        key = f"{fn['name']}\n{_canonical(fn['arguments'])}"
+        key = f"{fn['name']}\n{_canonical(fn['name'], fn['arguments'])}"
         if key not in conv.refused:
             conv.refused.add(key)
             return answer
@@ -409,10 +409,14 @@ def _warmed(temperature: float, repeats: int) -> float:
     return max(temperature, min(temperature + REPEAT_WARMING * repeats, MAX_WARMED))
 
 
-def _canonical(arguments: Any) -> str:
-    """Arguments compared as data: the same JSON with other spacing or key order is the same."""
+def _canonical(name: str, arguments: Any) -> str:
+    """Arguments compared as data: other spacing, key order or 1000 for 1000.0 is the same
+    call, and a proposal is its patch (Qwen re-sent refused patches with a reworded
+    hypothesis and integers for floats)."""
     try:
-        value = json.loads(arguments) if isinstance(arguments, str) else arguments
+        value = json.loads(arguments, parse_int=float) if isinstance(arguments, str) else arguments
+        if name == PROPOSE and isinstance(value, dict) and "patch" in value:
+            value = value["patch"]
         return json.dumps(value, sort_keys=True)
     except (TypeError, ValueError):
         return str(arguments)
