@@ -308,7 +308,8 @@ def validate_model(
     ] = None,
 ) -> None:
     """Check a model on physics the scorecard never sees, against the suite's reference (EMT
-    for Cu). A report: exit 0 whether or not checks fail; 2 for a bad model or suite."""
+    for cu-emt, GFN2-xTB on held-out molecules for qm7). A report: exit 0 whether or not
+    checks fail; 2 for a bad model or suite."""
     from mlipilot.validation.command import run_validation
 
     try:

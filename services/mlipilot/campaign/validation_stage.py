@@ -60,14 +60,14 @@ def validate_candidate(
     folder). Never raises for what the model does; a stop raises CampaignStopped."""
     from mlipilot.validation.page import write_outputs
     from mlipilot.validation.run import package_calculator, validate
-    from mlipilot.validation.suite import load_suite
+    from mlipilot.validation.suite import load_suite, suite_elements
 
     path = suite_file(config)
     assert path is not None, "validate_candidate needs a suite"
     start = time.monotonic()
     try:
         spec, sha = load_suite(path)
-        factory = package_calculator(package, spec.element)
+        factory = package_calculator(package, suite_elements(spec))
 
         def progress(line: str) -> None:
             stop.check()  # between groups: a cancel does not wait for the whole suite

@@ -13,7 +13,7 @@ from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.validation.page import error_text, write_outputs
 from mlipilot.validation.result import ValidationResult
 from mlipilot.validation.run import package_calculator, validate
-from mlipilot.validation.suite import find_suite, load_suite
+from mlipilot.validation.suite import find_suite, load_suite, suite_elements
 
 
 def resolve_model(model: Path) -> Path:
@@ -66,7 +66,7 @@ def run_validation(
         import torch
 
         torch.set_num_threads(torch_threads)
-    factory = package_calculator(package, spec.element)
+    factory = package_calculator(package, suite_elements(spec))
     err = Console(stderr=True)
     result = validate(
         factory,
@@ -82,6 +82,8 @@ def run_validation(
     notes = dict.fromkeys((c.group, c.note) for c in result.checks if c.note and not c.passed)
     for group, note in notes:
         console.print(f"[yellow]{escape(group)}[/]: {escape(note)}", highlight=False)
+    for note in result.model.notes:
+        console.print(f"[yellow]left out[/]: {escape(note)}", highlight=False)
     passed = sum(c.passed for c in result.checks)
     console.print(f"passed: {passed} of {len(result.checks)}", highlight=False)
     console.print(

@@ -136,6 +136,43 @@ def draw_nve(result: ValidationResult) -> Figure:
     return _finish(fig, [energy, temp])
 
 
+def draw_frequencies(result: ValidationResult) -> Figure:
+    """Every held-out molecule's modes, the model's against the reference's (sorted, paired)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    model, ref = _curves(result.model, "vibrations"), _curves(result.reference, "vibrations")
+    top = 0.0
+    for mol_id, theirs in ref.items():
+        mine = model.get(mol_id)
+        if mine is None or len(mine.y) != len(theirs.y):
+            continue
+        x, y = _xy(theirs)[1], _xy(mine)[1]
+        ax.plot(x, y, "o", ms=3, alpha=0.7, label=mol_id)
+        top = max(top, *(v for v in x + y if v == v))
+    ax.plot([0, top], [0, top], **REFERENCE_STYLE)  # type: ignore[arg-type]
+    ax.set(xlabel=f"{result.reference.who} frequency (cm⁻¹)", ylabel="model frequency (cm⁻¹)")
+    return _finish(fig, [ax])
+
+
+def draw_molecular_nvt(result: ValidationResult) -> Figure:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colours = plt.get_cmap("tab10")
+    for i, mol_id in enumerate(_curves(result.reference, "nvt")):
+        for m, style in ((result.model, {"lw": 1.4}), (result.reference, {"lw": 0.9, "ls": "--"})):
+            curve = _curves(m, "nvt").get(mol_id)
+            if curve is not None:
+                label = mol_id if m is result.model else None
+                ax.plot(*_xy(curve), color=colours(i % 10), label=label, **style)  # type: ignore[arg-type]
+    nvt = result.model.groups.get("nvt")
+    if nvt is not None and nvt.values.get("nvt_max_bond_deviation_A") is not None:
+        limit = next(
+            (c.tolerance for c in result.checks if c.metric == "nvt_max_bond_deviation_A"), None
+        )
+        if limit is not None:
+            ax.axhline(limit, color="tab:red", lw=1, label="limit")
+    ax.set(xlabel="time (ps)", ylabel="largest bond deviation (Å)")
+    return _finish(fig, [ax])
+
+
 # file, group it needs, drawing, title, caption
 FIGURES = (
     ("eos.png", "equation_of_state", draw_eos, "Equation of state",
@@ -155,6 +192,13 @@ FIGURES = (
      "failure (non-finite, closest pair below the floor, runaway)."),
     ("nve.png", "nve", draw_nve, "NVE energy conservation",
      "Total energy per atom against time; the drift is the slope of a linear fit."),
+    ("frequencies.png", "vibrations", draw_frequencies, "Harmonic frequencies",
+     "Each held-out molecule's modes at the calculator's own minimum, the model's against the "
+     "reference's (sorted and paired); on the dashed line they agree."),
+    ("nvt.png", "nvt", draw_molecular_nvt, "Hot NVT of held-out molecules",
+     "The largest deviation of any bond from its length at the reference minimum, model solid, "
+     "reference dashed; a run stops at its first failure (a bond off by more than the limit, "
+     "or the molecule in pieces)."),
 )  # fmt: skip
 
 
@@ -241,11 +285,20 @@ def _header(result: ValidationResult) -> str:
             f"{escape(s.name)} v{s.version} <span class='hash'>sha256 {escape(s.sha256)}</span>",
         ),
         ("checks passed", f"{passed} of {len(result.checks)}"),
-        ("a0 (model, reference)", f"{_value(m.lattice_a0_A)} Å, {_value(r.lattice_a0_A)} Å"),
+        (
+            ("held-out molecules", escape(", ".join(r.molecules)))
+            if r.molecules
+            else (
+                "a0 (model, reference)",
+                f"{_value(m.lattice_a0_A)} Å, {_value(r.lattice_a0_A)} Å",
+            )
+        ),
         ("wall time", f"model {m.wall_s:.0f} s, reference {r.wall_s:.0f} s{threads}"),
     ]
     if m.lattice_error:
         rows.append(("no a0", escape(m.lattice_error)))
+    if m.notes:
+        rows.append(("left out", escape("; ".join(m.notes))))
     body = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<table class='header'>\n{body}\n</table>"
 

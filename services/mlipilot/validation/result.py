@@ -71,6 +71,8 @@ class Measurements(BaseModel):
     suite_sha256: str
     lattice_a0_A: float | None  # its own equilibrium, where the static properties are taken
     lattice_error: str | None = None  # why there is none
+    molecules: list[str] = []  # a molecular suite's held-out molecules, by id
+    notes: list[str] = []  # what the suite left out for this model (molecules it cannot run)
     groups: dict[str, GroupRun]
     wall_s: float
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from ase.calculators.emt import EMT
 from ase.data import atomic_numbers
 
 from mlipilot.errors import MlipilotError
-from mlipilot.validation import crystal, dynamics, smoothness
+from mlipilot.validation import crystal, dynamics, molecules, smoothness
 from mlipilot.validation.result import (
     CalculatorFactory,
     CheckResult,
@@ -28,7 +28,7 @@ from mlipilot.validation.result import (
     SuiteRef,
     ValidationResult,
 )
-from mlipilot.validation.suite import Check, ValidationSuite
+from mlipilot.validation.suite import AnySuite, Check, MoleculeSuite, ValidationSuite
 
 # group name -> (function, measured at the calculator's own a0 rather than the suite's cell)
 RUNNERS: dict[str, tuple[Callable[..., Measured], bool]] = {
@@ -41,26 +41,47 @@ RUNNERS: dict[str, tuple[Callable[..., Measured], bool]] = {
     "nve": (dynamics.nve, False),
     "smoothness": (smoothness.smoothness, False),
 }
+# group name -> function(factory, held-out molecules, group, the reference's run of it)
+MOLECULE_RUNNERS: dict[str, Callable[..., Measured]] = {
+    "geometry": molecules.geometry,
+    "vibrations": molecules.vibrations,
+    "nvt": molecules.nvt,
+}
 DEFAULT_SEARCH_FRACTION = 0.1  # without an EOS group: where a0 is looked for
 Progress = Callable[[str], None]
 
 
 def package_calculator(
-    path: Path, element: str = "Cu", device: str = "cpu", dtype: str = "float64"
+    path: Path, elements: Sequence[str] = ("Cu",), device: str = "cpu", dtype: str = "float64"
 ) -> CalculatorFactory:
     """A model package as a calculator factory (one stress-free MACE calculator, reused: ASE
     recomputes whenever the atoms differ from the last call's); refused unless the model
-    knows ``element``."""
+    knows every one of ``elements``."""
     from mlipilot.scoring.md_stability import load_md_calculator
 
     calc = load_md_calculator(path, device, dtype)  # type: ignore[arg-type]
     known = sorted(int(z) for z in calc.z_table.zs)
-    if atomic_numbers[element] not in known:
+    missing = [e for e in elements if atomic_numbers[e] not in known]
+    if missing:
         raise MlipilotError(
-            f"model package {path}: a model for atomic numbers {known}, not {element} "
-            f"({atomic_numbers[element]})"
+            f"model package {path}: a model for atomic numbers {known}, not {missing} "
+            f"({[atomic_numbers[e] for e in missing]})"
         )
     return lambda: calc
+
+
+def known_numbers(factory: CalculatorFactory) -> set[int] | None:
+    """The atomic numbers a MACE calculator knows (its z_table); None (any) for others."""
+    table = getattr(factory(), "z_table", None)
+    return None if table is None else {int(z) for z in table.zs}
+
+
+def reference_for(suite: AnySuite) -> tuple[CalculatorFactory, str]:
+    """The suite's reference calculator and its name: the data's labels."""
+    if isinstance(suite, MoleculeSuite):
+        calc = molecules.XtbCalculator()
+        return (lambda: calc), "GFN2-xTB (tblite)"
+    return EMT, "ASE EMT"
 
 
 def _a0(factory: CalculatorFactory, suite: ValidationSuite) -> float:
@@ -94,15 +115,35 @@ def _run_group(
 
 def measure(
     factory: CalculatorFactory,
-    suite: ValidationSuite,
+    suite: AnySuite,
     *,
     sha256: str,
     who: str,
     progress: Progress | None = None,
+    held_out: list[molecules.HeldOut] | None = None,
+    reference: Measurements | None = None,
 ) -> Measurements:
-    """Every group of ``suite`` for one calculator (``who`` names it in the record)."""
+    """Every group of ``suite`` for one calculator (``who`` names it in the record). A
+    molecular suite runs on ``held_out`` and pairs with ``reference`` where a group compares
+    mode by mode (None: this is the reference)."""
     say = progress or (lambda _: None)
     start = time.perf_counter()
+    if isinstance(suite, MoleculeSuite):
+        if not held_out:
+            raise ValueError("a molecular suite is measured on held-out molecules")
+        runs = {}
+        for name, group in suite.groups().items():
+            theirs = reference.groups.get(name) if reference is not None else None
+            runs[name] = run = _run_molecule_group(name, factory, held_out, group, theirs)
+            say(f"{who}: {name} {run.wall_s:.1f} s" + (f" ({run.error})" if run.error else ""))
+        return Measurements(
+            who=who,
+            suite_sha256=sha256,
+            lattice_a0_A=None,
+            molecules=[m.mol_id for m in held_out],
+            groups=runs,
+            wall_s=time.perf_counter() - start,
+        )
     try:
         a0, why_not = _a0(factory, suite), None
     except Exception as exc:  # recorded; every static group says so
@@ -117,6 +158,27 @@ def measure(
         lattice_a0_A=a0,
         lattice_error=why_not,
         groups=runs,
+        wall_s=time.perf_counter() - start,
+    )
+
+
+def _run_molecule_group(
+    name: str,
+    factory: CalculatorFactory,
+    held_out: list[molecules.HeldOut],
+    group: Any,
+    reference: GroupRun | None,
+) -> GroupRun:
+    start = time.perf_counter()
+    try:
+        measured, error = MOLECULE_RUNNERS[name](factory, held_out, group, reference), None
+    except Exception as exc:  # a broken model may fail anywhere; the report goes on
+        measured, error = Measured(), f"{type(exc).__name__}: {exc}"
+    return GroupRun(
+        values=measured.values,
+        curves=measured.curves,
+        notes=measured.notes,
+        error=error,
         wall_s=time.perf_counter() - start,
     )
 
@@ -148,35 +210,63 @@ def _check(metric: str, group: str, check: Check, model: GroupRun, ref: GroupRun
 
 def validate(
     calculator_factory: CalculatorFactory,
-    suite: ValidationSuite,
+    suite: AnySuite,
     *,
     sha256: str,
     suite_file: str = "",
     model: str = "model",
-    reference_factory: CalculatorFactory = EMT,
-    reference: str = "ASE EMT",
+    reference_factory: CalculatorFactory | None = None,
+    reference: str | None = None,
     reference_measurements: Measurements | None = None,
     progress: Progress | None = None,
 ) -> ValidationResult:
     """Measure every group of ``suite`` with the model and the reference; judge each check.
 
-    ``sha256`` is the suite file's (``load_suite`` returns it). The reference runs first (a
-    suite its own reference fails is a bug: RuntimeError before the model's longer run);
-    ``reference_measurements`` from an earlier ``measure`` of the same suite skip it.
-    ``progress`` gets a line per group and calculator.
+    ``sha256`` is the suite file's (``load_suite`` returns it). The reference is the suite's
+    own (``reference_for``) unless given. It runs first (a suite its own reference fails is a
+    bug: RuntimeError before the model's longer run); ``reference_measurements`` from an
+    earlier ``measure`` of the same suite skip it. ``progress`` gets a line per group and
+    calculator.
     """
+    default_factory, default_name = reference_for(suite)
+    reference_factory = reference_factory or default_factory
+    reference = reference or default_name
+    held_out, left_out = None, []
+    if isinstance(suite, MoleculeSuite):
+        numbers = known_numbers(calculator_factory)
+        held_out, left_out = molecules.held_out_molecules(
+            suite.molecules, numbers, reference_factory
+        )
     ref = reference_measurements
     if ref is None:
-        ref = measure(reference_factory, suite, sha256=sha256, who=reference, progress=progress)
+        ref = measure(
+            reference_factory,
+            suite,
+            sha256=sha256,
+            who=reference,
+            progress=progress,
+            held_out=held_out,
+        )
     elif ref.suite_sha256 != sha256:
         raise ValueError(f"reference measurements of suite sha256 {ref.suite_sha256}, not {sha256}")
+    elif held_out is not None and ref.molecules != [m.mol_id for m in held_out]:
+        raise ValueError(f"reference measurements of molecules {ref.molecules}, not these")
     broken = {name: run.error for name, run in ref.groups.items() if run.error}
-    if ref.lattice_a0_A is None or broken:
+    if (isinstance(suite, ValidationSuite) and ref.lattice_a0_A is None) or broken:
         raise RuntimeError(
             f"the reference {ref.who} fails suite {suite.name}: "
             f"{ref.lattice_error or ''} {broken or ''}".strip()
         )
-    measured = measure(calculator_factory, suite, sha256=sha256, who=model, progress=progress)
+    measured = measure(
+        calculator_factory,
+        suite,
+        sha256=sha256,
+        who=model,
+        progress=progress,
+        held_out=held_out,
+        reference=ref,
+    )
+    measured.notes = left_out
     checks = [
         _check(metric, group, check, measured.groups[group], ref.groups[group])
         for metric, (group, check) in suite.checks().items()

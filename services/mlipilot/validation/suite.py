@@ -251,6 +251,9 @@ GROUPS = (
 
 
 class ValidationSuite(_Strict):
+    """A crystal suite (the default kind): an fcc metal against its reference potential."""
+
+    kind: Literal["crystal"] = "crystal"
     name: str = Field(min_length=1)
     version: int = Field(ge=1)
     description: str = ""
@@ -284,6 +287,101 @@ class ValidationSuite(_Strict):
         return {m: (g, c) for g, group in self.groups().items() for m, c in group.checks.items()}
 
 
+class MoleculeSelection(_Strict):
+    """Held-out molecules: the last ``last`` of the shipped QM7-like list (campaigns take theirs
+    from its start), RDKit-embedded and relaxed at the reference level; their minima are where
+    every group starts, for the model and the reference alike."""
+
+    last: int = Field(ge=1, le=100)
+    max_atoms: int = Field(30, ge=2, description="larger molecules are skipped")
+    embed_seed: int = Field(0, ge=0)
+    relax: Relaxation
+
+
+class MolecularNVT(_Group):
+    """Langevin NVT of each held-out molecule from its reference minimum, hotter and longer
+    than the scorecard's, judged by Fu et al.'s criterion: a bond that deviates from its start
+    length by more than ``max_bond_deviation_A``, or a molecule that comes apart, is a failure."""
+
+    METRICS = ("nvt_stable_fraction", "nvt_max_bond_deviation_A")
+    temperature_K: PositiveFloat
+    steps: int = Field(ge=10)
+    timestep_fs: PositiveFloat
+    friction_per_fs: PositiveFloat
+    seed: int = Field(ge=0)
+    max_bond_deviation_A: PositiveFloat = 0.5
+    bond_factor: float = Field(1.2, gt=1, le=2)
+    fragment_factor: float = Field(1.5, gt=1, le=5)
+    trace_every: PositiveInt = 10
+
+
+class Geometry(_Group):
+    """Each held-out molecule relaxed by the calculator from the reference minimum: how far
+    its bonds end up from the reference's (the reference's own drift is ~0)."""
+
+    METRICS = ("geometry_bond_mae_A", "geometry_max_bond_error_A")
+    relax: Relaxation
+
+
+class Vibrations(_Group):
+    """Harmonic frequencies by central differences of the forces at the calculator's own
+    minimum, paired mode by mode (sorted) with the reference's."""
+
+    METRICS = ("frequency_mae_cm1", "imaginary_modes")
+    displacement_A: float = Field(gt=0, le=0.05)
+    relax: Relaxation
+    imaginary_below_cm1: PositiveFloat = Field(
+        50.0, description="a mode below minus this counts as imaginary (numerical noise above)"
+    )
+
+
+MOLECULE_GROUPS = ("geometry", "vibrations", "nvt")
+
+
+class MoleculeSuite(_Strict):
+    """A molecular suite: held-out molecules against the data's label level."""
+
+    kind: Literal["molecules"]
+    name: str = Field(min_length=1)
+    version: int = Field(ge=1)
+    description: str = ""
+    level: Literal["gfn2-xtb"] = Field(
+        description="the reference: the quick level's GFN2-xTB (tblite); B3LYP frequencies "
+        "and long runs are beyond what its labels cost here"
+    )
+    molecules: MoleculeSelection
+    geometry: Geometry | None = None
+    vibrations: Vibrations | None = None
+    nvt: MolecularNVT | None = None
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> MoleculeSuite:
+        if not self.groups():
+            raise ValueError(f"no group of checks; give at least one of {list(MOLECULE_GROUPS)}")
+        return self
+
+    def groups(self) -> dict[str, _Group]:
+        found = {name: getattr(self, name) for name in MOLECULE_GROUPS}
+        return {name: group for name, group in found.items() if group is not None}
+
+    def checks(self) -> dict[str, tuple[str, Check]]:
+        return {m: (g, c) for g, group in self.groups().items() for m, c in group.checks.items()}
+
+
+AnySuite = ValidationSuite | MoleculeSuite
+
+
+class _SuiteKind(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["crystal", "molecules"] = "crystal"
+
+
+def suite_elements(suite: AnySuite) -> list[str]:
+    """The elements a model must know to be validated on ``suite`` (a molecular suite takes
+    the held-out molecules made of the model's elements)."""
+    return [suite.element] if isinstance(suite, ValidationSuite) else []
+
+
 # The suites campaigns may name: the repository's validation/ (services/mlipilot/validation/
 # suite.py -> the repository root), or where $MLIPILOT_VALIDATION_SUITES says (an installed
 # package, as in the image).
@@ -306,6 +404,9 @@ def find_suite(suite: str, suites_dir: Path = SUITES_DIR) -> Path:
     return path
 
 
-def load_suite(path: str | Path) -> tuple[ValidationSuite, str]:
-    """Load and validate a suite; return it with the sha256 of the file's bytes."""
-    return load_yaml_model(path, ValidationSuite, "validation suite")
+def load_suite(path: str | Path) -> tuple[AnySuite, str]:
+    """Load and validate a suite (its ``kind`` says which: crystal by default, or
+    molecules); return it with the sha256 of the file's bytes."""
+    head, _ = load_yaml_model(path, _SuiteKind, "validation suite")
+    kind = MoleculeSuite if head.kind == "molecules" else ValidationSuite
+    return load_yaml_model(path, kind, "validation suite")
