@@ -35,9 +35,10 @@ from typing import Any
 
 import yaml
 
-from mlipilot.campaign.ledger import LedgerEvent, read_events
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
+from mlipilot.ledger import CampaignHistory, LedgerEvent, read_events
+from mlipilot.ledger.events import AgentCallDetail
 from mlipilot.report.compare import build_comparison
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def run_stats(agent: str, seed: int, run_dir: Path, wall_s: float) -> RunStats:
     decisions = [e for e in events if e.event == "decision"]
     calls = [e for e in events if e.event == "agent_call"]
     feasible_composites = [e.composite for e in evaluations if e.feasible and e.composite]
-    answers = sum((c.detail or {}).get("requests", 0) for c in calls)
+    answers = sum(c.details(AgentCallDetail).requests for c in calls)
     return RunStats(
         agent=agent,
         seed=seed,
@@ -107,19 +108,16 @@ def run_stats(agent: str, seed: int, run_dir: Path, wall_s: float) -> RunStats:
         composite=min(feasible_composites) if feasible_composites else None,
         accepts=sum(1 for d in decisions if d.decision == "ACCEPT"),
         iterations=max((e.iteration or 0 for e in events), default=0),
-        tokens=sum(
-            (c.detail or {}).get("prompt_tokens", 0) + (c.detail or {}).get("completion_tokens", 0)
-            for c in calls
-        ),
+        tokens=sum(CampaignHistory.of(events).tokens()),
         answers=answers,
         bad_answers=sum(_bad_answers(c) for c in calls),
-        agent_s=sum((c.detail or {}).get("duration_s", 0.0) for c in calls),
+        agent_s=sum(c.details(AgentCallDetail).duration_s for c in calls),
     )
 
 
 def _bad_answers(call: LedgerEvent) -> int:
     """Answers the agent refused: a tool answer or a reminder that starts with "error"."""
-    transcript = (call.detail or {}).get("transcript", [])
+    transcript = call.details(AgentCallDetail).transcript
     return sum(
         1
         for m in transcript

@@ -26,9 +26,10 @@ import ray
 import yaml
 
 from mlipilot.agents.base import AgentGaveUp, CampaignState, Proposal
-from mlipilot.campaign.ledger import read_events
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
+from mlipilot.ledger import read_events
+from mlipilot.ledger.events import TrainingDetail
 
 REPO = Path(__file__).resolve().parents[1]
 # Same-cost proposals (learning rates; none equal to the baseline's, which would be answered
@@ -93,7 +94,7 @@ def measure(path: Path, runs: Path) -> dict[str, float]:
         "wall_per_candidate_s": span / n,
         "train_per_candidate_s": statistics.mean(t.duration_s for t in trainings),
         "ray_overhead_per_candidate_s": statistics.mean(
-            t.detail["dispatch_overhead_s"] for t in trainings
+            t.details(TrainingDetail).dispatch_overhead_s or 0.0 for t in trainings
         ),
     }
 

@@ -220,7 +220,7 @@ def ledger_export(
     out: Annotated[Optional[Path], typer.Option()] = None,  # noqa: UP045
 ) -> None:
     """Write the decisions of a run as TSV (default: <run>/results.tsv)."""
-    from mlipilot.campaign.ledger import Ledger
+    from mlipilot.ledger import Ledger
 
     ledger_path = run_dir / "ledger.sqlite"
     if not ledger_path.exists():
@@ -235,7 +235,7 @@ def ledger_export(
 def ledger_verify(run_dir: Path) -> None:
     """Recompute the ledger's hash chain: exit 0 if every row is as written, else name the
     first row changed or missing and exit 1 (2: no readable ledger there)."""
-    from mlipilot.campaign.ledger import BrokenChainError, check_chain
+    from mlipilot.ledger import BrokenChainError, check_chain
 
     ledger_path = run_dir / "ledger.sqlite"
     try:
@@ -256,7 +256,7 @@ def ledger_verify(run_dir: Path) -> None:
 @app.command()
 def report(run_dir: Path) -> None:
     """Write an HTML report of a run (<run>/report.html, figures in <run>/report/)."""
-    from mlipilot.campaign.ledger import BrokenChainError
+    from mlipilot.ledger import BrokenChainError
     from mlipilot.report import build_report
 
     try:

@@ -17,11 +17,11 @@ from tiny_campaign import tiny_spec, write_tiny_campaign
 
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.campaign.decision import decide
-from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
 from mlipilot.data.dataset import file_sha256, open_dataset
 from mlipilot.errors import MlipilotError
+from mlipilot.ledger import Ledger
 from mlipilot.model_files import PACKAGE_NAME, read_package
 from mlipilot.scoring.result import ScoreResult
 

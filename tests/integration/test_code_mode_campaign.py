@@ -12,12 +12,12 @@ import yaml
 from tiny_campaign import tiny_spec, write_tiny_campaign
 
 from mlipilot.agents.base import CampaignState, Proposal
-from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.code_mode.diffs import unified_diff
 from mlipilot.code_mode.edits import CODE_EDITS
 from mlipilot.code_mode.program_files import PROGRAM, TEMPLATE
 from mlipilot.config import load_campaign
+from mlipilot.ledger import Ledger
 
 pytestmark = [
     pytest.mark.slow,
@@ -194,7 +194,7 @@ def test_a_code_mode_campaign_killed_before_its_commit_resumes_and_commits_once(
     import os
     import sys
 
-    from mlipilot.campaign.ledger import read_events
+    from mlipilot.ledger import read_events
 
     spec = tiny_spec(md_seeds=(0,))
     spec["md"] |= {"nvt_steps": 10, "nve_steps": 5}

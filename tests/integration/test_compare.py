@@ -10,10 +10,10 @@ import pytest
 import yaml
 from tiny_campaign import BAD_BASELINE, TINY_SPEC, write_tiny_campaign
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
 from mlipilot.errors import MlipilotError
+from mlipilot.ledger import Ledger, LedgerEvent
 from mlipilot.recipe import Recipe
 from mlipilot.report.compare import build_comparison, ranking
 from mlipilot.report.ledger_view import load_run

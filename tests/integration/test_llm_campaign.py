@@ -19,9 +19,9 @@ from llm_server import HttpError, calls, serve, tool_call
 from tiny_campaign import write_tiny_campaign
 from typer.testing import CliRunner
 
-from mlipilot.campaign.ledger import read_events
 from mlipilot.campaign.resume import read_prior_run
 from mlipilot.cli import app
+from mlipilot.ledger import read_events
 from mlipilot.rpc.convert import event_to_proto
 from mlipilot.rpc.orchestrator_client import describe_event
 

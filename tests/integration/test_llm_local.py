@@ -21,9 +21,9 @@ from tiny_campaign import write_tiny_campaign
 
 from mlipilot.agents.llm import serve_local
 from mlipilot.agents.llm.local_models import model
-from mlipilot.campaign.ledger import read_events
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
+from mlipilot.ledger import read_events
 
 SPEC = model(os.environ.get("LLM_MODEL", serve_local.DEFAULT_MODEL))
 ENGINE = os.environ.get("LLM_ENGINE", serve_local.DEFAULT_ENGINE)

@@ -25,9 +25,9 @@ from llm_server import serve
 from tiny_campaign import write_tiny_campaign
 
 from mlipilot.agents.llm.agent import _json_object
-from mlipilot.campaign.ledger import read_events
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
+from mlipilot.ledger import read_events
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,10 @@ from tiny_campaign import tiny_spec, write_tiny_campaign
 
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.campaign.decision import SeedRun, decide, decide_over_seeds
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
 from mlipilot.campaign.loop import CampaignOutcome, resume_campaign, run_campaign
 from mlipilot.campaign.resume import score_result
 from mlipilot.config import load_campaign
+from mlipilot.ledger import Ledger, LedgerEvent, read_events
 
 pytestmark = pytest.mark.slow
 

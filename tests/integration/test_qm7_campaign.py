@@ -9,10 +9,10 @@ import pytest
 import yaml
 from tiny_campaign import BAD_BASELINE
 
-from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
 from mlipilot.data.dataset import open_dataset
+from mlipilot.ledger import Ledger
 from mlipilot.model_files import PACKAGE_NAME, read_package
 from mlipilot.scoring.result import ScoreResult
 

@@ -12,10 +12,10 @@ import yaml
 from tiny_campaign import BAD_BASELINE, TINY_SPEC, write_tiny_campaign
 
 from mlipilot.campaign.decision import decide
-from mlipilot.campaign.ledger import Ledger, LedgerEvent
 from mlipilot.campaign.loop import CampaignOutcome, run_campaign
 from mlipilot.config import Campaign, load_campaign
 from mlipilot.errors import MlipilotError
+from mlipilot.ledger import Ledger, LedgerEvent
 from mlipilot.recipe import Recipe
 from mlipilot.report import build_report
 from mlipilot.report import data as report_data

@@ -17,10 +17,10 @@ from test_llm_campaign import MODEL, SCRIPT, USAGE
 from tiny_campaign import write_tiny_campaign
 from typer.testing import CliRunner
 
-from mlipilot.campaign.ledger import LedgerEvent, read_events
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.cli import app
 from mlipilot.config import load_campaign
+from mlipilot.ledger import LedgerEvent, read_events
 from mlipilot.report import build_report
 from mlipilot.report import data as report_data
 from mlipilot.report.compare import build_comparison, ranking, tokens_vs_score

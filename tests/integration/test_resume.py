@@ -21,7 +21,7 @@ import pytest
 import torch
 from tiny_campaign import tiny_spec, write_tiny_campaign
 
-from mlipilot.campaign.ledger import LedgerEvent, read_events
+from mlipilot.ledger import LedgerEvent, read_events
 from mlipilot.model_files import read_package
 
 pytestmark = pytest.mark.slow

@@ -32,9 +32,9 @@ from service_stack import (
 )
 
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.stopping import StopRequest
 from mlipilot.data.dataset import Dataset, ensure_cu_emt
+from mlipilot.ledger import Ledger
 from mlipilot.model_files import write_package
 from mlipilot.rpc.orchestrator_service import OrchestratorServicer, _Live
 from mlipilot.rpc.scorecard_service import ScorecardServicer

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from service_stack import TOKEN, ServiceStack
 
-from mlipilot.campaign.ledger import read_events
+from mlipilot.ledger import read_events
 from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.rpc.orchestrator_client import OrchestratorClient
 from mlipilot.v1 import orchestrator_pb2, scorecard_pb2

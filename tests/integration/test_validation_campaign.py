@@ -12,10 +12,10 @@ import pytest
 import yaml
 from tiny_campaign import write_tiny_campaign
 
-from mlipilot.campaign.ledger import Ledger
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
 from mlipilot.data.dataset import file_sha256
+from mlipilot.ledger import Ledger
 from mlipilot.report import build_report
 from mlipilot.validation.suite import SUITES_DIR, load_suite
 

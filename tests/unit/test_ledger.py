@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, ending, read_events
+from mlipilot.ledger import Ledger, LedgerEvent, ending, read_events
 
 
 def decision(iteration: int, verdict: str, **fields: object) -> LedgerEvent:
@@ -277,7 +277,7 @@ def test_read_events_of_a_missing_ledger_raises(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 from pathlib import Path
-from mlipilot.campaign.ledger import Ledger, LedgerEvent
+from mlipilot.ledger import Ledger, LedgerEvent
 ledger = Ledger(Path(sys.argv[1]))
 for batch in range(100_000):
     ledger.append_all(

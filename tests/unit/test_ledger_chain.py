@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from mlipilot.campaign.ledger import (
+from mlipilot.errors import MlipilotError
+from mlipilot.ledger import (
     GENESIS,
     BrokenChainError,
     Ledger,
@@ -25,7 +26,6 @@ from mlipilot.campaign.ledger import (
     read_events,
     verify_chain,
 )
-from mlipilot.errors import MlipilotError
 
 
 def decision(iteration: int, verdict: str) -> LedgerEvent:

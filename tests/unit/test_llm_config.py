@@ -12,9 +12,9 @@ from mlipilot.agents import make_agent
 from mlipilot.agents.base import AgentGaveUp, CampaignState
 from mlipilot.agents.llm import LlmAgent, LlmServerError
 from mlipilot.agents.replay import ReplayAgent
-from mlipilot.campaign.ledger import Ledger, LedgerEvent
 from mlipilot.config import AgentConfig, load_campaign, override
 from mlipilot.errors import MlipilotError
+from mlipilot.ledger import Ledger, LedgerEvent
 from mlipilot.recipe import Recipe
 from mlipilot.rpc.convert import event_to_proto
 from mlipilot.rpc.orchestrator_client import describe_event

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, read_events
 from mlipilot.campaign.resume import read_prior_run
+from mlipilot.ledger import Ledger, LedgerEvent, read_events
 
 
 def row(event: str, candidate: str, iteration: int = 1, **fields: Any) -> LedgerEvent:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent
+from mlipilot.ledger import Ledger, LedgerEvent
 from mlipilot.recipe import Recipe
 from mlipilot.report import build_report
 from mlipilot.report import data as report_data

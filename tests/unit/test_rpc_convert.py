@@ -6,7 +6,7 @@ import math
 
 from spec_factory import make_spec
 
-from mlipilot.campaign.ledger import LedgerEvent
+from mlipilot.ledger import LedgerEvent
 from mlipilot.rpc.convert import (
     event_to_proto,
     from_struct,
@@ -141,7 +141,7 @@ def test_every_ledger_event_kind_has_a_typed_event() -> None:
     """A watcher sees what each row is: no ledger kind streams as an untyped event."""
     from typing import get_args
 
-    from mlipilot.campaign.ledger import EventKind
+    from mlipilot.ledger import EventKind
     from mlipilot.rpc.orchestrator_client import describe_event
 
     detail = {"repeat_of": "it003", "side": "candidate", "seed": 2, "stage": "md"}

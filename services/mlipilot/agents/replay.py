@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlipilot.agents.base import AgentGaveUp, CampaignState, Proposal
-from mlipilot.campaign.ledger import read_events
 from mlipilot.errors import MlipilotError
+from mlipilot.ledger import read_events
 
 
 def _candidate_index(name: str) -> int:

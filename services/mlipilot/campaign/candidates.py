@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mlipilot.agents.base import Proposal
-from mlipilot.campaign.ledger import utc_now
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
+from mlipilot.ledger import utc_now
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorer, ScorerUnavailable

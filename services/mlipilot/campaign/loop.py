@@ -64,7 +64,6 @@ from mlipilot.campaign.decision import (
     repeat_seeds,
 )
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, check_chain, read_events
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
 from mlipilot.campaign.resume import PriorRun, read_prior_run
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
@@ -77,6 +76,8 @@ from mlipilot.config import Campaign
 from mlipilot.data.campaign_data import ensure_campaign_data
 from mlipilot.data.dataset import Dataset, file_sha256
 from mlipilot.errors import MlipilotError, format_validation_error
+from mlipilot.ledger import CampaignHistory, Ledger, LedgerEvent, check_chain, read_events
+from mlipilot.ledger.events import TrainingDetail
 from mlipilot.model_files import write_mace_file
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
@@ -746,7 +747,7 @@ def _tokens_spent(run: _Run) -> int:
     """LLM tokens the campaign's ``agent_call`` rows record (also those before a resume)."""
     if run.tokens_spent is None:
         rows = run.ledger.events("agent_call")
-        run.tokens_spent = sum(int((e.detail or {}).get("total_tokens", 0)) for e in rows)
+        run.tokens_spent = sum(CampaignHistory.of(rows).tokens())
     return run.tokens_spent
 
 
@@ -1173,7 +1174,7 @@ def _training_summary(run: _Run, candidate: str) -> TrainingSummary | None:
     if not rows:
         return None
     last = rows[-1]  # a training killed and run again: the last attempt counts
-    curve = (last.detail or {}).get("curve") or []
+    curve = last.details(TrainingDetail).curve
     return TrainingSummary.from_curve(
         last.status or "?", curve, float(last.duration_s or 0.0), cause=last.reason
     )

@@ -23,9 +23,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from mlipilot.agents.base import Proposal
-from mlipilot.campaign.ledger import LedgerEvent, ending
 from mlipilot.errors import MlipilotError
-from mlipilot.scoring.result import ConstraintOutcome, ScoreResult
+from mlipilot.ledger import CampaignHistory, LedgerEvent, score_result
+from mlipilot.ledger.events import ProposalDetail, TrainingDetail
+from mlipilot.scoring.result import ScoreResult
 
 # Training outcomes that are the candidate's own fault: recorded as its failure, not re-run.
 _FINAL_TRAINING = ("failed", "timeout")
@@ -67,42 +68,35 @@ class PriorRun:
 
 def read_prior_run(run_dir: Path, events: list[LedgerEvent]) -> PriorRun:
     """The recorded part of the campaign in ``run_dir``; refuses a finished campaign."""
-    end = ending(events)
+    history = CampaignHistory.of(events)
+    end = history.ending
     if end is not None and end.status == "finished":
         raise MlipilotError(f"{run_dir}: the campaign finished ({end.reason}); nothing to resume")
-    prior = PriorRun(started=next((e for e in events if e.event == "campaign_started"), None))
+    prior = PriorRun(started=history.started)
     by_iteration: dict[int, dict[int, Proposal]] = {}
-    trainings: dict[str, LedgerEvent] = {}
-    evaluations: dict[str, LedgerEvent] = {}
     for e in events:
         if e.event == "iteration_started" and e.iteration is not None:
             prior.iterations_started.add(e.iteration)
         elif e.event == "proposal" and e.candidate and e.iteration is not None:
             prior.proposed.add(e.candidate)
-            detail = e.detail or {}
-            diff = detail.get("diff")  # code mode
+            detail = e.details(ProposalDetail)
             proposal = Proposal(
                 hypothesis=e.hypothesis or "-",
-                patch=e.patch or ({} if diff else {"-": "-"}),  # the baseline's row has none
-                diff=diff,
+                patch=e.patch or ({} if detail.diff else {"-": "-"}),  # the baseline has none
+                diff=detail.diff,
             )
-            if detail.get("base_commit"):
-                prior.program_base[e.candidate] = detail["base_commit"]
+            if detail.base_commit:
+                prior.program_base[e.candidate] = detail.base_commit
             by_iteration.setdefault(e.iteration, {})[candidate_index(e.candidate)] = proposal
         elif e.event == "repeat" and e.candidate:
             prior.repeated.add(e.candidate)
-        elif e.event == "training" and e.candidate:
-            trainings[e.candidate] = e  # the last attempt counts
-            evaluations.pop(e.candidate, None)
-        elif e.event == "evaluation" and e.candidate:
-            evaluations[e.candidate] = e
         elif e.event == "decision" and e.candidate:
             prior.decided.add(e.candidate)
             if e.id is not None:
                 prior.decision_rows[e.candidate] = e.id
     prior.proposals = {it: [p for _, p in sorted(ps.items())] for it, ps in by_iteration.items()}
-    for name, training in trainings.items():
-        outcome = _known_outcome(training, evaluations.get(name))
+    for name, training in history.trainings.items():
+        outcome = _known_outcome(training, history.evaluations.get(name))
         if outcome is not None:
             prior.known[name] = outcome
     return prior
@@ -128,25 +122,7 @@ def _known_outcome(training: LedgerEvent, evaluation: LedgerEvent | None) -> Kno
 
 
 def _model_path(training: LedgerEvent) -> Path | None:
-    uri = (training.detail or {}).get("model")
+    uri = training.details(TrainingDetail).model
     if not uri:
         return None
     return Path(unquote(urlparse(uri).path))
-
-
-def score_result(evaluation: LedgerEvent) -> ScoreResult:
-    """The scorecard result an ``evaluation`` row records."""
-    detail = evaluation.detail or {}
-    return ScoreResult(
-        spec_name=detail.get("scorecard", ""),
-        spec_hash=evaluation.spec_hash or "",
-        test_hash=evaluation.test_hash or "",
-        metrics=evaluation.metrics or {},
-        constraints=[ConstraintOutcome.model_validate(c) for c in detail.get("constraints", [])],
-        feasible=bool(evaluation.feasible),
-        violation=evaluation.violation or 0.0,
-        composite=evaluation.composite or 0.0,
-        hardware=detail.get("hardware", {}),
-        timings_s=detail.get("timings_s", {}),
-        details={"md_replicas": detail.get("md_replicas", [])},
-    )

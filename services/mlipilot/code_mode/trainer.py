@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from mlipilot.campaign.candidates import CandidateJob, TrainedModel, TrainProgress
-from mlipilot.campaign.ledger import utc_now
 from mlipilot.campaign.stopping import StopRequest
 from mlipilot.code_mode.model_boundary import ModelBoundaryError, save_trusted_model
 from mlipilot.code_mode.program_files import TEMPLATE_KNOBS, program_knobs, recipe_job
 from mlipilot.code_mode.repo import ProgramRepo
 from mlipilot.code_mode.sandbox import PROGRAM, run_sandboxed
 from mlipilot.code_mode.sandbox_models import SandboxLimits
+from mlipilot.ledger import utc_now
 from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.recipe import Recipe
 from mlipilot.training.trainer import (

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlipilot.campaign.ledger import LedgerEvent
 from mlipilot.campaign.reporting import table_metrics
-from mlipilot.report.ledger_view import RunView, candidate_of
+from mlipilot.ledger import LedgerEvent, candidate_of
+from mlipilot.ledger.events import AgentCallDetail, DecisionDetail, EvaluationDetail
+from mlipilot.ledger.history import token_totals, tokens_by_candidate
+from mlipilot.report.ledger_view import RunView
 
 DECISION_COLORS = {
     "ACCEPT": "#2ca02c",
@@ -283,9 +285,9 @@ class MDFigure:
 
 
 def _replicas(evaluation: LedgerEvent | None) -> list[dict[str, Any]]:
-    if evaluation is None or not evaluation.detail:
+    if evaluation is None:
         return []
-    return list(evaluation.detail.get("md_replicas") or [])
+    return list(evaluation.details(EvaluationDetail).md_replicas)
 
 
 def read_trace(path: Path) -> dict[str, list[float]]:
@@ -467,33 +469,15 @@ def iteration_table(view: RunView) -> list[TableRow]:
 # --- LLM tokens: what the agent cost, against the score it reached -------------------------
 
 
-def _count(value: Any) -> int:
-    """A token count from a row's detail; anything unreadable counts as none spent."""
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
-
-
 def call_tokens(call: LedgerEvent) -> tuple[int, int]:
-    """(prompt, completion) tokens of one ``agent_call`` row."""
-    detail = call.detail or {}
-    return _count(detail.get("prompt_tokens")), _count(detail.get("completion_tokens"))
-
-
-def token_totals(calls: list[LedgerEvent]) -> tuple[int, int]:
-    """(prompt, completion) tokens of these ``agent_call`` rows together."""
-    pairs = [call_tokens(c) for c in calls]
-    return sum(p for p, _ in pairs), sum(c for _, c in pairs)
+    """(prompt, completion) tokens of one ``agent_call`` row (unreadable counts: none)."""
+    detail = call.details(AgentCallDetail)
+    return detail.prompt_tokens, detail.completion_tokens
 
 
 def candidate_tokens(view: RunView) -> dict[str, int]:
     """Tokens spent on each candidate's proposal (all its conversations, failed ones too)."""
-    spent: dict[str, int] = {}
-    for call in view.agent_calls:
-        name = candidate_of(call)
-        spent[name] = spent.get(name, 0) + sum(call_tokens(call))
-    return spent
+    return tokens_by_candidate(view.agent_calls)
 
 
 @dataclass(frozen=True)
@@ -668,7 +652,7 @@ def _seed_scores(node: Any) -> SeedScores | None:
 def noise_check(decision: LedgerEvent) -> NoiseCheck | None:
     """The decision's noise check, or None: most ledgers have none, and a malformed one is
     shown as absent rather than breaking the report."""
-    node = (decision.detail or {}).get("noise")
+    node = decision.details(DecisionDetail).noise
     if not isinstance(node, dict):
         return None
     incumbent, candidate = _seed_scores(node.get("incumbent")), _seed_scores(node.get("candidate"))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from mlipilot.ledger.events import ValidationDetail
 from mlipilot.report.data import (
     Header,
     NoiseCheck,
@@ -216,13 +217,12 @@ def _validation(section: ValidationSection) -> str:
             "(<code>validation.suite</code>).</p>"
         )
     for v in section.validated:
-        detail = v.detail or {}
         link = f"candidates/{v.candidate}/validation.html"
         parts.append(
             f"<h3>{escape(v.candidate or '')}: {escape(v.status or '')}</h3>"
             f"<p>{escape(v.reason or '')} (<a href='{escape(link)}'>its validation page</a>)</p>"
         )
-        checks = detail.get("checks") or []
+        checks = v.details(ValidationDetail).checks
         if checks:
             rows = "".join(
                 f"<tr><td>{escape(str(c.get('metric')))}</td><td>{fmt(c.get('value'), 4)}</td>"

@@ -9,22 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, check_chain, ending
 from mlipilot.errors import MlipilotError
+from mlipilot.ledger import CampaignHistory, Ledger, LedgerEvent, check_chain
+from mlipilot.ledger.events import ProposalDetail
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
 
 BASELINE_CANDIDATE = "it000"
-
-
-def candidate_of(event: LedgerEvent) -> str:
-    """The candidate a row belongs to: ``it003``, or ``it003-2`` with several per iteration.
-
-    Rows written before candidates were named fall back to ``it{iteration:03d}``.
-    """
-    if event.candidate:
-        return event.candidate
-    return f"it{event.iteration or 0:03d}"
 
 
 @dataclass(frozen=True)
@@ -42,6 +33,7 @@ class RunView:
     agent_calls: list[LedgerEvent] = field(default_factory=list)
     # Models checked on physics the scorecard never sees (campaign/validation_stage.py).
     validations: list[LedgerEvent] = field(default_factory=list)
+    history: CampaignHistory | None = None  # every row, grouped (ledger/history.py)
 
     @property
     def baseline(self) -> Recipe:
@@ -61,8 +53,8 @@ class RunView:
         """The candidate folder that holds this candidate's model and MD traces: a duplicate
         proposal was answered from an earlier training and has none of its own."""
         proposal = self.proposals.get(candidate)
-        if proposal is not None and proposal.status == "duplicate" and proposal.detail:
-            return str(proposal.detail.get("duplicate_of") or candidate)
+        if proposal is not None and proposal.status == "duplicate":
+            return proposal.details(ProposalDetail).duplicate_of or candidate
         return candidate
 
     def evaluation_of(self, candidate: str) -> LedgerEvent | None:
@@ -71,12 +63,7 @@ class RunView:
 
     def campaign_setting(self, *keys: str) -> Any:
         """A value from the campaign as recorded at the start, e.g. ``("budget", "epochs")``."""
-        node: Any = (self.started.detail or {}).get("campaign") if self.started else None
-        for key in keys:
-            if not isinstance(node, dict):
-                return None
-            node = node.get(key)
-        return node
+        return self.history.setting(*keys) if self.history is not None else None
 
 
 def load_run(run_dir: Path) -> RunView:
@@ -93,33 +80,19 @@ def load_run(run_dir: Path) -> RunView:
         raise MlipilotError(f"{run_dir}: no scorecard.yaml there (the scorecard as run)")
     spec, spec_hash = load_spec(spec_path)
     with Ledger(ledger_path) as ledger:
-        events = ledger.events()
-    decisions = [e for e in events if e.event == "decision" and e.iteration is not None]
-    if not decisions:
+        history = CampaignHistory.of(ledger.events())
+    if not history.decisions:
         raise MlipilotError(f"{run_dir}: ledger.sqlite has no decisions yet, nothing to report")
-    started = next((e for e in events if e.event == "campaign_started"), None)
-    finished = ending(events)
-    proposals = {
-        candidate_of(e): e
-        for e in events
-        if e.event == "proposal" and (e.candidate or e.iteration is not None)
-    }
-    evaluations = {
-        candidate_of(e): e
-        for e in events
-        if e.event == "evaluation"
-        and (e.candidate or e.iteration is not None)
-        and e.metrics is not None
-    }
     return RunView(
         run_dir=run_dir,
         spec=spec,
         spec_hash=spec_hash,
-        started=started,
-        finished=finished,
-        decisions=decisions,
-        proposals=proposals,
-        evaluations=evaluations,
-        agent_calls=[e for e in events if e.event == "agent_call"],
-        validations=[e for e in events if e.event == "validation"],
+        started=history.started,
+        finished=history.ending,
+        decisions=history.decisions,
+        proposals=history.proposals,
+        evaluations=history.scored(),
+        agent_calls=history.agent_calls,
+        validations=history.validations,
+        history=history,
     )

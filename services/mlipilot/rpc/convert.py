@@ -14,7 +14,16 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from mlipilot.campaign.ledger import LedgerEvent
+from mlipilot.ledger import LedgerEvent, score_result
+from mlipilot.ledger.events import (
+    AgentCallDetail,
+    IterationDetail,
+    ProgressDetail,
+    RepeatDetail,
+    ResumedDetail,
+    TrainingDetail,
+    ValidationDetail,
+)
 from mlipilot.scoring.result import ConstraintOutcome, ScoreResult
 from mlipilot.v1 import common_pb2, orchestrator_pb2
 
@@ -160,7 +169,6 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
         msg.time.CopyFrom(ts)
     if e.iteration is not None:
         msg.iteration = e.iteration
-    detail = e.detail or {}
     if e.event == "campaign_started":
         msg.campaign_started.CopyFrom(
             orchestrator_pb2.CampaignStarted(
@@ -172,16 +180,17 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
             )
         )
     elif e.event == "campaign_resumed":
+        resumed = e.details(ResumedDetail)
         msg.campaign_resumed.CopyFrom(
             orchestrator_pb2.CampaignResumed(
                 agent=e.agent or "",
-                decided=[str(c) for c in detail.get("decided", [])],
-                train_again=[str(c) for c in detail.get("train_again", [])],
+                decided=resumed.decided,
+                train_again=resumed.train_again,
                 reason=e.reason or "",
             )
         )
     elif e.event == "iteration_started":
-        msg.iteration_started.iterations_budget = int(detail.get("iterations_budget", 0))
+        msg.iteration_started.iterations_budget = e.details(IterationDetail).iterations_budget
     elif e.event == "proposal":
         msg.proposal.CopyFrom(
             orchestrator_pb2.ProposalMade(
@@ -202,52 +211,38 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
             )
         )
     elif e.event == "agent_call":
+        call = e.details(AgentCallDetail)
         msg.agent_call.CopyFrom(
             orchestrator_pb2.AgentCall(
                 agent=e.agent or "",
-                model=str(detail.get("model", "")),
+                model=call.model,
                 status=e.status or "",
-                prompt_tokens=int(detail.get("prompt_tokens", 0)),
-                completion_tokens=int(detail.get("completion_tokens", 0)),
-                requests=int(detail.get("requests", 0)),
-                messages=len(detail.get("transcript") or []),
+                prompt_tokens=call.prompt_tokens,
+                completion_tokens=call.completion_tokens,
+                requests=call.requests,
+                messages=len(call.transcript),
                 duration_seconds=e.duration_s or 0.0,
                 reason=e.reason or "",
             )
         )
     elif e.event == "repeat":
+        repeat = e.details(RepeatDetail)
         msg.seed_repeat.CopyFrom(
             orchestrator_pb2.SeedRepeat(
-                repeat_of=str(detail.get("repeat_of", "")),
-                side=str(detail.get("side", "")),
-                seed=int(detail.get("seed", 0)),
-            )
-        )
-    elif e.event == "progress" and detail.get("stage") == "train":
-        msg.training_progress.CopyFrom(
-            orchestrator_pb2.TrainingProgress(
-                epoch=int(detail.get("done", 0)),
-                epochs_budget=int(detail.get("total", 0)),
-                loss=float(detail.get("loss", math.nan)),
-                validation=detail.get("valid") or {},
+                repeat_of=repeat.repeat_of, side=repeat.side, seed=repeat.seed
             )
         )
     elif e.event == "progress":
-        msg.scorecard_progress.CopyFrom(
-            orchestrator_pb2.ScorecardProgress(
-                stage=str(detail.get("stage", e.status or "")),
-                done=int(detail.get("done", 0)),
-                total=int(detail.get("total", 0)),
-            )
-        )
+        _progress(msg, e)
     elif e.event == "training":
+        training = e.details(TrainingDetail)
         msg.training_finished.CopyFrom(
             orchestrator_pb2.TrainingFinished(
                 status=_enum(_TRAINING, "TRAINING_STATUS", e.status),
                 cause=e.reason or "",
                 duration_seconds=e.duration_s or 0.0,
-                model_uri=detail.get("model") or "",
-                log_uri=detail.get("log") or "",
+                model_uri=training.model or "",
+                log_uri=training.log or "",
             )
         )
     elif e.event == "evaluation":
@@ -265,16 +260,17 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
         )
         _set_optional(msg.decision, e)
     elif e.event == "validation":
+        validation = e.details(ValidationDetail)
         msg.validation.CopyFrom(
             orchestrator_pb2.ValidationFinished(
                 status=e.status or "",
                 reason=e.reason or "",
-                suite=str(detail.get("suite", "")),
-                suite_sha256=str(detail.get("sha256", "")),
-                passed=int(detail.get("passed", 0)),
-                total=int(detail.get("total", 0)),
-                failed=[str(m) for m in detail.get("failed", [])],
-                result_uri=str(detail.get("result", "")),
+                suite=validation.suite,
+                suite_sha256=validation.sha256,
+                passed=validation.passed,
+                total=validation.total,
+                failed=validation.failed,
+                result_uri=validation.result,
             )
         )
     elif e.event == "campaign_finished":
@@ -290,6 +286,27 @@ def event_to_proto(e: LedgerEvent, campaign_id: str) -> orchestrator_pb2.Campaig
         if e.composite is not None:
             msg.campaign_finished.composite = e.composite
     return msg
+
+
+def _progress(msg: orchestrator_pb2.CampaignEvent, e: LedgerEvent) -> None:
+    progress = e.details(ProgressDetail)
+    if progress.stage == "train":
+        msg.training_progress.CopyFrom(
+            orchestrator_pb2.TrainingProgress(
+                epoch=progress.done,
+                epochs_budget=progress.total,
+                loss=math.nan if progress.loss is None else progress.loss,
+                validation=progress.valid or {},
+            )
+        )
+    else:
+        msg.scorecard_progress.CopyFrom(
+            orchestrator_pb2.ScorecardProgress(
+                stage=progress.stage or e.status or "",
+                done=progress.done,
+                total=progress.total,
+            )
+        )
 
 
 def _set_optional(msg: orchestrator_pb2.DecisionMade, e: LedgerEvent) -> None:
@@ -308,23 +325,5 @@ def _evaluation(e: LedgerEvent) -> orchestrator_pb2.EvaluationFinished:
         duration_seconds=e.duration_s or 0.0,
     )
     if e.metrics is not None:  # a failed evaluation has no result
-        detail = e.detail or {}
-        out.result.CopyFrom(
-            common_pb2.ScoreResult(
-                scorecard=detail.get("scorecard", ""),
-                details=struct({"md_replicas": detail.get("md_replicas", [])}),
-                scorecard_sha256=e.spec_hash or "",
-                test_set_sha256=e.test_hash or "",
-                metrics=e.metrics,
-                feasible=bool(e.feasible),
-                total_violation=e.violation or 0.0,
-                composite=e.composite or 0.0,
-                hardware={k: str(v) for k, v in (detail.get("hardware") or {}).items()},
-                stage_seconds=detail.get("timings_s") or {},
-                constraints=[
-                    _constraint_to_proto(ConstraintOutcome.model_validate(c))
-                    for c in detail.get("constraints", [])
-                ],
-            )
-        )
+        out.result.CopyFrom(score_result_to_proto(score_result(e)))
     return out

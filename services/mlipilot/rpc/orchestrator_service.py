@@ -29,7 +29,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.ledger import Ledger, LedgerEvent, ending, read_events
 from mlipilot.campaign.loop import (
     ScorerFactory,
     create_run,
@@ -41,6 +40,7 @@ from mlipilot.campaign.reporting import IterationRow, NullReporter
 from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import Campaign, parse_campaign_text
 from mlipilot.errors import MlipilotError, clipped, shown
+from mlipilot.ledger import CampaignHistory, Ledger, LedgerEvent, ending, read_events
 from mlipilot.rpc.campaign_policy import CampaignDenied, CampaignPolicy
 from mlipilot.rpc.convert import STATUS_BY_NAME, event_to_proto, timestamp
 from mlipilot.rpc.metrics import ACTIVE_CAMPAIGNS, CAMPAIGNS, DECISIONS, ITERATIONS
@@ -332,16 +332,15 @@ def summarize(
 ) -> orchestrator_pb2.Campaign:
     """A campaign's state as its ledger tells it."""
     msg = orchestrator_pb2.Campaign(id=campaign_id, name=campaign_id, run_uri=run_dir.as_uri())
-    started = next((e for e in events if e.event == "campaign_started"), None)
-    finished = ending(events)
+    history = CampaignHistory.of(events)
+    started, finished = history.started, history.ending
     if events:
         msg.last_sequence = events[-1].id or 0
         msg.created_time.CopyFrom(timestamp(events[0].ts))
     if started is not None:
-        config = (started.detail or {}).get("campaign", {})
-        msg.name = config.get("name", campaign_id)
+        msg.name = str(history.setting("name") or campaign_id)
         msg.agent = started.agent or ""
-        msg.iterations_budget = int(config.get("budget", {}).get("iterations", 0))
+        msg.iterations_budget = int(history.setting("budget", "iterations") or 0)
     decisions = [e for e in events if e.event == "decision"]
     msg.iterations_decided = len(decisions)
     # The baseline is the first incumbent; each accepted candidate replaces it.

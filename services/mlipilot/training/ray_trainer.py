@@ -24,11 +24,11 @@ from ray.exceptions import RayError
 from ray.util.queue import Empty, Queue
 
 from mlipilot.campaign.candidates import CandidateJob, TrainedModel, TrainProgress
-from mlipilot.campaign.ledger import utc_now
 from mlipilot.code_mode.repo import ProgramRepo
 from mlipilot.code_mode.sandbox_models import SandboxLimits
 from mlipilot.code_mode.trainer import program_job, sandbox_limits, train_program
 from mlipilot.config import RayResources
+from mlipilot.ledger import utc_now
 from mlipilot.ray_runtime import NAMESPACE
 from mlipilot.recipe import Recipe
 from mlipilot.training.trainer import EpochRecord, TrainingBudget, TrainingOutcome, train_recipe

@@ -29,29 +29,11 @@ import math
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from mlipilot.errors import MlipilotError
-
-EventKind = Literal[
-    "campaign_started",
-    "campaign_resumed",  # a later process took over an unfinished campaign (--resume, restart)
-    "iteration_started",
-    "proposal",
-    "repeat",  # noise-aware acceptance: a recipe trained again with another seed (detail)
-    "agent_failure",
-    "agent_call",  # one conversation with an LLM agent: its messages and tokens (detail)
-    "progress",  # training epochs and scorecard stages, so a watcher sees work in flight
-    "training",
-    "evaluation",
-    "decision",
-    "validation",  # the best (or an accepted) model checked on physics the scorecard never sees
-    "campaign_finished",
-]
+from mlipilot.ledger.events import EventKind, LedgerEvent
 
 _JSON_COLUMNS = ("patch", "recipe", "metrics", "detail")
 _REAL_COLUMNS = ("violation", "composite", "duration_s")
@@ -100,38 +82,6 @@ END;
 """
 # An INSERT without an id is refused too (SQLite shows it to the trigger as NULL or -1): every
 # row the writer adds names its id, which its hash covers.
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-class LedgerEvent(BaseModel):
-    id: int | None = None
-    ts: str = Field(default_factory=utc_now)
-    campaign: str
-    iteration: int | None = None
-    candidate: str | None = None
-    event: EventKind
-    agent: str | None = None
-    hypothesis: str | None = None
-    patch: dict[str, Any] | None = None
-    recipe: dict[str, Any] | None = None
-    recipe_hash: str | None = None
-    status: str | None = None
-    metrics: dict[str, float] | None = None
-    feasible: bool | None = None
-    violation: float | None = None
-    composite: float | None = None
-    decision: str | None = None
-    reason: str | None = None
-    spec_hash: str | None = None
-    train_hash: str | None = None
-    test_hash: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    duration_s: float | None = None
-    detail: dict[str, Any] | None = None
 
 
 def row_hash(row: Mapping[str, Any]) -> str:
@@ -263,7 +213,7 @@ class Ledger:
                 changed = sorted(c for c in written if back.get(c) != written[c])
                 raise RuntimeError(
                     f"{self.path}: row {written['id']} reads back differently in {changed} "
-                    "than it was hashed; a bug in mlipilot.campaign.ledger._storable"
+                    "than it was hashed; a bug in mlipilot.ledger.store._storable"
                 )
 
     def events(
@@ -447,17 +397,6 @@ def _problem(
         if previous is None:
             return "its prev_hash is not the chain's start (GENESIS), yet it is the first row"
         return f"its prev_hash does not match the row_hash of row {previous} before it"
-    return None
-
-
-def ending(events: list[LedgerEvent]) -> LedgerEvent | None:
-    """How the campaign's latest run ended: its last ``campaign_finished`` row, unless a
-    ``campaign_resumed`` row came after it (then it is running again, or was killed)."""
-    for event in reversed(events):
-        if event.event == "campaign_finished":
-            return event
-        if event.event == "campaign_resumed":
-            return None
     return None
 
 
