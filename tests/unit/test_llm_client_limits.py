@@ -131,7 +131,9 @@ def test_a_huge_error_body_is_read_only_as_far_as_it_is_quoted() -> None:
     assert isinstance(raised, LlmServerError), raised
     assert "no answer after 1 attempts; last: HTTP 500: EEE" in str(raised)
     assert len(str(raised)) < 1000
-    assert peak < 256 * 1024, peak  # the old client read all 4 MiB of it
+    # At most a network read or two (httpcore reads 64 KiB at a time and its buffers hold a
+    # read a few times over), never the 4 MiB: the first client read all of it.
+    assert peak < 512 * 1024, peak
 
 
 def test_json_nested_past_the_recursion_limit_is_a_clear_error() -> None:
