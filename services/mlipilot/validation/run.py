@@ -95,13 +95,21 @@ def _run_group(
 ) -> GroupRun:
     """One group for one calculator; exceptions become the group's error."""
     func, at_a0 = RUNNERS[name]
-    start = time.perf_counter()
-    try:
+
+    def compute() -> Measured:
         if at_a0 and a0 is None:
             raise ValueError(f"no equilibrium lattice constant: {why_not}")
         a = a0 if at_a0 else suite.lattice_a_A
-        measured = func(factory, suite.element, a, getattr(suite, name))
-        error = None
+        return func(factory, suite.element, a, getattr(suite, name))
+
+    return _timed(compute)
+
+
+def _timed(compute: Callable[[], Measured]) -> GroupRun:
+    """A group's computation, timed; an exception becomes the group's error."""
+    start = time.perf_counter()
+    try:
+        measured, error = compute(), None
     except Exception as exc:  # a broken model may fail anywhere; the report goes on
         measured, error = Measured(), f"{type(exc).__name__}: {exc}"
     return GroupRun(
@@ -169,18 +177,7 @@ def _run_molecule_group(
     group: Any,
     reference: GroupRun | None,
 ) -> GroupRun:
-    start = time.perf_counter()
-    try:
-        measured, error = MOLECULE_RUNNERS[name](factory, held_out, group, reference), None
-    except Exception as exc:  # a broken model may fail anywhere; the report goes on
-        measured, error = Measured(), f"{type(exc).__name__}: {exc}"
-    return GroupRun(
-        values=measured.values,
-        curves=measured.curves,
-        notes=measured.notes,
-        error=error,
-        wall_s=time.perf_counter() - start,
-    )
+    return _timed(lambda: MOLECULE_RUNNERS[name](factory, held_out, group, reference))
 
 
 def _check(metric: str, group: str, check: Check, model: GroupRun, ref: GroupRun) -> CheckResult:
