@@ -1,8 +1,9 @@
 """A real Qwen conversation, replayed: the agent meets real model output without the model.
 
-``tests/data/qwen2.5-coder-1.5b-tiny.jsonl`` was recorded once from Qwen2.5-Coder-1.5B-Instruct
+``tests/data/qwen2.5-coder-1.5b-tiny.jsonl`` was recorded from Qwen2.5-Coder-1.5B-Instruct
 served by llama.cpp (`make llm-local`), through tests/llm_recording.py's proxy, while the model
-drove this very campaign (the tiny Cu campaign, 4 iterations, agent seed 0). Here the scripted
+drove this very campaign (the tiny Cu campaign, 4 iterations, agent seed 0), again whenever
+the agent's prompts change (last: the refusals naming untried levers). Here the scripted
 server answers each call with the recorded completion: the model's own text, tool calls as
 the real server parsed them (or did not), token counts and finish reasons. The training,
 MD and scoring are real and run again.
@@ -120,3 +121,6 @@ def test_the_ledger_counts_the_servers_tokens(replayed) -> None:
     # The text as the model wrote it stays in the transcript beside the call taken from it.
     texts = [m.get("text") for c in calls for m in c.detail["transcript"] if m.get("text")]
     assert any("```" in t or '"name"' in t for t in texts)
+    # Live, the model sent a refused patch again: the earlier copy left its context (the
+    # replay sends as many messages as live, so this is pinned), the ledger keeps it.
+    assert any(m.get("hidden") for c in calls for m in c.detail["transcript"])

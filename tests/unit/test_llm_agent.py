@@ -259,13 +259,28 @@ def test_a_refused_call_sent_again_is_named_and_warms_the_sampling() -> None:
         calls(tool_call("propose", GOOD, "c4")),
     ]
     with serve([MODEL], script) as server:
-        agent_for(server.url, temperature=0.7, max_tool_errors=5).propose(campaign_state())
+        proposal = agent_for(server.url, temperature=0.7, max_tool_errors=5).propose(
+            campaign_state()
+        )
     answers = [r["messages"][-1]["content"] for r in server.requests[1:]]
     assert answers[0].startswith("error: proposal refused: the patch changes nothing")
     for again in answers[1:]:
         assert again.startswith("error: you sent this same call before and it was refused")
         assert "proposal refused: the patch changes nothing" in again
     assert [r["temperature"] for r in server.requests] == pytest.approx([0.7, 0.7, 1.0, 1.3])
+    # Each refusal names untried levers with their ranges; a repeat adds others each time.
+    assert "untried, for example: e0s in [" in answers[0] and "scaling in [" in answers[0]
+    first, second = (a.partition("Also untried, for example: ")[2] for a in answers[1:])
+    assert first and second and first.split(" ")[0] != second.split(" ")[0]
+    assert first.split(" ")[0] not in answers[0].partition("for example: ")[2]
+    # One copy of the refused call in the context at a time: the model saw its patch once in
+    # each request, while the ledger keeps every copy, marked.
+    for request in server.requests[1:]:
+        sent = [m for m in request["messages"] if m["role"] == "assistant"]
+        assert len(sent) == 1, sent
+    transcript = proposal.cost.transcript
+    assert sum(1 for m in transcript if m["role"] == "assistant") == 4
+    assert sum(1 for m in transcript if m.get("hidden")) == 4  # two exchanges left out
 
 
 def test_warming_stops_at_its_cap_and_never_cools_a_hot_setting() -> None:

@@ -35,6 +35,7 @@ from mlipilot.agents.llm.tools import (
     ToolAnswer,
     call_tool,
     check_proposal,
+    levers_text,
     proposal_json_schema,
     tools_for,
 )
@@ -126,7 +127,8 @@ class _Conversation:
     completion_tokens: int = 0
     errors: int = 0
     started: float = field(default_factory=time.monotonic)
-    refused: set[str] = field(default_factory=set)  # calls answered with an error, as keys
+    # calls answered with an error, as keys, with the first exchange that sent each
+    refused: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     repeats: int = 0  # calls that repeated a refused one: each warms the sampling up
 
     def cost(self) -> AgentCost:
@@ -202,36 +204,53 @@ class LlmAgent:
                 conv.messages.append(assistant)
                 self._refuse(conv, {"role": "user", "content": NO_CALL})
                 continue
-            conv.messages.append({**assistant, "tool_calls": calls})
+            turn = {**assistant, "tool_calls": calls}
+            conv.messages.append(turn)
             for call in calls:
                 fn = call["function"]
                 answer = call_tool(state, fn["name"], fn["arguments"])
+                reply = {
+                    "role": "tool",
+                    "tool_call_id": call["id"],
+                    "name": fn["name"],
+                    "content": answer.content,
+                }
                 if answer.error:
-                    answer = self._unless_repeated(conv, fn, answer)
-                conv.messages.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": call["id"],
-                        "name": fn["name"],
-                        "content": answer.content,
-                    }
-                )
+                    answer = self._unless_repeated(conv, state, fn, answer, [turn, reply])
+                    reply["content"] = answer.content
+                conv.messages.append(reply)
                 if answer.proposal is not None:
                     return answer.proposal
                 if answer.error:
                     self._count_error(conv, answer.content)
         raise self._failed(conv, f"no valid proposal in {self.settings.max_turns} turns")
 
-    def _unless_repeated(self, conv: _Conversation, fn: dict[str, Any], answer: Any) -> Any:
-        """A refused call sent again: said so, and the next calls sample warmer. Seen with
-        Qwen2.5-Coder-1.5B: at its temperature it sent one refused patch three times over."""
+    def _unless_repeated(
+        self,
+        conv: _Conversation,
+        state: CampaignState,
+        fn: dict[str, Any],
+        answer: Any,
+        exchange: list[dict[str, Any]],
+    ) -> Any:
+        """A refused call sent again: said so, with levers not pulled yet and their ranges,
+        the next calls sample warmer, and the earlier copy of the exchange leaves the context
+        (the ledger keeps it). Seen with Qwen2.5-Coder-1.5B: it sent one refused patch three
+        times over, each copy in its context making the next more likely, at 9k tokens."""
         key = f"{fn['name']}\n{_canonical(fn['name'], fn['arguments'])}"
-        if key not in conv.refused:
-            conv.refused.add(key)
+        earlier = conv.refused.get(key)
+        conv.refused[key] = exchange if len(exchange[0]["tool_calls"]) == 1 else []
+        if earlier is None:
             return answer
+        for message in earlier:  # one copy of a refused call is enough for the model
+            message["hidden"] = True
         conv.repeats += 1
         again = "error: you sent this same call before and it was refused; change it. "
-        return replace(answer, content=again + answer.content.removeprefix("error: "))
+        return replace(
+            answer,
+            content=f"{again}{answer.content.removeprefix('error: ')}. Also "
+            + levers_text(state, conv.repeats),
+        )
 
     def _tool_choice(self) -> Any:
         if self.settings.tool_choice == "propose":
@@ -306,7 +325,7 @@ class LlmAgent:
                 conv, f"token limit of {s.max_tokens_per_iteration} per iteration reached ({spent})"
             )
         payload: dict[str, Any] = {
-            "messages": [_wire(m) for m in conv.messages],
+            "messages": [_wire(m) for m in conv.messages if not m.get("hidden")],
             "temperature": _warmed(s.temperature, conv.repeats),
             "max_tokens": min(s.max_completion_tokens, s.max_tokens_per_iteration - spent),
             **extra,

@@ -26,7 +26,7 @@ from mlipilot.code_mode.program_files import (
 )
 from mlipilot.code_mode.repo import apply_to_files
 from mlipilot.errors import clipped
-from mlipilot.recipe import Recipe, RecipeError
+from mlipilot.recipe import Recipe, RecipeError, allowed_range
 from mlipilot.training.mace_args import batch_fits
 
 PROPOSE = "propose"
@@ -204,9 +204,26 @@ def _read_program(state: CampaignState, path: Any) -> ToolAnswer:
     return ToolAnswer(program[path])
 
 
+LEVERS_SHOWN = 3  # untried keys a refusal spells out with their ranges
+
+
+def levers_text(state: CampaignState, turn: int = 0) -> str:
+    """``LEVERS_SHOWN`` keys no candidate has changed yet, with what each may be: concrete
+    moves for a model that copies a row of the history (Qwen2.5-Coder-1.5B did, iteration
+    after iteration). ``turn`` rotates the choice, so a model refused again sees others."""
+    keys = state_view.untouched_keys(state)
+    if not keys:
+        return ""
+    start = turn * LEVERS_SHOWN % len(keys)
+    shown = (keys[start:] + keys[:start])[:LEVERS_SHOWN]
+    return "untried, for example: " + "; ".join(allowed_range(k) for k in shown)
+
+
 def _untouched_hint(state: CampaignState) -> str:
     keys = state_view.untouched_keys(state)
-    return "keys no candidate has changed yet: " + ", ".join(keys) if keys else "see get_history"
+    if not keys:
+        return "see get_history"
+    return "keys no candidate has changed yet: " + ", ".join(keys) + ". " + levers_text(state)
 
 
 def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
