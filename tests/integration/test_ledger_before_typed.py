@@ -12,6 +12,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from mlipilot.campaign.resume import read_prior_run
 from mlipilot.ledger import CampaignHistory, Ledger, check_chain, read_events, score_result
 from mlipilot.ledger.events import EvaluationDetail, TrainingDetail, ValidationDetail
@@ -82,3 +84,17 @@ def test_an_unfinished_prefix_of_it_resumes(tmp_path: Path) -> None:
     assert prior.proposals[2][0].hypothesis == recorded["it002"].hypothesis
     assert prior.decided == {"it000", "it001", "it002"}
     assert "it003" in prior.in_flight  # trained, never scored: trained again
+
+
+def test_validate_finds_a_run_folders_incumbent_through_its_ledger(tmp_path: Path) -> None:
+    from mlipilot.errors import MlipilotError
+    from mlipilot.validation.command import resolve_model
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    with pytest.raises(MlipilotError, match=r"the incumbent is it005, but .* is not there"):
+        resolve_model(run)
+    package = run / "candidates" / "it005" / "model-package.pt"
+    package.parent.mkdir(parents=True)
+    package.write_bytes(b"a package")
+    assert resolve_model(run) == package

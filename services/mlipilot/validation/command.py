@@ -17,19 +17,31 @@ from mlipilot.validation.suite import find_suite, load_suite, suite_elements
 
 
 def resolve_model(model: Path) -> Path:
-    """A model package file, or a candidate folder holding one."""
+    """A model package file, a candidate folder holding one, or a run folder: its final
+    incumbent's package, as its ledger says."""
     if model.is_dir():
         if (model / PACKAGE_NAME).is_file():
             return model / PACKAGE_NAME
         if (model / "ledger.sqlite").exists():
-            raise MlipilotError(
-                f"{model}: a run folder; give its incumbent's package, "
-                f"{model}/candidates/<name>/{PACKAGE_NAME} (the incumbent is not looked up yet)"
-            )
+            return _incumbent_package(model)
         raise MlipilotError(f"{model}: no {PACKAGE_NAME} in this folder")
     if not model.is_file():
         raise MlipilotError(f"{model}: no such model package")
     return model
+
+
+def _incumbent_package(run: Path) -> Path:
+    from mlipilot.report.data import header
+    from mlipilot.report.ledger_view import load_run
+
+    view = load_run(run)  # checks the ledger's hash chain too
+    best = header(view).best_candidate
+    if best is None:
+        raise MlipilotError(f"{run}: the ledger names no incumbent yet (no scored candidate)")
+    package = run / "candidates" / view.trained_candidate(best) / PACKAGE_NAME
+    if not package.is_file():
+        raise MlipilotError(f"{run}: the incumbent is {best}, but {package} is not there")
+    return package
 
 
 def checks_table(result: ValidationResult) -> Table:
