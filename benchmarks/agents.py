@@ -37,8 +37,9 @@ import yaml
 
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign
-from mlipilot.ledger import CampaignHistory, LedgerEvent, read_events
+from mlipilot.ledger import LedgerEvent, read_events
 from mlipilot.ledger.events import AgentCallDetail
+from mlipilot.ledger.history import token_totals
 from mlipilot.report.compare import build_comparison
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def run_stats(agent: str, seed: int, run_dir: Path, wall_s: float) -> RunStats:
         composite=min(feasible_composites) if feasible_composites else None,
         accepts=sum(1 for d in decisions if d.decision == "ACCEPT"),
         iterations=max((e.iteration or 0 for e in events), default=0),
-        tokens=sum(CampaignHistory.of(events).tokens()),
+        tokens=sum(token_totals(calls)),
         answers=answers,
         bad_answers=sum(_bad_answers(c) for c in calls),
         agent_s=sum(c.details(AgentCallDetail).duration_s for c in calls),

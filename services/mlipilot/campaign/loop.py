@@ -76,8 +76,9 @@ from mlipilot.config import Campaign
 from mlipilot.data.campaign_data import ensure_campaign_data
 from mlipilot.data.dataset import Dataset, file_sha256
 from mlipilot.errors import MlipilotError, format_validation_error
-from mlipilot.ledger import CampaignHistory, Ledger, LedgerEvent, check_chain, read_events
+from mlipilot.ledger import Ledger, LedgerEvent, check_chain, read_events
 from mlipilot.ledger.events import TrainingDetail
+from mlipilot.ledger.history import token_totals
 from mlipilot.model_files import write_mace_file
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
@@ -747,7 +748,7 @@ def _tokens_spent(run: _Run) -> int:
     """LLM tokens the campaign's ``agent_call`` rows record (also those before a resume)."""
     if run.tokens_spent is None:
         rows = run.ledger.events("agent_call")
-        run.tokens_spent = sum(CampaignHistory.of(rows).tokens())
+        run.tokens_spent = sum(token_totals(rows))
     return run.tokens_spent
 
 
