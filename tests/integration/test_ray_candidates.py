@@ -20,9 +20,9 @@ import yaml
 from tiny_campaign import write_tiny_campaign
 
 from mlipilot.campaign.loop import create_run, run_campaign, run_in_layout
-from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import load_campaign
 from mlipilot.ledger import LedgerEvent, read_events
+from mlipilot.stopping import CampaignStopped, StopRequest
 
 pytestmark = pytest.mark.slow
 

@@ -32,13 +32,13 @@ from service_stack import (
 )
 
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.stopping import StopRequest
 from mlipilot.data.dataset import Dataset, ensure_cu_emt
 from mlipilot.ledger import Ledger
 from mlipilot.model_files import write_package
 from mlipilot.rpc.orchestrator_service import OrchestratorServicer, _Live
 from mlipilot.rpc.scorecard_service import ScorecardServicer
 from mlipilot.rpc.serving import ServerOptions
+from mlipilot.stopping import StopRequest
 from mlipilot.v1 import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlipilot.campaign.console import iterations_table
-from mlipilot.campaign.reporting import IterationRow, table_metrics
-from mlipilot.scoring.spec import load_spec
+from mlipilot.campaign.reporting import IterationRow
+from mlipilot.scoring.spec import load_spec, table_metrics
 
 SCORECARDS = Path(__file__).resolve().parents[2] / "scorecard"
 

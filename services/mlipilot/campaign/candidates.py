@@ -12,19 +12,20 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from mlipilot.agents.base import Proposal
-from mlipilot.campaign.stopping import CampaignStopped, StopRequest
+from mlipilot.code_mode.repo import ProgramRepo
+from mlipilot.code_mode.trainer import ProgramTask
 from mlipilot.ledger import utc_now
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorer, ScorerUnavailable
-from mlipilot.training.trainer import EpochRecord, TrainingBudget, TrainingOutcome, train_recipe
-
-TrainProgress = Callable[[int, int, EpochRecord], None]
+from mlipilot.stopping import CampaignStopped, StopRequest
+from mlipilot.training.tasks import RecipeTask, TrainedModel, Trainer, TrainingTask
+from mlipilot.training.trainer import EpochRecord, TrainingBudget
 
 
 def candidate_name(iteration: int, index: int, per_iteration: int) -> str:
@@ -44,73 +45,52 @@ class CandidateJob:
     base_commit: str | None = None  # code mode: the program commit its diff applies to
 
 
-@dataclass
-class TrainedModel:
-    """A trainer's answer, with when the work was handed out and when training ran."""
+class TaskFor(Protocol):
+    """Turns a candidate into the task its trainer runs: the campaign's mode, in one place."""
 
-    outcome: TrainingOutcome
-    dispatched_at: str
-    started_at: str
-    finished_at: str
-    detail: dict[str, Any] = field(default_factory=dict)  # device, node, retried, ...
+    def __call__(self, job: CandidateJob, budget: TrainingBudget) -> TrainingTask: ...
 
 
-class Trainer(Protocol):
-    def train(
-        self, job: CandidateJob, budget: TrainingBudget, progress: TrainProgress
-    ) -> TrainedModel: ...
+@dataclass(frozen=True)
+class RecipeTasks:
+    """Recipe mode: mace_run_train on the candidate's recipe."""
 
-    def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
-        """Progress posted from elsewhere (Ray actors): (candidate, done, total, record)."""
-        ...
+    train_file: Path
+    atomic_numbers: list[int]
+    threads: int | None
 
-    def cancel_all(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class LocalTrainer:
-    """mace_run_train in a child process of this one; a stop kills the child."""
-
-    def __init__(
-        self,
-        train_file: Path,
-        atomic_numbers: list[int],
-        device: str,
-        threads: int | None,
-        stop: StopRequest,
-    ) -> None:
-        self.train_file = train_file
-        self.atomic_numbers = atomic_numbers
-        self.device = device
-        self.threads = threads
-        self.stop = stop
-
-    def train(
-        self, job: CandidateJob, budget: TrainingBudget, progress: TrainProgress
-    ) -> TrainedModel:
-        dispatched = utc_now()
-        outcome = train_recipe(
-            job.recipe,
+    def __call__(self, job: CandidateJob, budget: TrainingBudget) -> TrainingTask:
+        return RecipeTask(
+            name=job.name,
+            work_dir=job.work_dir,
+            recipe=job.recipe,
             train_file=self.train_file,
             atomic_numbers=self.atomic_numbers,
-            work_dir=job.work_dir,
             budget=budget,
-            progress=progress,
-            device=self.device,
             threads=self.threads,
-            cancel=self.stop.event,
         )
-        return TrainedModel(outcome, dispatched, dispatched, utc_now(), {"device": self.device})
 
-    def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
-        return []
 
-    def cancel_all(self) -> None:
-        pass  # the trainer watches the stop event itself
+@dataclass(frozen=True)
+class ProgramTasks:
+    """Code mode: the incumbent's program with the candidate's diff, in the sandbox."""
 
-    def close(self) -> None:
-        pass
+    repo: ProgramRepo
+    train_file: Path
+    threads: int | None
+
+    def __call__(self, job: CandidateJob, budget: TrainingBudget) -> TrainingTask:
+        return ProgramTask.of(
+            self.repo,
+            job.name,
+            job.work_dir,
+            job.proposal.diff,
+            job.base_commit,
+            job.recipe,
+            self.train_file,
+            budget,
+            self.threads or 1,
+        )
 
 
 # --- what workers post ------------------------------------------------------------------------
@@ -163,6 +143,7 @@ def run_candidates(
     jobs: list[CandidateJob],
     *,
     trainer: Trainer,
+    task_for: TaskFor,
     scorer: Scorer,
     budget: TrainingBudget,
     baseline_model: Path | None,
@@ -177,7 +158,7 @@ def run_candidates(
     workers = [
         threading.Thread(
             target=_work,
-            args=(job, trainer, scorer, budget, baseline_model, stop, posted),
+            args=(job, trainer, task_for, scorer, budget, baseline_model, stop, posted),
             name=f"candidate {job.name}",
             daemon=True,
         )
@@ -219,6 +200,7 @@ def run_candidates(
 def _work(
     job: CandidateJob,
     trainer: Trainer,
+    task_for: TaskFor,
     scorer: Scorer,
     budget: TrainingBudget,
     baseline_model: Path | None,
@@ -227,8 +209,7 @@ def _work(
 ) -> None:
     try:
         trained = trainer.train(
-            job,
-            budget,
+            task_for(job, budget),
             lambda done, total, rec: posted.put(Progress(job, "train", done, total, rec)),
         )
         posted.put(Trained(job, trained))

@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mlipilot.campaign.reporting import IterationRow, table_metrics
-from mlipilot.scoring.spec import load_spec
+from mlipilot.campaign.reporting import IterationRow
+from mlipilot.scoring.spec import load_spec, table_metrics
 
 if TYPE_CHECKING:
     from mlipilot.campaign.layout import RunLayout

@@ -48,10 +48,11 @@ from mlipilot.campaign.candidates import (
     Evaluated,
     Event,
     Finished,
-    LocalTrainer,
+    ProgramTasks,
     Progress,
+    RecipeTasks,
+    TaskFor,
     Trained,
-    Trainer,
     candidate_name,
     rank,
     run_candidates,
@@ -66,12 +67,10 @@ from mlipilot.campaign.decision import (
 from mlipilot.campaign.layout import RunLayout
 from mlipilot.campaign.reporting import IterationRow, NullReporter, Reporter
 from mlipilot.campaign.resume import PriorRun, read_prior_run
-from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.campaign.validation_stage import ValidationRecord, validate_candidate
 from mlipilot.code_mode.diffs import CodeEditError
 from mlipilot.code_mode.program_files import TEMPLATE, program_digest, recipe_job
 from mlipilot.code_mode.repo import ProgramRepo
-from mlipilot.code_mode.trainer import CodeTrainer
 from mlipilot.config import Campaign
 from mlipilot.data.campaign_data import ensure_campaign_data
 from mlipilot.data.dataset import Dataset, file_sha256
@@ -84,7 +83,9 @@ from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
+from mlipilot.stopping import CampaignStopped, StopRequest
 from mlipilot.training.mace_args import batch_fits, training_key
+from mlipilot.training.tasks import LocalTrainer, Trainer
 from mlipilot.training.trainer import TrainingBudget
 
 # Builds the scorer for a campaign: (spec, spec sha256, dataset) -> Scorer.
@@ -135,6 +136,7 @@ class _Run:
     agent_name: str
     stop: StopRequest
     trainer: Trainer
+    task_for: TaskFor  # recipe or code mode: what a candidate's training runs
     uses_ray: bool = False
     prior: PriorRun = field(default_factory=PriorRun)  # what the ledger had when resumed
     history: list[HistoryEntry] = field(default_factory=list)
@@ -437,7 +439,7 @@ def _start(
     scorecard = scorer_factory(spec, spec_hash, dataset)
     agent = agent or make_agent(campaign.agent)
     program = _program_repo(campaign, layout, prior) if campaign.mode == "code" else None
-    trainer, uses_ray = _trainer(campaign, layout, dataset, scorecard, stop, program)
+    trainer, uses_ray = _trainer(campaign, layout, scorecard, stop)
     run = _Run(
         campaign,
         layout,
@@ -448,6 +450,7 @@ def _start(
         agent.name,
         stop,
         trainer,
+        _task_for(campaign, layout, dataset, program),
         uses_ray,
         prior,
         program=program,
@@ -517,33 +520,32 @@ def _resume_reason(prior: PriorRun) -> str:
     return f"resumed after {len(prior.decided)} decisions; trained again: {again}"
 
 
-def _trainer(
-    campaign: Campaign,
-    layout: RunLayout,
-    dataset: Dataset,
-    scorer: Scorer,
-    stop: StopRequest,
-    program: ProgramRepo | None = None,
-) -> tuple[Trainer, bool]:
-    """Trainers here (one candidate at a time), or Ray actors with MD as Ray tasks. In code
-    mode each trains its candidate's program in the sandbox (here, or on the actor's node)."""
-    compute = campaign.compute
+def _task_for(
+    campaign: Campaign, layout: RunLayout, dataset: Dataset, program: ProgramRepo | None
+) -> TaskFor:
+    """Recipe mode trains with mace_run_train; code mode trains each candidate's program in the
+    sandbox (here, or on the actor's node)."""
     train_file = _training_split(layout, dataset)
-    elements = dataset.atomic_numbers("train")
+    threads = campaign.compute.torch_threads
+    if program is not None:
+        return ProgramTasks(program, train_file, threads)
+    return RecipeTasks(train_file, dataset.atomic_numbers("train"), threads)
+
+
+def _trainer(
+    campaign: Campaign, layout: RunLayout, scorer: Scorer, stop: StopRequest
+) -> tuple[Trainer, bool]:
+    """Trainers here (one candidate at a time), or Ray actors with MD as Ray tasks."""
+    compute = campaign.compute
     if not compute.uses_ray(campaign.budget.candidates_per_iteration):
-        if program is not None:
-            return CodeTrainer(program, train_file, compute.torch_threads, stop), False
-        local = LocalTrainer(train_file, elements, compute.device, compute.torch_threads, stop)
-        return local, False
+        return LocalTrainer(compute.device, stop), False
     from mlipilot import ray_runtime
     from mlipilot.scoring.ray_md import RayReplicaRunner
     from mlipilot.training.ray_trainer import RayTrainerPool
 
     ray_runtime.acquire(compute.ray_address)
     try:
-        pool = RayTrainerPool(
-            layout.root.name, train_file, elements, compute.trainer, compute.torch_threads, program
-        )
+        pool = RayTrainerPool(layout.root.name, compute.trainer)
     except BaseException:
         ray_runtime.release()
         raise
@@ -1061,6 +1063,7 @@ def _train_and_score(
         finished = run_candidates(
             to_run,
             trainer=run.trainer,
+            task_for=run.task_for,
             scorer=run.scorecard,
             budget=TrainingBudget(epochs=budget.epochs, max_seconds=budget.max_train_seconds),
             baseline_model=baseline_model,

@@ -8,28 +8,11 @@ from pydantic import BaseModel
 
 from mlipilot.campaign.decision import Decision
 from mlipilot.scoring.result import ScoreResult
-from mlipilot.scoring.spec import ScorecardSpec
 
 if TYPE_CHECKING:
     from mlipilot.campaign.layout import RunLayout
     from mlipilot.campaign.loop import CampaignOutcome
     from mlipilot.config import Campaign
-
-# Short headers for the metrics scorecards constrain; any other shows under its own name.
-METRIC_HEADERS = {
-    "energy_mae_meV_per_atom": "E MAE\nmeV/at",
-    "force_mae_meV_per_A": "F MAE\nmeV/Å",
-    "energy_mae_kcal_per_mol": "E MAE\nkcal/mol",
-    "force_mae_kcal_per_mol_per_A": "F MAE\nkcal/mol/Å",
-    "md_survival_fraction": "MD\nsurvival",
-    "relative_throughput": "speed\nvs base",
-}
-
-
-def table_metrics(spec: ScorecardSpec) -> dict[str, str]:
-    """The metrics a table shows: the scorecard's constrained ones, in its order, with headers
-    of two lines (quantity, unit)."""
-    return {c.metric: METRIC_HEADERS.get(c.metric, c.metric) for c in spec.constraints}
 
 
 class IterationRow(BaseModel):

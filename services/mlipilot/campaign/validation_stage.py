@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import ValidationConfig
 from mlipilot.errors import MlipilotError
 from mlipilot.ledger import LedgerEvent
+from mlipilot.stopping import CampaignStopped, StopRequest
 
 MAX_FAILED_NAMED = 8  # in a row's reason; the detail keeps them all
 

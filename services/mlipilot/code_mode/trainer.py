@@ -10,20 +10,20 @@ sandbox.
 from __future__ import annotations
 
 import re
+import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlipilot.campaign.candidates import CandidateJob, TrainedModel, TrainProgress
-from mlipilot.campaign.stopping import StopRequest
 from mlipilot.code_mode.model_boundary import ModelBoundaryError, save_trusted_model
 from mlipilot.code_mode.program_files import TEMPLATE_KNOBS, program_knobs, recipe_job
 from mlipilot.code_mode.repo import ProgramRepo
 from mlipilot.code_mode.sandbox import PROGRAM, run_sandboxed
 from mlipilot.code_mode.sandbox_models import SandboxLimits
-from mlipilot.ledger import utc_now
 from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.recipe import Recipe
+from mlipilot.training.tasks import TrainingTask
 from mlipilot.training.trainer import (
     EpochRecord,
     ProgressFn,
@@ -111,49 +111,61 @@ def train_program(
     )
 
 
-class CodeTrainer:
-    """Trains each candidate here, by running its program in the sandbox."""
+@dataclass(frozen=True)
+class ProgramTask(TrainingTask):
+    """Code mode's training task: the candidate's program (already materialized in its folder
+    on the run folder, so a Ray worker needs no repository), run in the sandbox."""
 
-    def __init__(
-        self,
+    program_dir: Path
+    job: dict[str, Any]  # ``program_job``: the knobs' values and the epochs
+    train_file: Path
+    limits: SandboxLimits
+
+    @classmethod
+    def of(
+        cls,
         repo: ProgramRepo,
+        name: str,
+        work_dir: Path,
+        diff: str | None,
+        base_commit: str | None,
+        recipe: Recipe,
         train_file: Path,
-        threads: int | None,
-        stop: StopRequest,
+        budget: TrainingBudget,
+        threads: int,
         limits: SandboxLimits | None = None,
-    ) -> None:
-        self.repo = repo
-        self.train_file = train_file
-        self.threads = threads or 1
-        self.stop = stop
-        self.limits = limits
-
-    def train(
-        self, job: CandidateJob, budget: TrainingBudget, progress: TrainProgress
-    ) -> TrainedModel:
-        started = utc_now()
-        work = Path(job.work_dir)
-        program_dir = self.repo.materialize(job.proposal.diff, work / "program", job.base_commit)
-        limits = sandbox_limits(self.limits, budget, self.threads)
-        outcome = train_program(
-            program_dir,
-            program_job(program_dir, job.recipe, budget.epochs),
-            self.train_file,
-            work,
-            limits,
-            progress,
-            self.stop.event,
+    ) -> ProgramTask:
+        """The incumbent's program with ``diff`` applied, written to ``work_dir/program``."""
+        program_dir = repo.materialize(diff, work_dir / "program", base_commit)
+        return cls(
+            name=name,
+            work_dir=work_dir,
+            program_dir=program_dir,
+            job=program_job(program_dir, recipe, budget.epochs),
+            train_file=train_file,
+            limits=sandbox_limits(limits, budget, threads),
         )
-        return TrainedModel(outcome, started, started, utc_now(), {"sandbox": "local"})
 
-    def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
-        return []
+    def run(
+        self, device: str, progress: ProgressFn | None, cancel: threading.Event | None
+    ) -> TrainingOutcome:
+        del device  # the sandbox decides what the program sees
+        return train_program(
+            self.program_dir,
+            self.job,
+            self.train_file,
+            self.work_dir,
+            self.limits,
+            progress,
+            cancel,
+        )
 
-    def cancel_all(self) -> None:
-        pass  # run_sandboxed watches the stop event itself
+    def before_retry(self) -> None:
+        # A lost attempt's output would make the sandbox refuse to start.
+        shutil.rmtree(self.work_dir / "out", ignore_errors=True)
 
-    def close(self) -> None:
-        pass
+    def where(self, device: str) -> dict[str, Any]:
+        return {"sandbox": "local"}
 
 
 def sandbox_limits(

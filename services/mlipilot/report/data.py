@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlipilot.campaign.reporting import table_metrics
 from mlipilot.ledger import LedgerEvent, candidate_of
 from mlipilot.ledger.events import AgentCallDetail, DecisionDetail, EvaluationDetail
 from mlipilot.ledger.history import token_totals, tokens_by_candidate
 from mlipilot.report.ledger_view import RunView
+from mlipilot.scoring.spec import table_metrics
 
 DECISION_COLORS = {
     "ACCEPT": "#2ca02c",

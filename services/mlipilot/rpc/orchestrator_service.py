@@ -37,7 +37,6 @@ from mlipilot.campaign.loop import (
     run_in_layout,
 )
 from mlipilot.campaign.reporting import IterationRow, NullReporter
-from mlipilot.campaign.stopping import CampaignStopped, StopRequest
 from mlipilot.config import Campaign, parse_campaign_text
 from mlipilot.errors import MlipilotError, clipped, shown
 from mlipilot.ledger import CampaignHistory, Ledger, LedgerEvent, ending, read_events
@@ -46,6 +45,7 @@ from mlipilot.rpc.convert import STATUS_BY_NAME, event_to_proto, timestamp
 from mlipilot.rpc.metrics import ACTIVE_CAMPAIGNS, CAMPAIGNS, DECISIONS, ITERATIONS
 from mlipilot.scoring.scorecard import ScorerUnavailable
 from mlipilot.scoring.spec import load_spec
+from mlipilot.stopping import CampaignStopped, StopRequest
 from mlipilot.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = logging.getLogger(__name__)

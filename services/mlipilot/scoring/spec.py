@@ -151,3 +151,20 @@ class ScorecardSpec(_Strict):
 def load_spec(path: str | Path) -> tuple[ScorecardSpec, str]:
     """Load and validate a scorecard spec; return it with the sha256 of the file's bytes."""
     return load_yaml_model(path, ScorecardSpec, "scorecard spec")
+
+
+# Short headers for the metrics scorecards constrain; any other shows under its own name.
+METRIC_HEADERS = {
+    "energy_mae_meV_per_atom": "E MAE\nmeV/at",
+    "force_mae_meV_per_A": "F MAE\nmeV/Å",
+    "energy_mae_kcal_per_mol": "E MAE\nkcal/mol",
+    "force_mae_kcal_per_mol_per_A": "F MAE\nkcal/mol/Å",
+    "md_survival_fraction": "MD\nsurvival",
+    "relative_throughput": "speed\nvs base",
+}
+
+
+def table_metrics(spec: ScorecardSpec) -> dict[str, str]:
+    """The metrics a table shows: the scorecard's constrained ones, in its order, with headers
+    of two lines (quantity, unit)."""
+    return {c.metric: METRIC_HEADERS.get(c.metric, c.metric) for c in spec.constraints}
