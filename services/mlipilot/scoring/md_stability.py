@@ -346,16 +346,51 @@ ReplicaRunner = Callable[
 ]
 
 
+def _run_ase(
+    model_path: Path,
+    jobs: list[ReplicaJob],
+    settings: MDSettings,
+    on_steps: Callable[[int], None],
+    device: str,
+) -> list[ReplicaOutcome]:
+    calc = load_md_calculator(model_path, device=device, dtype=settings.precision)
+    return [run_replica(calc, job, settings, on_steps) for job in jobs]
+
+
+def _run_batched(
+    model_path: Path,
+    jobs: list[ReplicaJob],
+    settings: MDSettings,
+    on_steps: Callable[[int], None],
+    device: str,
+) -> list[ReplicaOutcome]:
+    from mlipilot.scoring.md_batched import run_replicas_batched  # TorchSim: loaded when used
+
+    return run_replicas_batched(model_path, jobs, settings, on_steps, device=device)
+
+
+@dataclass(frozen=True)
+class MDEngine:
+    """How one ``md.engine`` runs a group of replicas of one model on one device."""
+
+    run: Callable[
+        [Path, list[ReplicaJob], MDSettings, Callable[[int], None], str], list[ReplicaOutcome]
+    ]
+    batches: bool  # moves many replicas per model call: give it groups, not one replica each
+
+
+# The one place an engine name means code: local runs and Ray tasks (scoring/ray_md.py) alike.
+MD_ENGINES: dict[str, MDEngine] = {
+    "ase": MDEngine(_run_ase, batches=False),
+    "batched": MDEngine(_run_batched, batches=True),
+}
+
+
 def run_replicas_here(
     model_path: Path, jobs: list[ReplicaJob], settings: MDSettings, on_steps: Callable[[int], None]
 ) -> list[ReplicaOutcome]:
     """Run the replicas in this process with the spec's engine (``md.engine``)."""
-    if settings.engine == "batched":
-        from mlipilot.scoring.md_batched import run_replicas_batched
-
-        return run_replicas_batched(model_path, jobs, settings, on_steps)
-    calc = load_md_calculator(model_path, dtype=settings.precision)
-    return [run_replica(calc, job, settings, on_steps) for job in jobs]
+    return MD_ENGINES[settings.engine].run(model_path, jobs, settings, on_steps, "cpu")
 
 
 def run_replica(

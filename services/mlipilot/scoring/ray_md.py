@@ -16,12 +16,7 @@ from pathlib import Path
 import ray
 
 from mlipilot.config import RayResources
-from mlipilot.scoring.md_stability import (
-    ReplicaJob,
-    ReplicaOutcome,
-    load_md_calculator,
-    run_replica,
-)
+from mlipilot.scoring.md_stability import MD_ENGINES, ReplicaJob, ReplicaOutcome
 from mlipilot.scoring.spec import MDSettings
 
 # A GPU runs a few tens of thousands of atoms per model call about as fast as a few hundred:
@@ -38,22 +33,12 @@ def _task_setup(threads: int) -> str:
 
 
 @ray.remote
-def _replica_task(
-    model_path: str, job: ReplicaJob, settings: MDSettings, threads: int
-) -> ReplicaOutcome:
-    device = _task_setup(threads)
-    calc = load_md_calculator(Path(model_path), device=device, dtype=settings.precision)
-    return run_replica(calc, job, settings, lambda n: None)
-
-
-@ray.remote
-def _batch_task(
+def _md_task(
     model_path: str, jobs: list[ReplicaJob], settings: MDSettings, threads: int
 ) -> list[ReplicaOutcome]:
-    from mlipilot.scoring.md_batched import run_replicas_batched
-
     device = _task_setup(threads)
-    return run_replicas_batched(Path(model_path), jobs, settings, lambda n: None, device=device)
+    engine = MD_ENGINES[settings.engine]
+    return engine.run(Path(model_path), jobs, settings, lambda n: None, device)
 
 
 def task_groups(atoms_per_job: list[int], slots: int, gpu: bool) -> list[list[int]]:
@@ -96,18 +81,15 @@ class RayReplicaRunner:
         res = self.resources
         threads = max(1, int(res.num_cpus))
         per_replica = settings.nvt_steps + settings.nve_steps
-        if settings.engine == "batched":
-            task = _batch_task.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+        task = _md_task.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+        if MD_ENGINES[settings.engine].batches:
             groups = task_groups([len(j.frame) for j in jobs], _slots(res), res.num_gpus > 0)
-            refs = [
-                task.remote(str(model_path), [jobs[i] for i in g], settings, threads)
-                for g in groups
-            ]
-            sizes = [len(g) for g in groups]
-        else:
-            task = _replica_task.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
-            refs = [task.remote(str(model_path), job, settings, threads) for job in jobs]
-            sizes = [1] * len(jobs)
+        else:  # one replica per task: as many run at once as the cluster has slots
+            groups = [[i] for i in range(len(jobs))]
+        refs = [
+            task.remote(str(model_path), [jobs[i] for i in g], settings, threads) for g in groups
+        ]
+        sizes = [len(g) for g in groups]
         replicas_of = dict(zip(refs, sizes, strict=True))
         pending = list(refs)
         try:
@@ -119,6 +101,4 @@ class RayReplicaRunner:
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-        if settings.engine == "batched":
-            return [outcome for group in results for outcome in group]
-        return results
+        return [outcome for group in results for outcome in group]
