@@ -78,28 +78,11 @@ DataConfig = Annotated[
 ]
 
 
-class AgentConfig(_Strict):
-    kind: Literal["rule-based", "random", "optuna", "llm", "replay"] = "rule-based"
-    seed: int = Field(0, ge=0)
-    # -- kind: llm (an OpenAI-compatible server: vLLM, llama.cpp, ...)
-    base_url: str | None = Field(
-        None,
-        pattern=r"^https?://\S+$",
-        max_length=2000,
-        description="e.g. http://vllm:8000/v1 (kind: llm)",
-    )
-    endpoint: str | None = Field(
-        None,
-        pattern=ENDPOINT_NAME,
-        description="campaigns sent to an orchestrator server: one of its configured model "
-        "servers (its --llm-endpoint NAME=URL), instead of base_url and api_key_env",
-    )
-    model: str | None = Field(
-        None, min_length=1, max_length=500, description="a model id the server lists"
-    )
-    api_key_env: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable holding the API key"
-    )
+class LlmOptions(_Strict):
+    """How an LLM agent talks to its model: the campaign file's ``agent:`` keys for
+    ``kind: llm``, and (with the server's address) the agent's own settings
+    (``agents/llm/agent.py``'s ``LlmSettings``): one definition for both."""
+
     tool_mode: Literal["tools", "json_schema"] = Field(
         "tools", description="tool calling, or structured output for servers without tools"
     )
@@ -127,8 +110,6 @@ class AgentConfig(_Strict):
         default_factory=dict,
         description="more request fields for the server, e.g. {repetition_penalty: 1.1} (vLLM)",
     )
-    # -- kind: replay
-    ledger: Path | None = Field(None, description="run folder whose proposals are replayed")
 
     @field_validator("extra_body")
     @classmethod
@@ -137,6 +118,32 @@ class AgentConfig(_Strict):
         if size > MAX_EXTRA_BODY_BYTES:
             raise ValueError(f"{size} bytes as JSON; at most {MAX_EXTRA_BODY_BYTES}")
         return value
+
+
+class AgentConfig(LlmOptions):
+    kind: Literal["rule-based", "random", "optuna", "llm", "replay"] = "rule-based"
+    seed: int = Field(0, ge=0)
+    # -- kind: llm (an OpenAI-compatible server: vLLM, llama.cpp, ...), with LlmOptions' keys
+    base_url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        max_length=2000,
+        description="e.g. http://vllm:8000/v1 (kind: llm)",
+    )
+    endpoint: str | None = Field(
+        None,
+        pattern=ENDPOINT_NAME,
+        description="campaigns sent to an orchestrator server: one of its configured model "
+        "servers (its --llm-endpoint NAME=URL), instead of base_url and api_key_env",
+    )
+    model: str | None = Field(
+        None, min_length=1, max_length=500, description="a model id the server lists"
+    )
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable holding the API key"
+    )
+    # -- kind: replay
+    ledger: Path | None = Field(None, description="run folder whose proposals are replayed")
 
     @model_validator(mode="after")
     def _kind_needs(self) -> AgentConfig:

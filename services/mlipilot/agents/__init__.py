@@ -32,6 +32,7 @@ def make_agent(config: AgentConfig) -> Agent:
 
 def _llm_agent(config: AgentConfig) -> Agent:
     from mlipilot.agents.llm import LlmAgent, LlmSettings, api_key_from_env
+    from mlipilot.config import LlmOptions
 
     if config.base_url is None:  # only a server fills it in, from the endpoint's name
         raise MlipilotError(
@@ -41,22 +42,10 @@ def _llm_agent(config: AgentConfig) -> Agent:
         )
     assert config.model is not None  # AgentConfig checks
     settings = LlmSettings(
+        **config.model_dump(include=set(LlmOptions.model_fields)),
         base_url=config.base_url,
         model=config.model,
         api_key=api_key_from_env(config.api_key_env),
-        tool_mode=config.tool_mode,
-        tool_choice=config.tool_choice,
-        tool_call_ids=config.tool_call_ids,
-        thinking=config.thinking,
-        temperature=config.temperature,
-        max_completion_tokens=config.max_completion_tokens,
-        max_tokens_per_iteration=config.max_tokens_per_iteration,
-        max_turns=config.max_turns,
-        max_tool_errors=config.max_tool_errors,
-        timeout_s=config.timeout_s,
-        max_retries=config.max_retries,
-        max_response_bytes=config.max_response_bytes,
-        extra_body=dict(config.extra_body),
         seed=config.seed,
     )
     agent = LlmAgent(settings)

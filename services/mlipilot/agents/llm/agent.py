@@ -27,9 +27,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pydantic import Field
+
 from mlipilot.agents.base import AgentCost, AgentFailed, CampaignState, Proposal
 from mlipilot.agents.llm import state_view
-from mlipilot.agents.llm.client import MAX_RESPONSE_BYTES, ChatClient, LlmServerError
+from mlipilot.agents.llm.client import ChatClient, LlmServerError
 from mlipilot.agents.llm.tools import (
     PROPOSE,
     ToolAnswer,
@@ -40,6 +42,7 @@ from mlipilot.agents.llm.tools import (
     tools_for,
 )
 from mlipilot.agents.llm.transcript import ledger_transcript, utf8, utf8_head
+from mlipilot.config import LlmOptions
 from mlipilot.errors import MlipilotError, clipped, shown
 
 SYSTEM = """You are an expert in training MACE machine-learned interatomic potentials.
@@ -87,25 +90,14 @@ MAX_WARMED = 1.5  # ... up to this (a configured temperature above it is kept as
 _NAME_MAX = 64  # a tool name (OpenAI's limit) or a tool-call id; longer is no name or id
 
 
-@dataclass(frozen=True)
-class LlmSettings:
+class LlmSettings(LlmOptions):
+    """Everything the agent needs: the campaign's ``LlmOptions`` with the server's address, the
+    key read from the environment, and the agent's seed."""
+
     base_url: str
     model: str
-    api_key: str | None = None
-    tool_mode: str = "tools"  # tools | json_schema
-    tool_choice: str = "auto"  # auto | required | propose (name the propose tool)
-    tool_call_ids: str = "auto"  # auto | openai | mistral (9 alphanumeric characters)
-    thinking: bool | None = None  # Qwen3: chat_template_kwargs.enable_thinking
-    temperature: float = 0.7
-    max_completion_tokens: int = 2048
-    max_tokens_per_iteration: int = 40_000
-    max_turns: int = 8
-    max_tool_errors: int = 3
-    timeout_s: float = 120.0
-    max_retries: int = 4
-    backoff_s: float = 1.0
-    max_response_bytes: int = MAX_RESPONSE_BYTES  # a longer reply is refused unread
-    extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. {"repetition_penalty": 1.1}
+    api_key: str | None = Field(None, repr=False)
+    backoff_s: float = 1.0  # before the first retry; doubles each time
     seed: int | None = None  # the agent's seed: each call sends one derived from it (sampling)
 
     @property
