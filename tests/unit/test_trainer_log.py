@@ -117,7 +117,9 @@ PACKAGE = PACKAGE_NAME  # what the trainer's child leaves when it succeeds
 
 def test_nan_last_loss_fails_even_with_a_model(tmp_path: Path) -> None:
     _write_models(tmp_path, PACKAGE)
-    status, cause, model = _judge(-9, _curve(1.0, 0.5, math.nan), tmp_path / PACKAGE, 3.0, BUDGET)
+    status, cause, model = _judge(
+        -9, "exited", _curve(1.0, 0.5, math.nan), tmp_path / PACKAGE, BUDGET
+    )
     assert status == "failed"
     assert cause is not None
     assert "non-finite loss" in cause
@@ -126,22 +128,27 @@ def test_nan_last_loss_fails_even_with_a_model(tmp_path: Path) -> None:
 
 
 def test_infinite_last_loss_fails(tmp_path: Path) -> None:
-    status, cause, _ = _judge(0, _curve(1.0, math.inf), tmp_path / PACKAGE, 3.0, BUDGET)
+    status, cause, _ = _judge(0, "exited", _curve(1.0, math.inf), tmp_path / PACKAGE, BUDGET)
     assert status == "failed"
     assert cause is not None
     assert "non-finite loss" in cause
 
 
-def test_nonzero_exit_after_the_wall_budget_is_a_timeout(tmp_path: Path) -> None:
-    status, cause, model = _judge(-9, _curve(1.0, 0.5), tmp_path / PACKAGE, 100.2, BUDGET)
+def test_a_run_killed_at_the_wall_budget_is_a_timeout(tmp_path: Path) -> None:
+    status, cause, model = _judge(-9, "timeout", _curve(1.0, 0.5), tmp_path / PACKAGE, BUDGET)
     assert status == "timeout"
     assert cause is not None
     assert "100 s" in cause
     assert model is None
 
 
+def test_a_run_killed_by_a_cancel_is_cancelled(tmp_path: Path) -> None:
+    status, cause, model = _judge(-9, "cancelled", _curve(1.0), tmp_path / PACKAGE, BUDGET)
+    assert (status, cause, model) == ("cancelled", "cancelled while training", None)
+
+
 def test_nonzero_exit_within_the_budget_is_a_failure(tmp_path: Path) -> None:
-    status, cause, model = _judge(1, _curve(1.0), tmp_path / PACKAGE, 12.0, BUDGET)
+    status, cause, model = _judge(1, "exited", _curve(1.0), tmp_path / PACKAGE, BUDGET)
     assert status == "failed"
     assert cause is not None
     assert "code 1" in cause
@@ -149,7 +156,7 @@ def test_nonzero_exit_within_the_budget_is_a_failure(tmp_path: Path) -> None:
 
 
 def test_clean_exit_without_a_model_is_a_failure(tmp_path: Path) -> None:
-    status, cause, model = _judge(0, _curve(1.0, 0.5), tmp_path / PACKAGE, 5.0, BUDGET)
+    status, cause, model = _judge(0, "exited", _curve(1.0, 0.5), tmp_path / PACKAGE, BUDGET)
     assert status == "failed"
     assert cause is not None
     assert "no model" in cause
@@ -158,7 +165,7 @@ def test_clean_exit_without_a_model_is_a_failure(tmp_path: Path) -> None:
 
 def test_a_clean_run_hands_back_its_package(tmp_path: Path) -> None:
     _write_models(tmp_path, PACKAGE)
-    assert _judge(0, _curve(1.0, 0.5), tmp_path / PACKAGE, 5.0, BUDGET) == (
+    assert _judge(0, "exited", _curve(1.0, 0.5), tmp_path / PACKAGE, BUDGET) == (
         "ok",
         None,
         tmp_path / PACKAGE,
@@ -178,7 +185,7 @@ def test_stage_two_model_is_preferred(tmp_path: Path) -> None:
 
 def test_slow_but_clean_run_is_ok(tmp_path: Path) -> None:
     _write_models(tmp_path, PACKAGE)
-    status, _, model = _judge(0, _curve(1.0), tmp_path / PACKAGE, 250.0, BUDGET)
+    status, _, model = _judge(0, "exited", _curve(1.0), tmp_path / PACKAGE, BUDGET)
     assert status == "ok"
     assert model == tmp_path / PACKAGE
 
@@ -189,6 +196,6 @@ def test_slow_but_clean_run_is_ok(tmp_path: Path) -> None:
 )
 def test_a_child_killed_by_a_signal_names_it(tmp_path: Path, returncode: int, words: str) -> None:
     # Within the wall-clock budget: not a time-out, but a kill (the OOM killer sends SIGKILL).
-    status, cause, model = _judge(returncode, _curve(1.0), tmp_path / PACKAGE, 12.0, BUDGET)
+    status, cause, model = _judge(returncode, "exited", _curve(1.0), tmp_path / PACKAGE, BUDGET)
     assert status == "failed" and model is None
     assert cause is not None and words in cause

@@ -34,11 +34,9 @@ unsandboxed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,7 +45,7 @@ import time
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mlipilot.code_mode import cgroups
 from mlipilot.code_mode.leftovers import remove_work, take_outputs
@@ -56,6 +54,7 @@ from mlipilot.code_mode.program_files import PROGRAM as TEMPLATE_PROGRAM
 from mlipilot.code_mode.sandbox_models import LimitHit, SandboxLimits, SandboxResult, Status
 from mlipilot.errors import MlipilotError
 from mlipilot.process_globals import GLOBALS_LOCK
+from mlipilot.supervised import SIGKILL_HINT, run_supervised, signal_name
 
 PROGRAM = Path(TEMPLATE_PROGRAM)  # the file the sandbox runs, relative to the program folder
 INSIDE = Path("/sandbox")
@@ -282,7 +281,15 @@ def run_sandboxed(
         hits: list[tuple[LimitHit, str]] = []
         try:
             launcher = launcher_args(cmd, limits, procs, nproc)
-            returncode, ended = _run(launcher, log, limits, on_line, cancel)
+            ran = run_supervised(
+                launcher,
+                log,
+                wall_seconds=limits.wall_seconds,
+                cancel=cancel,
+                on_line=on_line,
+                max_log_bytes=limits.log_bytes,
+            )
+            returncode, ended = ran.returncode, ran.ended
         finally:
             if cgroup is not None:  # also kills whatever of the program is left
                 hits = cgroup.close(limits)
@@ -351,82 +358,12 @@ def _syntax_error(path: Path) -> str | None:
     return None
 
 
-def _run(
-    cmd: list[str],
-    log: Path,
-    limits: SandboxLimits,
-    on_line: Callable[[str], None] | None,
-    cancel: threading.Event | None,
-) -> tuple[int, Literal["exited", "timeout", "cancelled"]]:
-    """Run ``cmd`` in its own process group, its output into ``log``; (returncode, how it
-    ended)."""
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    reader = threading.Thread(
-        target=_copy_capped, args=(proc.stdout, log, limits.log_bytes, on_line)
-    )
-    reader.start()
-    ended: Literal["exited", "timeout", "cancelled"] = "exited"
-    deadline = time.monotonic() + limits.wall_seconds
-    try:
-        while proc.poll() is None:
-            if cancel is not None and cancel.is_set():
-                ended = "cancelled"
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                ended = "timeout"
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=min(left, 0.2))
-    finally:
-        # Also after a normal exit: nothing the program started may outlive it.
-        _kill_group(proc.pid)
-        proc.wait()
-        reader.join(timeout=10)
-    return proc.returncode, ended
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _copy_capped(
-    stream: Any, log: Path, max_bytes: int, on_line: Callable[[str], None] | None = None
-) -> None:
-    """Copy ``stream`` to ``log`` up to ``max_bytes``; beyond, keep only the last 64 KiB.
-    Each complete line goes to ``on_line`` too."""
-    written, tail, pending = 0, b"", b""
-    with stream, log.open("wb") as out:
-        while chunk := stream.read1(65536):
-            if on_line is not None:
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    with contextlib.suppress(Exception):  # a progress hook never stops the copy
-                        on_line(line.decode("utf-8", "replace"))
-            if written < max_bytes:
-                out.write(chunk[: max_bytes - written])
-                written += min(len(chunk), max_bytes - written)
-            else:
-                tail = (tail + chunk)[-65536:]
-        if tail:
-            out.write(b"\n[... program.log cut at %d bytes; its last 64 KiB:]\n" % max_bytes)
-            out.write(tail)
-
-
 # ---- the log's last word ----
 
 
 _SIGNAL_HINTS = {
     "SIGXCPU": "over the CPU-seconds limit",
-    "SIGKILL": "killed (out of memory? the kernel's OOM killer sends it)",
+    "SIGKILL": f"killed ({SIGKILL_HINT})",
     "SIGXFSZ": "wrote a file over the file-size limit",
 }
 
@@ -456,10 +393,7 @@ def _note(
         note = f"over the wall-clock limit of {limits.wall_seconds:g} s: killed"
     elif status == "killed":
         signum = returncode - 128 if returncode > 128 else -returncode
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
+        name = signal_name(signum)
         hint = _SIGNAL_HINTS.get(name, "ended by a signal")
         if name == "SIGKILL" and any(kind == "memory" for kind, _ in hits):
             hint = "over the memory limit"

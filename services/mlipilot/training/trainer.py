@@ -11,11 +11,8 @@ from __future__ import annotations
 import math
 import os
 import re
-import signal
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -24,6 +21,7 @@ from pydantic import BaseModel
 
 from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.recipe import Recipe
+from mlipilot.supervised import SIGKILL_HINT, run_supervised, signal_name
 from mlipilot.training.mace_args import to_mace_args
 
 _EPOCH_LINE = re.compile(r"(Initial|Epoch (\d+)):.*?loss=\s*(\S+?),(.*)")
@@ -101,49 +99,34 @@ def train_recipe(
     ]
     curve: list[EpochRecord] = []
     last_error = ""  # the child's final exception line, for the cause
-    start = time.monotonic()
-    with log_path.open("w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        # Unbuffered, or mace's log lines arrive only when the run ends.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if threads is not None:  # two busy 2-thread torch processes on 2 cores crawl
-            env["OMP_NUM_THREADS"] = str(threads)
-        proc = subprocess.Popen(
-            _dies_with_this_process(cmd),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            env=env,
-        )
-        timer = threading.Timer(budget.max_seconds, proc.kill)
-        timer.start()
-        if cancel is not None:
-            threading.Thread(target=_kill_on, args=(cancel, proc), daemon=True).start()
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if _EXCEPTION_LINE.match(line):
-                    last_error = line.strip()
-                record = parse_epoch_line(line)
-                if record is None:
-                    continue
-                curve.append(record)
-                if progress and record.epoch >= 0:
-                    progress(record.epoch + 1, budget.epochs, record)
-                if not math.isfinite(record.loss):
-                    proc.kill()
-                    break
-            proc.wait()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:  # something raised while reading: never leave an orphan
-                proc.kill()
-                proc.wait()
-    wall = time.monotonic() - start
-    status, cause, model = _judge(proc.returncode, curve, package, wall, budget)
+
+    def on_line(line: str) -> bool:
+        nonlocal last_error
+        if _EXCEPTION_LINE.match(line):
+            last_error = line.strip()
+        record = parse_epoch_line(line)
+        if record is None:
+            return False
+        curve.append(record)
+        if progress and record.epoch >= 0:
+            progress(record.epoch + 1, budget.epochs, record)
+        return not math.isfinite(record.loss)  # stop: nothing good comes after a NaN
+
+    # Unbuffered, or mace's log lines arrive only when the run ends.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads is not None:  # two busy 2-thread torch processes on 2 cores crawl
+        env["OMP_NUM_THREADS"] = str(threads)
+    ran = run_supervised(
+        _dies_with_this_process(cmd),
+        log_path,
+        wall_seconds=budget.max_seconds,
+        cancel=cancel,
+        on_line=on_line,
+        env=env,
+        header="$ " + " ".join(cmd) + "\n",
+    )
+    wall = ran.seconds
+    status, cause, model = _judge(ran.returncode, ran.ended, curve, package, budget)
     if cancel is not None and cancel.is_set() and status != "ok":
         status, cause, model = "cancelled", "cancelled while training", None
     if status == "failed" and last_error and cause:
@@ -180,33 +163,21 @@ def _dies_with_this_process(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _GUARD, str(os.getpid()), *cmd[1:]]
 
 
-def _kill_on(cancel: threading.Event, proc: subprocess.Popen[str]) -> None:
-    while proc.poll() is None:
-        if cancel.wait(0.2):
-            proc.kill()
-            return
-
-
 def _judge(
-    returncode: int, curve: list[EpochRecord], package: Path, wall: float, budget: TrainingBudget
-) -> tuple[Literal["ok", "failed", "timeout"], str | None, Path | None]:
+    returncode: int, ended: str, curve: list[EpochRecord], package: Path, budget: TrainingBudget
+) -> tuple[TrainingStatus, str | None, Path | None]:
     if curve and not math.isfinite(curve[-1].loss):
         return "failed", f"non-finite loss ({curve[-1].loss}) at epoch {curve[-1].epoch}", None
-    if returncode != 0 and wall >= budget.max_seconds:
+    if ended == "cancelled":
+        return "cancelled", "cancelled while training", None
+    if ended == "timeout":
         return "timeout", f"over the wall-clock budget of {budget.max_seconds:.0f} s", None
-    if returncode < 0:  # SIGKILL from outside is most often the kernel's out-of-memory killer
-        name = _signal_name(-returncode)
-        hint = " (out of memory? the kernel's OOM killer sends it)" if name == "SIGKILL" else ""
+    if returncode < 0:
+        name = signal_name(-returncode)
+        hint = f" ({SIGKILL_HINT})" if name == "SIGKILL" else ""
         return "failed", f"mace_run_train was killed by {name}{hint}; see train.log", None
     if returncode != 0:
         return "failed", f"mace_run_train exited with code {returncode} (see train.log)", None
     if package.is_file():
         return "ok", None, package
     return "failed", "mace_run_train finished but wrote no model file", None
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
