@@ -86,6 +86,7 @@ test-fast:
 lint:
 	$(BIN)/ruff check services tests benchmarks
 	$(BIN)/ruff format --check services tests benchmarks
+	$(BIN)/mypy  # settings and the modules still to type: pyproject.toml [tool.mypy]
 
 format:
 	$(BIN)/ruff check --fix services tests benchmarks

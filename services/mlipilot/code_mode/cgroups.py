@@ -56,8 +56,8 @@ def cgroup_folders(proc_cgroup: str, mountinfo: str) -> tuple[Path | None, dict[
         if len(parts) != 3:
             continue
         hierarchy, controllers, path = parts
-        for kind, root, point, options in mounts:
-            folder = _folder_in(root, point, path)
+        for kind, mount_root, mount_point, options in mounts:
+            folder = _folder_in(mount_root, mount_point, path)
             if folder is None:
                 continue
             if hierarchy == "0" and not controllers and kind == "cgroup2":
