@@ -12,9 +12,9 @@ from pathlib import Path
 
 import grpc
 import yaml
+from factories import BAD_BASELINE, TINY_SPEC
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from tiny_campaign import BAD_BASELINE, TINY_SPEC
 
 from mlipilot.rpc.artifacts import UriPolicy
 from mlipilot.rpc.campaign_policy import CampaignPolicy

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_campaign import tiny_spec, write_tiny_campaign
+from factories import tiny_spec, write_tiny_campaign
 
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.campaign.decision import decide

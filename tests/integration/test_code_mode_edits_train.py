@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_campaign import TINY_PROGRAM_JOB
+from factories import TINY_PROGRAM_JOB
 
 from mlipilot.code_mode.edits import CODE_EDITS, PROGRAM
 from mlipilot.code_mode.model_boundary import MODEL_JSON, WEIGHTS

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from ase.io import read
-from tiny_campaign import TINY_PROGRAM_JOB
+from factories import TINY_PROGRAM_JOB
 
 from mlipilot.code_mode import cgroups
 from mlipilot.code_mode.model_boundary import rebuild_model, save_trusted_model

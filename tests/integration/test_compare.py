@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_campaign import BAD_BASELINE, TINY_SPEC, write_tiny_campaign
+from factories import BAD_BASELINE, TINY_SPEC, write_tiny_campaign
 
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign

@@ -25,11 +25,11 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from factories import BAD_BASELINE
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from service_stack import ServiceStack, field_violations
-from tiny_campaign import BAD_BASELINE
 
 from mlipilot.errors import shown
 from mlipilot.v1 import orchestrator_pb2, orchestrator_pb2_grpc, scorecard_pb2

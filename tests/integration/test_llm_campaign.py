@@ -15,8 +15,8 @@ import json
 
 import pytest
 import yaml
+from factories import write_tiny_campaign
 from llm_server import HttpError, calls, serve, tool_call
-from tiny_campaign import write_tiny_campaign
 from typer.testing import CliRunner
 
 from mlipilot.campaign.resume import read_prior_run

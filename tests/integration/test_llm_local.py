@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 import yaml
-from tiny_campaign import write_tiny_campaign
+from factories import write_tiny_campaign
 
 from mlipilot.agents.llm import serve_local
 from mlipilot.agents.llm.local_models import model

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from factories import write_tiny_campaign
 from llm_recording import read_recording, replay_steps
 from llm_server import serve
-from tiny_campaign import write_tiny_campaign
 
 from mlipilot.agents.llm.agent import _json_object
 from mlipilot.campaign.loop import run_campaign

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from model_surgery import scaled_model
+from factories import scaled_model
 
 from mlipilot.config import RayResources
 from mlipilot.scoring.md_stability import MDReport, ReplicaJob, run_md_stability, run_replicas_here

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_campaign import tiny_spec, write_tiny_campaign
+from factories import tiny_spec, write_tiny_campaign
 
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.campaign.decision import SeedRun, decide, decide_over_seeds

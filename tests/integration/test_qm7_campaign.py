@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_campaign import BAD_BASELINE
+from factories import BAD_BASELINE
 
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign

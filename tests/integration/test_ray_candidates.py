@@ -17,7 +17,7 @@ import pytest
 import ray
 import torch
 import yaml
-from tiny_campaign import write_tiny_campaign
+from factories import write_tiny_campaign
 
 from mlipilot.campaign.loop import create_run, run_campaign, run_in_layout
 from mlipilot.config import load_campaign

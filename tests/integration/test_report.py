@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_campaign import BAD_BASELINE, TINY_SPEC, write_tiny_campaign
+from factories import BAD_BASELINE, TINY_SPEC, write_tiny_campaign
 
 from mlipilot.campaign.decision import decide
 from mlipilot.campaign.loop import CampaignOutcome, run_campaign

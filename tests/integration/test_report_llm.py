@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from factories import write_tiny_campaign
 from llm_server import serve
 from test_llm_campaign import MODEL, SCRIPT, USAGE
-from tiny_campaign import write_tiny_campaign
 from typer.testing import CliRunner
 
 from mlipilot.campaign.loop import run_campaign

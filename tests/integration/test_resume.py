@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import torch
-from tiny_campaign import tiny_spec, write_tiny_campaign
+from factories import tiny_spec, write_tiny_campaign
 
 from mlipilot.ledger import LedgerEvent, read_events
 from mlipilot.model_files import read_package

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase import Atoms
+from factories import scaled_model
 from mace.calculators import MACECalculator
-from model_surgery import scaled_model
 
 from mlipilot.scoring.accuracy import evaluate_accuracy
 from mlipilot.scoring.md_stability import TRACE_COLUMNS, run_md_stability

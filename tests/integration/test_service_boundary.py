@@ -21,8 +21,8 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from factories import untrained_mace
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mace_models import untrained_mace
 from service_stack import (
     TOKEN,
     ServiceStack,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_campaign import write_tiny_campaign
+from factories import write_tiny_campaign
 
 from mlipilot.campaign.loop import run_campaign
 from mlipilot.config import load_campaign

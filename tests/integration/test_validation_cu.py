@@ -16,7 +16,7 @@ import pytest
 from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
 from ase.neighborlist import neighbor_list
-from mace_models import untrained_mace
+from factories import untrained_mace
 
 from mlipilot.model_files import PACKAGE_NAME, write_package
 from mlipilot.validation import ValidationSuite, load_suite, validate

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from spec_factory import make_spec
+from factories import make_spec
 
 from mlipilot.agents import make_agent
 from mlipilot.agents.base import AgentGaveUp, CampaignState, HistoryEntry, Proposal

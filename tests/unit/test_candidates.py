@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spec_factory import make_spec
+from factories import make_spec
 
 from mlipilot.agents.base import Proposal
 from mlipilot.campaign.candidates import CandidateJob, Finished, candidate_name, rank

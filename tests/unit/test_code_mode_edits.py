@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from spec_factory import make_spec
+from factories import make_spec
 
 from mlipilot.code_mode.edits import (
     CODE_EDITS,

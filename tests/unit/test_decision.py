@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
+from factories import make_spec
 from pydantic import ValidationError
-from spec_factory import make_spec
 
 from mlipilot.campaign.decision import SeedRun, decide, decide_over_seeds, repeat_seeds
 from mlipilot.errors import MlipilotError

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 import pytest
+from factories import make_spec
 from llm_server import HttpError, calls, serve, text, tool_call
-from spec_factory import make_spec
 
 from mlipilot.agents import make_agent
 from mlipilot.agents.base import (

@@ -16,7 +16,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-from mace_models import untrained_mace
+from factories import untrained_mace
 
 from mlipilot.model_files import read_package, write_package
 from mlipilot.scoring.md_batched import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
-from mace_models import untrained_mace
+from factories import untrained_mace
 from pydantic import ValidationError
 
 from mlipilot.errors import MlipilotError

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from mace_models import untrained_mace
+from factories import untrained_mace
 
 from mlipilot.model_files import ModelFileError, read_package, write_mace_file, write_package
 from mlipilot.model_files import package as package_module

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from factories import make_spec
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
-from spec_factory import make_spec
 
 from mlipilot.agents.base import AgentGaveUp, CampaignState, HistoryEntry, Proposal
 from mlipilot.agents.optuna_agent import OptunaAgent, distributions, objective

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from ase.build import bulk
-from mace_models import untrained_mace
+from factories import untrained_mace
 
 from mlipilot.data.extxyz import ENERGY_KEY, FORCES_KEY
 from mlipilot.model_files import write_package

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from spec_factory import make_spec
+from factories import make_spec
 
 from mlipilot.ledger import LedgerEvent
 from mlipilot.rpc.convert import (

@@ -1,0 +1,204 @@
+"""What tests build: scorecard specs, tiny real campaigns, MACE models by hand.
+
+One module (on pytest's ``pythonpath``: ``from factories import ...``) so a test's fixtures are
+found in one place. torch and mace are imported inside the functions that need them: unit
+tests that only want a spec do not pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mlipilot.model_files import read_package
+from mlipilot.model_files.config import config_document
+from mlipilot.model_files.package import write_checked_package
+from mlipilot.scoring.spec import ScorecardSpec
+
+if TYPE_CHECKING:
+    from mace import modules
+
+
+# -- scorecard specs for unit tests: the constraints vary, the MD block never matters --
+
+MINIMAL_MD = {
+    "start_frames": [0],
+    "temperatures_K": [300.0],
+    "seeds": [0],
+    "nvt_steps": 10,
+    "nve_steps": 0,
+    "timestep_fs": 2.0,
+    "friction_per_fs": 0.01,
+    "min_distance_A": 1.5,
+    "max_temperature_factor": 3.0,
+    "max_energy_drift_meV_per_atom_per_ps": 5.0,
+}
+
+
+def make_spec(
+    name: str, constraints: list[dict[str, Any]], weights: dict[str, float]
+) -> ScorecardSpec:
+    return ScorecardSpec.model_validate(
+        {
+            "name": name,
+            "version": 1,
+            "md": MINIMAL_MD,
+            "throughput": {"md_steps": 5},
+            "constraints": constraints,
+            "composite_weights": weights,
+        }
+    )
+
+
+# -- tiny real campaigns: short MD and loose thresholds, an untuned (infeasible) baseline --
+
+# The smallest job for the code-mode training program (its job keys): trains in seconds.
+TINY_PROGRAM_JOB: dict[str, Any] = {
+    "epochs": 2,
+    "num_channels": 8,
+    "correlation": 2,
+    "num_interactions": 1,
+    "r_max": 3.5,
+    "num_radial_basis": 4,
+    "batch_size": 2,
+}
+
+
+def tiny_spec(md_seeds: tuple[int, ...] = (0, 1)) -> dict[str, Any]:
+    return {
+        "name": "cu-emt-tiny",
+        "version": 1,
+        "md": {
+            "start_frames": [0],
+            "temperatures_K": [600],
+            "seeds": list(md_seeds),
+            "nvt_steps": 30,
+            "nve_steps": 10,
+            "timestep_fs": 2.0,
+            "friction_per_fs": 0.01,
+            "min_distance_A": 1.8,
+            "max_temperature_factor": 2.5,
+            "max_energy_drift_meV_per_atom_per_ps": 200.0,
+            "trace_every": 5,
+        },
+        "throughput": {"md_steps": 5, "repeats": 1},
+        "constraints": [
+            {"metric": "energy_mae_meV_per_atom", "max": 40.0, "unit": "meV/atom"},
+            {"metric": "force_mae_meV_per_A", "max": 150.0, "unit": "meV/Å"},
+            {"metric": "md_survival_fraction", "min": 1.0, "unit": "fraction"},
+            {"metric": "relative_throughput", "min": 0.05, "unit": "x baseline"},
+        ],
+        "composite_weights": {"energy_mae_meV_per_atom": 1.0, "force_mae_meV_per_A": 1.0},
+    }
+
+
+TINY_SPEC = tiny_spec()
+
+BAD_BASELINE = {
+    "e0s": "zero",
+    "scaling": "no_scaling",
+    "energy_weight": 1.0,
+    "forces_weight": 1.0,
+    "lr": 0.001,
+    "num_channels": 8,
+    "num_interactions": 1,
+    "correlation": 2,
+    "r_max": 4.0,
+    "batch_size": 4,
+}
+
+
+def write_tiny_campaign(
+    folder: Path,
+    *,
+    name: str,
+    data_path: str | Path = "data",
+    agent: str = "rule-based",
+    n_train: int = 16,
+    spec: dict[str, Any] = TINY_SPEC,
+    **budget: object,
+) -> Path:
+    """Write ``folder/spec.yaml`` and ``folder/<name>.yaml``; return the campaign file."""
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    campaign = {
+        "name": name,
+        "data": {
+            "kind": "cu-emt",
+            "path": str(data_path),
+            "seed": 0,
+            "n_train": n_train,
+            "n_test": 8,
+        },
+        "scorecard": "spec.yaml",
+        "baseline": BAD_BASELINE,
+        "agent": {"kind": agent},
+        "budget": {"iterations": 2, "epochs": 3, "max_train_seconds": 300, **budget},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(campaign))
+    return path
+
+
+# -- untrained MACE models built by hand: a real model, no training ------------------------
+
+
+def untrained_mace(
+    atomic_numbers: Sequence[int],
+    atomic_energies: Sequence[float],
+    *,
+    num_interactions: int = 1,
+    max_ell: int = 1,
+    hidden_irreps: str = "8x0e",
+    mlp_irreps: str = "8x0e",
+    avg_num_neighbors: float = 8.0,
+    interaction_scale: float = 1.0,
+    correlation: int = 2,
+    seed: int = 0,
+) -> modules.ScaleShiftMACE:
+    """A ScaleShiftMACE (r_max 4 Å) with its initial weights from ``seed``.
+
+    ``interaction_scale=0`` leaves only the atomic energies: no force between atoms.
+    """
+    import numpy as np
+    import torch
+    from e3nn import o3  # after mace, which sets how torch.load treats e3nn's constants
+    from mace import modules
+
+    torch.manual_seed(seed)
+    return modules.ScaleShiftMACE(
+        r_max=4.0,
+        num_bessel=6,
+        num_polynomial_cutoff=5,
+        max_ell=max_ell,
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
+        num_interactions=num_interactions,
+        num_elements=len(atomic_numbers),
+        hidden_irreps=o3.Irreps(hidden_irreps),
+        MLP_irreps=o3.Irreps(mlp_irreps),
+        atomic_energies=np.array(atomic_energies, dtype=float),
+        avg_num_neighbors=avg_num_neighbors,
+        atomic_numbers=list(atomic_numbers),
+        correlation=correlation,
+        gate=torch.nn.functional.silu,
+        atomic_inter_scale=interaction_scale,
+        atomic_inter_shift=0.0,
+    )
+
+
+# -- trained models made bad on purpose: unstable or broken potentials -------------------
+
+
+def scaled_model(model_path: Path, factor: float, out: Path) -> Path:
+    """The model with its energy scale multiplied: negative flips every force, NaN breaks it.
+
+    The configuration keeps the old scale (it must be finite); the state dict, which is what
+    the model runs with, carries the new one."""
+    model = read_package(model_path)
+    config = json.dumps(config_document(model), sort_keys=True)
+    model.scale_shift.scale *= factor
+    return write_checked_package(config, model.state_dict(), out)
