@@ -19,6 +19,10 @@ validation is left out (it judges models, not agents). Printed and written to
 ``<out>/compare.html`` (``mlipilot compare`` over every run) draws score convergence per run,
 the final ranking and tokens against score.
 
+``--export DIR`` copies what the table and figures are made from (``stats.jsonl``, each run's
+ledger and scorecard) to DIR, a folder small enough to commit: ``--summarize --out DIR`` draws
+them again there, and a later benchmark goes on from them (``--first-seed``).
+
     .venv/bin/python benchmarks/agents.py --seeds 3 --iterations 10 \\
         --llm qwen http://127.0.0.1:8765/v1 Qwen2.5-Coder-1.5B-Instruct
 """
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sqlite3
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -182,9 +188,15 @@ def main() -> None:
     parser.add_argument(
         "--summarize", action="store_true", help="only the table and figures of the runs in --out"
     )
+    parser.add_argument(
+        "--export", type=Path, help="copy stats, ledgers and scorecards of --out's runs here"
+    )
     args = parser.parse_args()
     if args.summarize:
         summarize(args.out, earlier_runs(args.out))
+        return
+    if args.export:
+        export(args.out, args.export)
         return
 
     agents = [AgentSpec(kind, {"kind": kind}) for kind in args.agents]
@@ -213,18 +225,56 @@ def main() -> None:
 
 
 def earlier_runs(out: Path) -> list[RunStats]:
-    """The runs a benchmark in ``out`` has finished (``stats.jsonl``, a line each)."""
+    """The runs a benchmark in ``out`` has finished (``stats.jsonl``, a line each); a relative
+    run folder is under ``out``."""
     path = out / "stats.jsonl"
     if not path.exists():
         return []
-    return [RunStats.from_json(line) for line in path.read_text().splitlines() if line]
+    runs = [RunStats.from_json(line) for line in path.read_text().splitlines() if line]
+    for run in runs:
+        run.run_dir = out / run.run_dir  # an absolute run_dir stays as it is
+    return runs
+
+
+def export(out: Path, dest: Path) -> None:
+    """What the table and figures need of ``out``'s runs, copied to ``dest``: stats (run
+    folders relative), and of each run only its ledger and scorecard. A run already there
+    (a benchmark exported before) is kept."""
+    runs = earlier_runs(out)
+    kept = earlier_runs(dest)
+    have = {(r.agent, r.seed, r.run_dir.name) for r in kept}
+    lines = _stats_lines(dest)
+    for run in runs:
+        if (run.agent, run.seed, run.run_dir.name) in have:
+            continue
+        folder = dest / "runs" / run.run_dir.name
+        folder.mkdir(parents=True, exist_ok=True)
+        with (
+            sqlite3.connect(run.run_dir / "ledger.sqlite") as src,
+            sqlite3.connect(folder / "ledger.sqlite") as copy,
+        ):
+            src.backup(copy)  # the write-ahead log folded in: one file
+        shutil.copyfile(run.run_dir / "scorecard.yaml", folder / "scorecard.yaml")
+        moved = RunStats(**{**asdict(run), "run_dir": Path("runs") / run.run_dir.name})
+        lines.append(moved.to_json())
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "stats.jsonl").write_text("".join(line + "\n" for line in lines))
+    print(f"{dest}: {len(lines)} runs")
+
+
+def _stats_lines(folder: Path) -> list[str]:
+    path = folder / "stats.jsonl"
+    return [ln for ln in path.read_text().splitlines() if ln] if path.exists() else []
 
 
 def summarize(out: Path, stats: list[RunStats]) -> None:
     text = table(stats)
     (out / "agents.md").write_text(text + "\n")
     print(text)
-    page = build_comparison([s.run_dir for s in stats], out / "compare.html")
+    kept = [s.run_dir for s in stats if (s.run_dir / "ledger.sqlite").is_file()]
+    if len(kept) < len(stats):  # runs of an earlier session whose folders were not kept
+        print(f"figures: {len(stats) - len(kept)} runs without a ledger here are in the table only")
+    page = build_comparison(kept, out / "compare.html")
     print(f"figures: {page}")
 
 

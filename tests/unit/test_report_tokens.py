@@ -20,7 +20,7 @@ from mlipilot.ledger import Ledger, LedgerEvent
 from mlipilot.recipe import Recipe
 from mlipilot.report import build_report
 from mlipilot.report import data as report_data
-from mlipilot.report.compare import build_comparison, ranking, tokens_vs_score
+from mlipilot.report.compare import agent_colors, build_comparison, ranking, tokens_vs_score
 from mlipilot.report.ledger_view import load_run
 
 SCORECARD = Path(__file__).resolve().parents[2] / "scorecard" / "cu-emt.yaml"
@@ -270,3 +270,18 @@ def test_comparison_has_tokens_column_and_figure(
     alone = build_comparison([rule_root], tmp_path / "alone" / "cmp.html").read_text()
     assert re.findall(r"<img src='([^']+)'", alone) == ["cmp_files/incumbents.png"]
     assert not (tmp_path / "alone" / "cmp_files" / "tokens.png").exists()
+
+
+def test_several_runs_of_an_agent_are_drawn_by_agent_with_a_ranking_figure(
+    llm_root: Path, rule_root: Path, tmp_path: Path
+) -> None:
+    second_rule = _run(tmp_path / "rule-run-2", llm=False)  # a benchmark's second seed
+    assert agent_colors(["rule-based", AGENT]) is None  # one run each: a colour per run
+    colors = agent_colors(["rule-based", AGENT, "rule-based"])
+    assert colors == {"rule-based": "C0", AGENT: "C1"}
+    out = tmp_path / "bench" / "cmp.html"
+    text = build_comparison([rule_root, llm_root, second_rule], out).read_text()
+    images = re.findall(r"<img src='([^']+)'", text)
+    assert images == ["cmp_files/incumbents.png", "cmp_files/ranking.png", "cmp_files/tokens.png"]
+    assert all((out.parent / src).stat().st_size > 1000 for src in images)
+    assert "Final score by agent" in text

@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -24,6 +25,7 @@ from mlipilot.report.ledger_view import RunView, load_run
 
 FIGURE = "incumbents.png"
 TOKENS_FIGURE = "tokens.png"
+RANKING_FIGURE = "ranking.png"
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,29 @@ def ranking(views: Sequence[RunView]) -> list[RankRow]:
     return [RankRow(**{**row.__dict__, "rank": i}) for i, row in enumerate(rows, start=1)]
 
 
+def agent_colors(agents: Sequence[str]) -> dict[str, str] | None:
+    """With several runs of one agent (a benchmark's seeds): one colour per agent, in the order
+    they come, so its runs read as a group. None when every agent ran once: a colour per run."""
+    if len(set(agents)) == len(agents):
+        return None
+    return {agent: f"C{i % 10}" for i, agent in enumerate(dict.fromkeys(agents))}
+
+
+def _agent_legend(ax: Axes, colors: dict[str, str], agents: Sequence[str]) -> None:
+    handles = [
+        Line2D([], [], color=color, lw=2, label=f"{agent} ({agents.count(agent)} runs)")
+        for agent, color in colors.items()
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+
+
 def draw_incumbents(views: Sequence[RunView]) -> Figure:
     """The incumbent after each decision, one line per campaign: composite while feasible
     (top), violation while infeasible (bottom), as in the report's score figure."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True)
     its: set[int] = set()
+    agents = [data.header(view).agent for view in views]
+    colors = agent_colors(agents)
     for view in views:
         h = data.header(view)
         steps = data.incumbent_steps(view)
@@ -132,6 +152,8 @@ def draw_incumbents(views: Sequence[RunView]) -> Figure:
             where="post",
             lw=1.5,
             label=label,
+            color=None if colors is None else colors[h.agent],
+            alpha=1.0 if colors is None else 0.7,
         )
         bottom.step(
             xs,
@@ -139,6 +161,7 @@ def draw_incumbents(views: Sequence[RunView]) -> Figure:
             where="post",
             lw=1.5,
             color=line.get_color(),
+            alpha=line.get_alpha(),
             label=label,
         )
     if not any(s.feasible for view in views for s in data.incumbent_steps(view)):
@@ -150,7 +173,10 @@ def draw_incumbents(views: Sequence[RunView]) -> Figure:
     bottom.set_xlabel("iteration")
     for ax in (top, bottom):
         figures.iteration_axis(ax, sorted(its))
-        ax.legend(fontsize=7)
+        if colors is None:
+            ax.legend(fontsize=7)
+        else:
+            _agent_legend(ax, colors, agents)
     fig.tight_layout()
     return fig
 
@@ -202,8 +228,10 @@ def draw_tokens_vs_score(points: Sequence[CampaignTokens]) -> Figure:
     incumbent along the way is a thin line of the same colour."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True)
     most = max((p.tokens for p in points), default=0)
+    agents = [p.agent for p in points]
+    colors = agent_colors(agents)
     for i, p in enumerate(points):
-        color = f"C{i % 10}"
+        color = f"C{i % 10}" if colors is None else colors[p.agent]
         if p.llm_calls:
             xs = [float(s.tokens) for s in p.path] + [float(p.tokens)]
             steps = [*p.path, p.path[-1]] if p.path else []
@@ -215,6 +243,8 @@ def draw_tokens_vs_score(points: Sequence[CampaignTokens]) -> Figure:
         ax, y = (top, p.composite) if p.feasible else (bottom, p.violation)
         marker = "o" if p.llm_calls else "s"
         ax.scatter(p.tokens, figures.nan_if_none(y), color=color, marker=marker, s=60, zorder=3)
+        if colors is not None:
+            continue  # by agent: the legend names them, the ranking table names each run
         # Labels right of the point, left of it for the big spenders (else they run off the
         # axes); staggered, since agents without tokens all sit at x = 0.
         right = p.tokens <= most / 2
@@ -244,8 +274,47 @@ def draw_tokens_vs_score(points: Sequence[CampaignTokens]) -> Figure:
         Line2D([], [], marker="s", ls="", color="0.3", label="agent without LLM (0 tokens)"),
     ]
     top.legend(handles=handles, fontsize=8, loc="best")
+    if colors is not None:
+        _agent_legend(bottom, colors, agents)
     for ax in (top, bottom):
         ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def draw_ranking_by_agent(rows: Sequence[RankRow], colors: dict[str, str]) -> Figure:
+    """Each agent's runs (seeds) at their final score, agents in the order of their best run's
+    rank: composite of feasible runs on top, total violation of infeasible ones below."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.0), sharex=True)
+    order = list(dict.fromkeys(r.agent for r in rows))  # rows come best first
+    for x, agent in enumerate(order):
+        runs = [r for r in rows if r.agent == agent]
+        for j, r in enumerate(runs):
+            if r.feasible is None or r.score is None:
+                continue
+            ax = top if r.feasible else bottom
+            dx = (j - (len(runs) - 1) / 2) * 0.08  # seeds side by side, not on top of each other
+            ax.scatter(x + dx, r.score, color=colors[agent], s=50, zorder=3)
+        feasible = sum(1 for r in runs if r.feasible)
+        top.annotate(
+            f"{feasible}/{len(runs)} feasible",
+            (x, 1.0),
+            xycoords=("data", "axes fraction"),
+            textcoords="offset points",
+            xytext=(0, -12),
+            ha="center",
+            fontsize=8,
+        )
+    if not any(r.feasible for r in rows):
+        top.text(0.5, 0.5, "no feasible run", ha="center", transform=top.transAxes)
+    bottom.axhline(0.0, color="0.5", ls="--", lw=1)
+    bottom.set_yscale("symlog", linthresh=0.1)
+    top.set_ylabel("final composite\n(feasible, lower is better)")
+    bottom.set_ylabel("final total violation\n(infeasible)")
+    bottom.set_xticks(range(len(order)), order, rotation=15, fontsize=8)
+    bottom.set_xlim(-0.5, len(order) - 0.5)
+    for ax in (top, bottom):
+        ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -333,6 +402,19 @@ def build_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
             "infeasible (symlog axis; 0 = feasible, dashed).",
         ),
     ]
+    colors = agent_colors([data.header(v).agent for v in views])
+    if colors is not None:  # several runs of an agent: how its seeds ended, agent by agent
+        figures.save(draw_ranking_by_agent(rows, colors), out.parent / files / RANKING_FIGURE)
+        refs.append(
+            FigureRef(
+                f"{files}/{RANKING_FIGURE}",
+                "Final score by agent",
+                "One point per run (seed) at its final incumbent: composite while feasible "
+                "(top, lower is better), total violation while infeasible (bottom, symlog). "
+                "Agents left to right by their best run's rank; above each, how many of its "
+                "runs ended feasible.",
+            )
+        )
     points = tokens_vs_score(views)
     # When every agent spent 0 tokens the table's column says so; a plot would not add to it.
     if any(p.llm_calls for p in points):
