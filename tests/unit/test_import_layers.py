@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "services" / "mlipilot"
 LAYERS: list[set[str]] = [
     # plain modules every layer may use
     {"errors", "recipe", "config", "yaml_files", "atomic_files", "process_globals", "faults"}
-    | {"ray_runtime", "stopping", "cli_output", "v1"},
+    | {"ray_runtime", "stopping", "supervised", "cli_output", "v1"},
     {"data", "model_files"},
     {"scoring"},
     {"ledger"},
