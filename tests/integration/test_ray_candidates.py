@@ -19,7 +19,8 @@ import torch
 import yaml
 from factories import write_tiny_campaign
 
-from mlipilot.campaign.loop import create_run, run_campaign, run_in_layout
+from mlipilot.campaign.loop import run_campaign, run_in_layout
+from mlipilot.campaign.run_folder import create_run
 from mlipilot.config import load_campaign
 from mlipilot.ledger import LedgerEvent, read_events
 from mlipilot.stopping import CampaignStopped, StopRequest

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Protocol
 
 from mlipilot.agents.base import Proposal
-from mlipilot.code_mode.repo import ProgramRepo
-from mlipilot.code_mode.trainer import ProgramTask
 from mlipilot.ledger import utc_now
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorer, ScorerUnavailable
 from mlipilot.stopping import CampaignStopped, StopRequest
-from mlipilot.training.tasks import RecipeTask, TrainedModel, Trainer, TrainingTask
+from mlipilot.training.tasks import TrainedModel, Trainer, TrainingTask
 from mlipilot.training.trainer import EpochRecord, TrainingBudget
 
 
@@ -49,48 +47,6 @@ class TaskFor(Protocol):
     """Turns a candidate into the task its trainer runs: the campaign's mode, in one place."""
 
     def __call__(self, job: CandidateJob, budget: TrainingBudget) -> TrainingTask: ...
-
-
-@dataclass(frozen=True)
-class RecipeTasks:
-    """Recipe mode: mace_run_train on the candidate's recipe."""
-
-    train_file: Path
-    atomic_numbers: list[int]
-    threads: int | None
-
-    def __call__(self, job: CandidateJob, budget: TrainingBudget) -> TrainingTask:
-        return RecipeTask(
-            name=job.name,
-            work_dir=job.work_dir,
-            recipe=job.recipe,
-            train_file=self.train_file,
-            atomic_numbers=self.atomic_numbers,
-            budget=budget,
-            threads=self.threads,
-        )
-
-
-@dataclass(frozen=True)
-class ProgramTasks:
-    """Code mode: the incumbent's program with the candidate's diff, in the sandbox."""
-
-    repo: ProgramRepo
-    train_file: Path
-    threads: int | None
-
-    def __call__(self, job: CandidateJob, budget: TrainingBudget) -> TrainingTask:
-        return ProgramTask.of(
-            self.repo,
-            job.name,
-            job.work_dir,
-            job.proposal.diff,
-            job.base_commit,
-            job.recipe,
-            self.train_file,
-            budget,
-            self.threads or 1,
-        )
 
 
 # --- what workers post ------------------------------------------------------------------------
@@ -137,6 +93,43 @@ class _Fatal:
 
 
 Event = Progress | Trained | Evaluated | Finished
+
+
+@dataclass
+class Workers:
+    """Where a campaign's candidates train and score: its trainer, what each candidate's
+    training runs (its mode's tasks) and its scorer."""
+
+    trainer: Trainer
+    task_for: TaskFor
+    scorer: Scorer
+    on_ray: bool = False  # the trainers are Ray actors: this process holds a Ray session
+
+    def run(
+        self,
+        jobs: list[CandidateJob],
+        budget: TrainingBudget,
+        baseline_model: Path | None,
+        stop: StopRequest,
+        handle: Callable[[Event], None],
+    ) -> list[Finished]:
+        return run_candidates(
+            jobs,
+            trainer=self.trainer,
+            task_for=self.task_for,
+            scorer=self.scorer,
+            budget=budget,
+            baseline_model=baseline_model,
+            stop=stop,
+            handle=handle,
+        )
+
+    def close(self) -> None:
+        self.trainer.close()
+        if self.on_ray:
+            from mlipilot import ray_runtime
+
+            ray_runtime.release()
 
 
 def run_candidates(

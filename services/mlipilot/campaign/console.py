@@ -14,7 +14,7 @@ from mlipilot.scoring.spec import load_spec, table_metrics
 
 if TYPE_CHECKING:
     from mlipilot.campaign.layout import RunLayout
-    from mlipilot.campaign.loop import CampaignOutcome
+    from mlipilot.campaign.run_folder import CampaignOutcome
     from mlipilot.config import Campaign
 
 _VERDICT_STYLE = {"ACCEPT": "bold green", "REVERT": "red", "BASELINE": "cyan"}

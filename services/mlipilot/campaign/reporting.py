@@ -11,7 +11,7 @@ from mlipilot.scoring.result import ScoreResult
 
 if TYPE_CHECKING:
     from mlipilot.campaign.layout import RunLayout
-    from mlipilot.campaign.loop import CampaignOutcome
+    from mlipilot.campaign.run_folder import CampaignOutcome
     from mlipilot.config import Campaign
 
 

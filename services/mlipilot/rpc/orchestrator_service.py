@@ -29,14 +29,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from mlipilot.campaign.layout import RunLayout
-from mlipilot.campaign.loop import (
-    ScorerFactory,
-    create_run,
-    local_scorer,
-    resume_campaign,
-    run_in_layout,
-)
+from mlipilot.campaign.loop import ScorerFactory, local_scorer, resume_campaign, run_in_layout
 from mlipilot.campaign.reporting import IterationRow, NullReporter
+from mlipilot.campaign.run_folder import create_run
 from mlipilot.config import Campaign, parse_campaign_text
 from mlipilot.errors import MlipilotError, clipped, shown
 from mlipilot.ledger import CampaignHistory, Ledger, LedgerEvent, ending, read_events

@@ -65,6 +65,7 @@ class RayTrainerPool:
         self.resources = resources
         self.progress = Queue(actor_options={"num_cpus": 0, "namespace": NAMESPACE})
         self._actors: dict[str, Any] = {}  # by candidate, while it trains
+        self._cancelled: set[str] = set()  # candidates whose actor cancel_all killed
         self._lock = threading.Lock()
 
     def actor_name(self, candidate: str) -> str:
@@ -85,10 +86,13 @@ class RayTrainerPool:
         try:
             reply = ray.get(actor.train.remote(task, self.progress))
         except RayError as exc:
-            return _lost(task, dispatched, time.monotonic() - t0, exc)
+            with self._lock:
+                cancelled = task.name in self._cancelled
+            return _lost(task, dispatched, time.monotonic() - t0, exc, cancelled)
         finally:
             with self._lock:
                 self._actors.pop(task.name, None)
+                self._cancelled.discard(task.name)
             ray.kill(actor)  # frees its CPUs/GPUs for the scoring tasks
         return TrainedModel(
             outcome=TrainingOutcome.model_validate(reply["outcome"]),
@@ -108,6 +112,7 @@ class RayTrainerPool:
     def cancel_all(self) -> None:
         with self._lock:
             actors = list(self._actors.values())
+            self._cancelled.update(self._actors)
         for actor in actors:
             ray.kill(actor, no_restart=True)  # the training child dies with it (PDEATHSIG)
 
@@ -116,11 +121,20 @@ class RayTrainerPool:
         ray.kill(self.progress.actor)
 
 
-def _lost(task: TrainingTask, dispatched: str, wall: float, exc: RayError) -> TrainedModel:
+def _lost(
+    task: TrainingTask, dispatched: str, wall: float, exc: RayError, cancelled: bool
+) -> TrainedModel:
+    """The outcome of a training whose actor died: ``cancelled`` when ``cancel_all`` killed it
+    (as a local trainer reports a stop: a resumed campaign trains it again), else ``failed``
+    with the cause (the candidate's own, final)."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    if cancelled:
+        cause = f"cancelled: its trainer actor was stopped ({type(exc).__name__})"
+    else:
+        cause = f"the trainer actor died ({type(exc).__name__}): {first_line}"
     outcome = TrainingOutcome(
-        status="failed",
-        cause=f"the trainer actor died ({type(exc).__name__}): {first_line}",
+        status="cancelled" if cancelled else "failed",
+        cause=cause,
         wall_s=wall,
         log_path=task.work_dir / "train.log",
         command=[],
