@@ -175,10 +175,14 @@ def data_qm7(
         Optional[str],  # noqa: UP045
         typer.Option(help="ray backend: 'local' (default) or a cluster address"),
     ] = None,
+    rebuild: Annotated[
+        bool, typer.Option(help="compute the labels even when a shipped data set matches")
+    ] = False,
 ) -> None:
     """QM7-like molecules: sampled off-equilibrium geometries, labelled, split by molecule.
 
-    Resumable: rerun the same command after a crash and finished labels are reused.
+    Resumable: rerun the same command after a crash and finished labels are reused. A data set
+    shipped with mlipilot for exactly these settings is unpacked instead (see --rebuild).
     """
     from mlipilot.data.molecules.fanout import BACKENDS
     from mlipilot.data.molecules.molecule_list import SHIPPED_LIST
@@ -199,6 +203,7 @@ def data_qm7(
             molecule_list=molecule_list or SHIPPED_LIST,
             execution=Execution(backend, workers, ray_address),  # type: ignore[arg-type]
             progress=typer.echo,
+            use_shipped=not rebuild,
         )
     except MlipilotError as exc:
         fail(exc)

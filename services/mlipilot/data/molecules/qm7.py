@@ -35,6 +35,7 @@ from mlipilot.data.molecules.label_store import ConfigStore, Failure, LabelStore
 from mlipilot.data.molecules.levels import Level, get_level, level_slug
 from mlipilot.data.molecules.molecule_list import SHIPPED_LIST, Molecule, load_molecule_list
 from mlipilot.data.molecules.sampling import SamplingSettings
+from mlipilot.data.molecules.shipped import find_shipped, settings, unpack
 from mlipilot.data.molecules.tasks import (
     LabelJob,
     LabelOutcome,
@@ -107,8 +108,11 @@ def ensure_qm7(
     molecule_list: Path = SHIPPED_LIST,
     execution: Execution | None = None,
     progress: Callable[[str], None] | None = None,
+    use_shipped: bool = True,
 ) -> Qm7Result:
-    """Open the data set at ``out`` if it was made with these settings, else build it."""
+    """Open the data set at ``out`` if it was made with these settings, else unpack the
+    shipped one made with them (``shipped.py``; not with ``use_shipped=False``), else build it.
+    """
     lvl = get_level(level) if isinstance(level, str) else level
     _check_request(molecules, configs_per_molecule, test_fraction)
     sampling = SamplingSettings(configs_per_molecule=configs_per_molecule)
@@ -125,8 +129,13 @@ def ensure_qm7(
     if (out / MANIFEST_NAME).exists():
         _check_same_settings(out, seed, params)
         return Qm7Result(open_dataset(out), BuildStats())
-    out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda _msg: None)
+    packed = find_shipped(GENERATOR, seed, params) if use_shipped else None
+    if packed is not None:
+        say(f"unpacking the shipped data set {packed.name} (no labels computed)")
+        unpack(packed, out)
+        return Qm7Result(open_dataset(out), BuildStats())
+    out.mkdir(parents=True, exist_ok=True)
     execution = execution or Execution()
     stats = BuildStats()
     configs = sample_molecules(out, mols, seed, sampling, execution, stats, say)
@@ -292,9 +301,11 @@ def _first_molecules(path: Path, n: int) -> list[Molecule]:
 
 
 def _check_same_settings(out: Path, seed: int, params: dict[str, Any]) -> None:
+    # Not the labelling software's version: a finished data set stays what it was made as (its
+    # manifest says by which version), and a rebuild never reuses labels of another version.
     existing = read_manifest(out)
-    have = {"generator": existing.generator, "seed": existing.seed, **existing.params}
-    wanted = {"generator": GENERATOR, "seed": seed, **params}
+    have = settings(existing.generator, existing.seed, existing.params)
+    wanted = settings(GENERATOR, seed, params)
     diffs = [
         f"{k}: on disk {have.get(k)!r}, asked {v!r}" for k, v in wanted.items() if have.get(k) != v
     ]
