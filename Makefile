@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # `mlipilot` is linked here so a fresh shell finds it without activating the venv.
 LINK_DIR ?= $(shell if [ -w /usr/local/bin ]; then echo /usr/local/bin; else echo $$HOME/.local/bin; fi)
 
-.PHONY: install test test-fast lint format run protos clean helm sandbox-tools llm-local test-llm
+.PHONY: install test test-fast lint format run protos clean helm sandbox-tools browser llm-local test-llm
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,7 @@ install:
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(MAKE) --no-print-directory helm
 	$(MAKE) --no-print-directory sandbox-tools
+	$(MAKE) --no-print-directory browser
 	mkdir -p $(LINK_DIR)
 	ln -sf $(abspath $(BIN)/mlipilot) $(LINK_DIR)/mlipilot
 	@echo "installed: $(LINK_DIR)/mlipilot -> $(abspath $(BIN)/mlipilot)"
@@ -50,6 +51,16 @@ sandbox-tools:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null && bwrap --version; \
 	else echo "note: install bubblewrap for code mode (e.g. sudo apt-get install bubblewrap)"; fi
+
+# Chromium and its WebDriver for the dashboard's browser tests (Debian packages; Selenium is told
+# where they are, so nothing is downloaded at run time).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "browser: $$(chromedriver --version | cut -d' ' -f1-2)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null && \
+	  chromedriver --version; \
+	else echo "note: install chromium and chromium-driver for the dashboard's browser tests"; fi
 
 helm:
 	@if [ -x $(BIN)/helm ] && echo "$(HELM_SHA256)  $(BIN)/helm" | sha256sum -c --status -; then \

@@ -8,7 +8,8 @@ tests that only want a spec do not pay for them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,3 +203,100 @@ def scaled_model(model_path: Path, factor: float, out: Path) -> Path:
     config = json.dumps(config_document(model), sort_keys=True)
     model.scale_shift.scale *= factor
     return write_checked_package(config, model.state_dict(), out)
+
+
+# --- ledger events of a campaign, as the loop writes them -------------------------------------
+
+
+def dashboard_events(
+    campaign: str, hypothesis: str = "raise the learning rate"
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """(start, the baseline's rows, one more candidate's rows) of a small Cu campaign, with the
+    columns and details the loop writes (``campaign/recorder.py``); scores made up."""
+    from mlipilot.ledger import LedgerEvent
+    from mlipilot.recipe import Recipe
+
+    def row(**fields: Any) -> LedgerEvent:
+        return LedgerEvent(campaign=campaign, **fields)
+
+    base = Recipe(lr=0.001)
+    tried = Recipe(lr=0.01)
+    start = [
+        row(
+            event="campaign_started",
+            agent="rule-based",
+            recipe=base.model_dump(),
+            detail={"campaign": {"name": "cu-live", "budget": {"iterations": 3, "epochs": 2}}},
+        )
+    ]
+
+    def candidate(iteration: int, name: str, recipe: Recipe, text: str, verdict: str, score: float):
+        metrics = {"energy_mae_meV_per_atom": 50.0 * score, "force_mae_meV_per_A": 80.0 * score}
+        return [
+            row(event="iteration_started", iteration=iteration),
+            row(
+                event="proposal",
+                iteration=iteration,
+                candidate=name,
+                agent="rule-based",
+                hypothesis=text,
+                patch=None if iteration == 0 else {"lr": recipe.lr},
+                recipe=recipe.model_dump(),
+            ),
+            row(
+                event="progress",
+                iteration=iteration,
+                candidate=name,
+                status="train",
+                detail={"stage": "train", "done": 1, "total": 2, "loss": 1.0},
+            ),
+            row(
+                event="training",
+                iteration=iteration,
+                candidate=name,
+                status="ok",
+                detail={"curve": [{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.0}]},
+            ),
+            row(
+                event="evaluation",
+                iteration=iteration,
+                candidate=name,
+                status="infeasible",
+                metrics=metrics,
+                feasible=False,
+                violation=score,
+                composite=score,
+            ),
+            row(
+                event="decision",
+                iteration=iteration,
+                candidate=name,
+                agent="rule-based",
+                hypothesis=text,
+                decision=verdict,
+                reason=f"{verdict.lower()} by the test",
+                metrics=metrics,
+                feasible=False,
+                violation=score,
+                composite=score,
+            ),
+        ]
+
+    baseline = candidate(
+        0, "it000", base, "baseline recipe from the campaign file", "BASELINE", 2.0
+    )
+    later = candidate(1, "it001", tried, hypothesis, "ACCEPT", 1.0)
+    return start, baseline, later
+
+
+@contextmanager
+def serve_dashboard(runs: Path, token: str | None) -> Iterator[str]:
+    """The dashboard over ``runs`` in a thread of this process, on a free loopback port; yields
+    its base URL."""
+    from mlipilot.dashboard.server import start_in_thread
+
+    running = start_in_thread(runs, "127.0.0.1", 0, token, tick_s=0.2)
+    try:
+        yield f"http://127.0.0.1:{running.port}"
+    finally:
+        running.stop()

@@ -323,6 +323,34 @@ def validate_model(
         fail(exc)
 
 
+@app.command()
+def dashboard(
+    runs: Annotated[Path, typer.Option(help="the runs folder: every campaign in it")] = Path(
+        "runs"
+    ),
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 8050,
+    token_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="bearer token file (else $MLIPILOT_TOKEN; neither: loopback only)"),
+    ] = None,
+) -> None:
+    """A live view of the campaigns in RUNS in the browser (offline, read-only).
+
+    With a token, open http://HOST:PORT/?token=TOKEN once; the browser keeps it as a cookie.
+    """
+    from mlipilot.dashboard.server import serve
+    from mlipilot.rpc.auth import load_token
+
+    try:
+        token = load_token(token_file)
+        shown = f"http://{host}:{port}/" + ("?token=..." if token else "")
+        typer.echo(f"dashboard of {runs.resolve()} on {shown}")
+        serve(runs, host, port, token)
+    except (MlipilotError, ValueError) as exc:
+        fail(MlipilotError(str(exc)))
+
+
 def _register_service_commands() -> None:
     from mlipilot.cli_services import register
 

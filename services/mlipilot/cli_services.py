@@ -189,6 +189,10 @@ def serve_orchestrator(
         bool,
         typer.Option(help="on start, resume the campaigns a killed or stopped server left"),
     ] = True,
+    dashboard_port: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="serve the live dashboard on this HTTP port (behind the token)"),
+    ] = None,
 ) -> None:
     """Serve the orchestrator: create, get, list, watch and cancel campaigns."""
     from mlipilot.campaign.loop import local_scorer
@@ -225,14 +229,42 @@ def serve_orchestrator(
             lambda s: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, s),
             [SERVICE_NAME],
         )
+        dashboard = None
+        if dashboard_port is not None:
+            dashboard = _start_dashboard(runs, dashboard_port, options)
     except MlipilotError as exc:
         fail(exc)
     scoring = f"scorecard service {scorecard}" if scorecard else "scoring in process"
     typer.echo(f"orchestrator on {host}:{running.port}, runs in {runs}, {scoring}", err=True)
+    if dashboard is not None:
+        typer.echo(f"dashboard on {host}:{dashboard.port}", err=True)
     if resume:
         for campaign_id in servicer.resume_unfinished():
             typer.echo(f"resumed campaign {campaign_id}", err=True)
     serve_until_signal(running, on_shutdown=lambda: servicer.shutdown(grace), grace_s=grace)
+
+
+def _start_dashboard(runs: Path, port: int, options: ServerOptions):
+    """The live dashboard beside the gRPC server: same host, token and TLS certificate."""
+    import ssl
+
+    from mlipilot.dashboard.server import start_in_thread
+
+    context = None
+    if options.tls_cert is not None and options.tls_key is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    try:
+        return start_in_thread(
+            runs,
+            options.host,
+            port,
+            options.token,
+            ssl_context=context,
+            insecure=options.insecure,
+        )
+    except ValueError as exc:
+        raise MlipilotError(str(exc)) from exc
 
 
 def _client(server: str, token_file: Path | None, tls_ca: Path | None) -> OrchestratorClient:

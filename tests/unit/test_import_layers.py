@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"report"},
     {"validation"},
     {"campaign"},
-    {"rpc", "cluster"},
+    {"rpc", "cluster", "dashboard"},
     {"cli", "cli_services"},
 ]
 

@@ -407,3 +407,33 @@ def test_metrics_need_the_servers_token(serve) -> None:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
         assert b"mlipilot_decisions_total" in response.read()
+
+
+def test_the_campaign_metrics_follow_candidates_through_their_stages() -> None:
+    from prometheus_client import REGISTRY
+
+    from mlipilot.campaign.decision import Decision
+    from mlipilot.campaign.reporting import IterationRow
+    from mlipilot.rpc.orchestrator_service import MetricsReporter
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {s: value("mlipilot_candidates_in_flight", stage=s) for s in ("training", "scoring")}
+    tokens = value("mlipilot_llm_tokens_total", kind="prompt")
+    reporter = MetricsReporter()
+    reporter.stage("it001", "train", 1, 10)
+    reporter.stage("it001", "train", 2, 10)  # the same stage again: counted once
+    reporter.stage("it002", "train", 1, 10)
+    assert value("mlipilot_candidates_in_flight", stage="training") == before["training"] + 2
+    reporter.stage("it001", "md", 1, 4)
+    assert value("mlipilot_candidates_in_flight", stage="training") == before["training"] + 1
+    assert value("mlipilot_candidates_in_flight", stage="scoring") == before["scoring"] + 1
+    row = IterationRow.build(
+        1, "h", {}, None, Decision(verdict="REVERT", reason="r"), candidate="it001"
+    ).model_copy(update={"prompt_tokens": 120, "completion_tokens": 30})
+    reporter.decision(row)
+    assert value("mlipilot_candidates_in_flight", stage="scoring") == before["scoring"]
+    assert value("mlipilot_llm_tokens_total", kind="prompt") == tokens + 120
+    reporter.close()  # the campaign ended with it002 still training (a stop, a crash)
+    assert value("mlipilot_candidates_in_flight", stage="training") == before["training"]

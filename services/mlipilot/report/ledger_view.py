@@ -83,6 +83,13 @@ def load_run(run_dir: Path) -> RunView:
         history = CampaignHistory.of(ledger.events())
     if not history.decisions:
         raise MlipilotError(f"{run_dir}: ledger.sqlite has no decisions yet, nothing to report")
+    return run_view(run_dir, spec, spec_hash, history)
+
+
+def run_view(
+    run_dir: Path, spec: ScorecardSpec, spec_hash: str, history: CampaignHistory
+) -> RunView:
+    """The view of events already read (a live campaign's, which may have no decision yet)."""
     return RunView(
         run_dir=run_dir,
         spec=spec,

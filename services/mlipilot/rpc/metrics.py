@@ -28,6 +28,16 @@ CAMPAIGNS = Counter(
 ACTIVE_CAMPAIGNS = Gauge("mlipilot_active_campaigns", "Campaigns running now")
 ITERATIONS = Counter("mlipilot_iterations_total", "Candidate iterations decided")
 DECISIONS = Counter("mlipilot_decisions_total", "Decisions on candidates by verdict", ["verdict"])
+CANDIDATES_IN_FLIGHT = Gauge(
+    "mlipilot_candidates_in_flight",
+    "Candidates being trained or scored now, by stage",
+    ["stage"],  # training, scoring
+)
+LLM_TOKENS = Counter(
+    "mlipilot_llm_tokens_total",
+    "LLM tokens spent on decided candidates' proposals",
+    ["kind"],  # prompt, completion
+)
 EVALUATIONS = Counter(
     "mlipilot_evaluations_total",
     "Scorecard evaluations by scorecard and outcome",

@@ -37,7 +37,14 @@ from mlipilot.errors import MlipilotError, clipped, shown
 from mlipilot.ledger import CampaignHistory, Ledger, LedgerEvent, ending, read_events
 from mlipilot.rpc.campaign_policy import CampaignDenied, CampaignPolicy
 from mlipilot.rpc.convert import STATUS_BY_NAME, event_to_proto, timestamp
-from mlipilot.rpc.metrics import ACTIVE_CAMPAIGNS, CAMPAIGNS, DECISIONS, ITERATIONS
+from mlipilot.rpc.metrics import (
+    ACTIVE_CAMPAIGNS,
+    CAMPAIGNS,
+    CANDIDATES_IN_FLIGHT,
+    DECISIONS,
+    ITERATIONS,
+    LLM_TOKENS,
+)
 from mlipilot.scoring.scorecard import ScorerUnavailable
 from mlipilot.scoring.spec import load_spec
 from mlipilot.stopping import CampaignStopped, StopRequest
@@ -55,11 +62,38 @@ _MAX_FIELD_BYTES = 80
 
 
 class MetricsReporter(NullReporter):
-    """Counts iterations and decisions for Prometheus as the loop makes them."""
+    """Counts iterations, decisions, tokens and candidates in flight for Prometheus as the loop
+    makes them (one per campaign: ``close`` takes its candidates out of the in-flight gauge,
+    however the campaign ended)."""
+
+    def __init__(self) -> None:
+        self._stage: dict[str, str] = {}  # candidate -> training | scoring, while in flight
+
+    def stage(self, candidate: str, stage: str, done: int, total: int) -> None:
+        now = "training" if stage == "train" else "scoring"
+        before = self._stage.get(candidate)
+        if before == now:
+            return
+        if before is not None:
+            CANDIDATES_IN_FLIGHT.labels(stage=before).dec()
+        CANDIDATES_IN_FLIGHT.labels(stage=now).inc()
+        self._stage[candidate] = now
 
     def decision(self, row: IterationRow) -> None:
         ITERATIONS.inc()
         DECISIONS.labels(verdict=row.verdict).inc()
+        LLM_TOKENS.labels(kind="prompt").inc(row.prompt_tokens or 0)
+        LLM_TOKENS.labels(kind="completion").inc(row.completion_tokens or 0)
+        self._landed(row.candidate)
+
+    def _landed(self, candidate: str) -> None:
+        stage = self._stage.pop(candidate, None)
+        if stage is not None:
+            CANDIDATES_IN_FLIGHT.labels(stage=stage).dec()
+
+    def close(self) -> None:
+        for candidate in list(self._stage):
+            self._landed(candidate)
 
 
 @dataclass
@@ -236,7 +270,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     def _run(self, campaign: Campaign | None, layout: RunLayout, stop: StopRequest) -> None:
         status = "failed"
-        options = {"reporter": MetricsReporter(), "scorer_factory": self.scorer_factory}
+        reporter = MetricsReporter()
+        options = {"reporter": reporter, "scorer_factory": self.scorer_factory}
         try:
             if campaign is None:
                 resume_campaign(layout.root, stop=stop, **options)
@@ -250,6 +285,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         except BaseException:
             log.exception("campaign %s failed", layout.root.name)
         finally:
+            reporter.close()
             CAMPAIGNS.labels(status=status).inc()
             ACTIVE_CAMPAIGNS.dec()
             with self._lock:
