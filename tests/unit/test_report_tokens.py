@@ -285,3 +285,40 @@ def test_several_runs_of_an_agent_are_drawn_by_agent_with_a_ranking_figure(
     assert images == ["cmp_files/incumbents.png", "cmp_files/ranking.png", "cmp_files/tokens.png"]
     assert all((out.parent / src).stat().st_size > 1000 for src in images)
     assert "Final score by agent" in text
+
+
+def test_counts_say_what_they_count(llm_root: Path) -> None:
+    """An agent that failed at one of four iterations: 3 proposals, 3 decided, 1 failure (not
+    'iterations 3', which read as if a fourth had never been asked for)."""
+    counts = report_data.counts(load_run(llm_root))
+    assert (counts.proposals, counts.decided, counts.agent_failures) == (3, 3, 1)
+    rows = ranking([load_run(llm_root)])
+    assert rows[0].counts == counts
+
+
+def test_a_campaign_has_one_colour_in_every_comparison_figure(
+    llm_root: Path, rule_root: Path, tmp_path: Path
+) -> None:
+    from matplotlib.colors import to_hex
+
+    from mlipilot.report.colors import campaign_color
+    from mlipilot.report.compare import draw_incumbents, draw_tokens_vs_score
+
+    views = [load_run(llm_root), load_run(rule_root)]
+    incumbents = draw_incumbents(views)
+    line_colors = {
+        line.get_label().split(" ")[0]: to_hex(line.get_color())
+        for line in incumbents.axes[0].get_lines()
+        if not line.get_label().startswith("_")
+    }
+    tokens = draw_tokens_vs_score(tokens_vs_score(views))
+    point_colors = {
+        text.get_text().split(" ")[0]: to_hex(text.get_color())
+        for ax in tokens.axes
+        for text in ax.texts
+        if text.get_text().split(" ")[0] in line_colors
+    }
+    for view in views:
+        name = view.run_dir.name
+        assert line_colors[name] == campaign_color(name)
+        assert point_colors[name] == campaign_color(name)

@@ -9,7 +9,6 @@ text, never as markup.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from dataclasses import asdict
 from typing import Any
@@ -20,19 +19,8 @@ from mlipilot.ledger import LedgerEvent, candidate_of
 from mlipilot.ledger.events import ProposalDetail, TrainingDetail
 from mlipilot.recipe import Recipe
 from mlipilot.report import data
+from mlipilot.report.colors import campaign_color
 from mlipilot.report.ledger_view import RunView, run_view
-
-# One colour per campaign, the same in every view and figure: chosen by the run folder's name,
-# not by its place in a list, so it survives a new campaign appearing beside it.
-PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
-]  # fmt: skip
-
-
-def campaign_color(run_id: str) -> str:
-    digest = hashlib.sha256(run_id.encode()).digest()
-    return PALETTE[digest[0] % len(PALETTE)]
 
 
 def _view(feed: CampaignFeed) -> RunView:
@@ -53,7 +41,7 @@ def summary(feed: CampaignFeed) -> dict[str, Any]:
         }
     view = _view(feed)
     h = data.header(view)
-    failures = [e for e in history.events if e.event == "agent_failure"]
+    counts = data.counts(view)
     return {
         "id": feed.id,
         "color": campaign_color(feed.id),
@@ -62,9 +50,9 @@ def summary(feed: CampaignFeed) -> dict[str, Any]:
         "status": h.status,
         "scorecard": f"{h.spec_name} v{h.spec_version}",
         "spec_hash": h.spec_hash,
-        "proposals": len([p for p in history.proposals if p != "it000"]),
-        "decided": h.candidates_done,
-        "agent_failures": len(failures),
+        "proposals": counts.proposals,
+        "decided": counts.decided,
+        "agent_failures": counts.agent_failures,
         "iterations_planned": h.iterations_planned,
         "best_candidate": h.best_candidate,
         "best_feasible": h.best_feasible,

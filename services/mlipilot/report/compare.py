@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mlipilot.errors import MlipilotError
 from mlipilot.report import data, figures
+from mlipilot.report.colors import campaign_color
 from mlipilot.report.html import CSS, FigureRef, figure_html, fmt
 from mlipilot.report.ledger_view import RunView, load_run
 
@@ -41,6 +42,7 @@ class RankRow:
     first_feasible_iteration: int | None  # where the incumbent first became feasible
     iterations_done: int
     accepted: int
+    counts: data.Counts
     wall_s: float | None
     tokens: int = 0  # LLM tokens (prompt + completion) of all the agent's conversations
     llm_calls: int = 0  # 0: an agent without a model (rule-based, random, optuna)
@@ -108,6 +110,7 @@ def ranking(views: Sequence[RunView]) -> list[RankRow]:
                 first_feasible_iteration=first_feasible,
                 iterations_done=h.iterations_done,
                 accepted=accepted,
+                counts=data.counts(view),
                 wall_s=h.wall_s,
                 tokens=h.total_tokens,
                 llm_calls=h.llm_calls,
@@ -152,7 +155,7 @@ def draw_incumbents(views: Sequence[RunView]) -> Figure:
             where="post",
             lw=1.5,
             label=label,
-            color=None if colors is None else colors[h.agent],
+            color=campaign_color(h.run) if colors is None else colors[h.agent],
             alpha=1.0 if colors is None else 0.7,
         )
         bottom.step(
@@ -231,7 +234,7 @@ def draw_tokens_vs_score(points: Sequence[CampaignTokens]) -> Figure:
     agents = [p.agent for p in points]
     colors = agent_colors(agents)
     for i, p in enumerate(points):
-        color = f"C{i % 10}" if colors is None else colors[p.agent]
+        color = campaign_color(p.campaign) if colors is None else colors[p.agent]
         if p.llm_calls:
             xs = [float(s.tokens) for s in p.path] + [float(p.tokens)]
             steps = [*p.path, p.path[-1]] if p.path else []
@@ -328,7 +331,9 @@ def _rank_table(rows: Sequence[RankRow]) -> str:
         "feasible",
         "composite / violation",
         "first feasible at",
-        "iterations",
+        "proposals",
+        "decided candidates",
+        "agent failures",
         "accepted",
         "LLM tokens",
         "wall time",
@@ -344,13 +349,16 @@ def _rank_table(rows: Sequence[RankRow]) -> str:
         wall = "—" if r.wall_s is None else f"{r.wall_s:.0f} s"
         cells = [
             f"<td class='num'>{r.rank}</td>",
-            f"<td>{escape(r.campaign)}</td>",
+            f"<td><span class='swatch' style='background:{campaign_color(r.campaign)}'></span>"
+            f"{escape(r.campaign)}</td>",
             f"<td>{escape(r.agent)}</td>",
             f"<td>{escape(r.spec_name)} <span class='hash'>{escape(r.spec_hash[:12])}</span></td>",
             f"<td>{fmt(r.feasible)}</td>",
             f"<td class='num'>{escape(score)}</td>",
             f"<td class='num'>{first}</td>",
-            f"<td class='num'>{r.iterations_done}</td>",
+            f"<td class='num'>{r.counts.proposals}</td>",
+            f"<td class='num'>{r.counts.decided}</td>",
+            f"<td class='num'>{r.counts.agent_failures}</td>",
             f"<td class='num'>{r.accepted}</td>",
             f"<td class='num'>{f'{r.tokens:,}' if r.llm_calls else '0 (no LLM)'}</td>",
             f"<td class='num'>{wall}</td>",

@@ -108,6 +108,25 @@ def header(view: RunView) -> Header:
     )
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What a campaign did, each number saying what it counts (the baseline not counted)."""
+
+    proposals: int  # candidates the agent proposed (duplicates included)
+    decided: int  # candidates with a decision
+    agent_failures: int  # refused proposals, failed or given-up calls, a spent token budget
+
+
+def counts(view: RunView) -> Counts:
+    history = view.history
+    events = history.events if history is not None else []
+    return Counts(
+        proposals=sum(1 for name in view.proposals if name != "it000"),
+        decided=sum(1 for d in view.decisions if d.iteration),
+        agent_failures=sum(1 for e in events if e.event == "agent_failure"),
+    )
+
+
 # --- figure 1: composite / violation with the incumbent -----------------------------------
 
 

@@ -31,6 +31,7 @@ td.noise { font-size: 0.9em; min-width: 12em; }
 td.text, td.reason { overflow-wrap: anywhere; min-width: 10em; }
 div.wide { overflow-x: auto; }
 code, .hash { font-family: ui-monospace, monospace; font-size: 0.9em; }
+.swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em; }
 tr.ACCEPT td.decision { background: #d8f0d8; }
 tr.REVERT td.decision { background: #f6d6d6; }
 tr.BASELINE td.decision { background: #e6e6e6; }
