@@ -20,9 +20,25 @@ from pathlib import Path
 import pytest
 from factories import dashboard_events, serve_dashboard
 
-from mlipilot.ledger import Ledger
+from mlipilot.ledger import Ledger, LedgerEvent
 
 TOKEN = "dashboard-test-token"
+VALIDATED = LedgerEvent(
+    campaign="-",
+    event="validation",
+    iteration=1,
+    candidate="it001",
+    status="failed",
+    reason="1 of 2 checks pass (cu-emt v1); failing: c12_GPa",
+    detail={
+        "checks": [
+            {"metric": "c11_GPa", "value": 170.0, "reference": 172.6, "tolerance": "± 15 %",
+             "passed": True},
+            {"metric": "c12_GPa", "value": 60.0, "reference": 115.4, "tolerance": "± 15 %",
+             "passed": False},
+        ]
+    },
+)  # fmt: skip
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 
 
@@ -128,4 +144,15 @@ def test_a_running_campaign_gains_a_row_and_a_point_as_its_ledger_grows(
     assert browser.execute_script("return window.pwned === undefined")
     assert not browser.find_elements(By.CSS_SELECTOR, "#candidates script, #candidates img")
     assert browser.find_element(By.ID, "decided").text == "1"  # the baseline is not counted
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        ledger.append(VALIDATED.model_copy(update={"campaign": run_dir.name}))
+    browser.get(f"{base}/#/c/{run_dir.name}/it001")  # the candidate's own view
+    checks = _wait(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#validation tbody tr"),
+        lambda: f"the validation table ({_page_state(browser)})",
+    )
+    assert [row.find_element(By.TAG_NAME, "td").text for row in checks] == ["c11_GPa", "c12_GPa"]
+    diff = browser.find_element(By.ID, "recipe-diff").text
+    assert "lr" in diff and "0.001" in diff and "0.01" in diff
+    assert browser.find_element(By.CSS_SELECTOR, "p.hypothesis").text == HOSTILE
     browser.get("about:blank")  # closes the page's stream

@@ -520,6 +520,8 @@ def _validate(run: _Run, iteration: int, name: str, model: Path) -> ValidationRe
         run.layout.candidate_dir(name),
         run.stop,
         run.reporter.note,
+        # On Ray, the suite's groups go there too, each the size of an MD task.
+        ray_resources=run.campaign.compute.md if run.workers.on_ray else None,
     )
     run.recorder.record(
         event="validation",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlipilot.config import ValidationConfig
+from mlipilot.config import RayResources, ValidationConfig
 from mlipilot.errors import MlipilotError
 from mlipilot.ledger import LedgerEvent
 from mlipilot.stopping import CampaignStopped, StopRequest
@@ -55,12 +55,15 @@ def validate_candidate(
     out_dir: Path,
     stop: StopRequest,
     note: Any,
+    ray_resources: RayResources | None = None,
 ) -> ValidationRecord:
     """Run the campaign's suite on ``package``; the files go to ``out_dir`` (the candidate's
-    folder). Never raises for what the model does; a stop raises CampaignStopped."""
+    folder). Never raises for what the model does; a stop raises CampaignStopped. With
+    ``ray_resources`` (a campaign on Ray) a crystal suite's groups run as Ray tasks of that
+    size, side by side."""
     from mlipilot.validation.page import write_outputs
     from mlipilot.validation.run import package_calculator, validate
-    from mlipilot.validation.suite import load_suite, suite_elements
+    from mlipilot.validation.suite import ValidationSuite, load_suite, suite_elements
 
     path = suite_file(config)
     assert path is not None, "validate_candidate needs a suite"
@@ -74,8 +77,19 @@ def validate_candidate(
             if line.strip():  # the model's path is long and the same on every line
                 note(f"{candidate} validation: {line.strip().replace(str(package), 'model')}")
 
+        fan_outs = None
+        if ray_resources is not None and isinstance(spec, ValidationSuite):
+            from mlipilot.validation.ray_groups import ray_fan_outs
+
+            fan_outs = ray_fan_outs(package, suite_elements(spec), spec, ray_resources)
         result = validate(
-            factory, spec, sha256=sha, suite_file=str(path), model=str(package), progress=progress
+            factory,
+            spec,
+            sha256=sha,
+            suite_file=str(path),
+            model=str(package),
+            progress=progress,
+            fan_outs=fan_outs,
         )
     except CampaignStopped:
         raise

@@ -49,6 +49,11 @@ MOLECULE_RUNNERS: dict[str, Callable[..., Measured]] = {
 }
 DEFAULT_SEARCH_FRACTION = 0.1  # without an EOS group: where a0 is looked for
 Progress = Callable[[str], None]
+# Runs a crystal suite's groups elsewhere (Ray tasks, validation/ray_groups.py):
+# (group names, a0, why there is none) -> each group's run, by name. None: one after another here.
+GroupFanOut = Callable[[list[str], "float | None", str], dict[str, GroupRun]]
+# Which fan-out measures the model ("model") and which the reference ("reference").
+FanOuts = Callable[[str], "GroupFanOut | None"]
 
 
 def package_calculator(
@@ -90,7 +95,7 @@ def _a0(factory: CalculatorFactory, suite: ValidationSuite) -> float:
     return crystal.equilibrium_lattice(factory, suite.element, suite.lattice_a_A, search)
 
 
-def _run_group(
+def run_group(
     name: str, factory: CalculatorFactory, suite: ValidationSuite, a0: float | None, why_not: str
 ) -> GroupRun:
     """One group for one calculator; exceptions become the group's error."""
@@ -130,10 +135,12 @@ def measure(
     progress: Progress | None = None,
     held_out: list[molecules.HeldOut] | None = None,
     reference: Measurements | None = None,
+    fan_out: GroupFanOut | None = None,
 ) -> Measurements:
     """Every group of ``suite`` for one calculator (``who`` names it in the record). A
     molecular suite runs on ``held_out`` and pairs with ``reference`` where a group compares
-    mode by mode (None: this is the reference)."""
+    mode by mode (None: this is the reference). A crystal suite's groups run through
+    ``fan_out`` when given (side by side, elsewhere), else one after another here."""
     say = progress or (lambda _: None)
     start = time.perf_counter()
     if isinstance(suite, MoleculeSuite):
@@ -156,10 +163,16 @@ def measure(
         a0, why_not = _a0(factory, suite), None
     except Exception as exc:  # recorded; every static group says so
         a0, why_not = None, f"{type(exc).__name__}: {exc}"
-    runs = {}
-    for name in suite.groups():
-        runs[name] = run = _run_group(name, factory, suite, a0, why_not or "")
-        say(f"{who}: {name} {run.wall_s:.1f} s" + (f" ({run.error})" if run.error else ""))
+    names = list(suite.groups())
+    if fan_out is not None:
+        runs = fan_out(names, a0, why_not or "")
+        for name, run in runs.items():
+            say(f"{who}: {name} {run.wall_s:.1f} s" + (f" ({run.error})" if run.error else ""))
+    else:
+        runs = {}
+        for name in names:
+            runs[name] = run = run_group(name, factory, suite, a0, why_not or "")
+            say(f"{who}: {name} {run.wall_s:.1f} s" + (f" ({run.error})" if run.error else ""))
     return Measurements(
         who=who,
         suite_sha256=sha256,
@@ -216,6 +229,7 @@ def validate(
     reference: str | None = None,
     reference_measurements: Measurements | None = None,
     progress: Progress | None = None,
+    fan_outs: FanOuts | None = None,
 ) -> ValidationResult:
     """Measure every group of ``suite`` with the model and the reference; judge each check.
 
@@ -223,8 +237,9 @@ def validate(
     own (``reference_for``) unless given. It runs first (a suite its own reference fails is a
     bug: RuntimeError before the model's longer run); ``reference_measurements`` from an
     earlier ``measure`` of the same suite skip it. ``progress`` gets a line per group and
-    calculator.
+    calculator. ``fan_outs`` runs a crystal suite's groups elsewhere (``ray_groups``).
     """
+    choose = fan_outs or (lambda who: None)
     default_factory, default_name = reference_for(suite)
     reference_factory = reference_factory or default_factory
     reference = reference or default_name
@@ -243,6 +258,7 @@ def validate(
             who=reference,
             progress=progress,
             held_out=held_out,
+            fan_out=choose("reference"),
         )
     elif ref.suite_sha256 != sha256:
         raise ValueError(f"reference measurements of suite sha256 {ref.suite_sha256}, not {sha256}")
@@ -262,6 +278,7 @@ def validate(
         progress=progress,
         held_out=held_out,
         reference=ref,
+        fan_out=choose("model"),
     )
     measured.notes = left_out
     checks = [

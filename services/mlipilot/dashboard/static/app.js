@@ -205,10 +205,10 @@ async function candidateView(runId, name) {
     main.append(el("h3", {}, "Validation"));
     for (const v of c.validation) {
       main.append(el("p", {}, el("span", { class: v.status === "passed" ? "ok" : "bad" }, v.status), " ", v.reason ?? ""));
-      const checks = v.detail.result?.checks || [];
+      const checks = Array.isArray(v.detail.checks) ? v.detail.checks : [];
       if (checks.length) main.append(table(["check", "model", "reference", "tolerance", ""], checks.map((k) => el("tr", {},
-        el("td", {}, k.name), el("td", { class: "num" }, fmt(k.value)), el("td", { class: "num" }, fmt(k.reference)),
-        el("td", { class: "num" }, fmt(k.tolerance)), el("td", { class: k.passed ? "ok" : "bad" }, k.passed ? "pass" : "fail")))));
+        el("td", {}, k.metric), el("td", { class: "num" }, fmt(k.value)), el("td", { class: "num" }, fmt(k.reference)),
+        el("td", {}, k.tolerance), el("td", { class: k.passed ? "ok" : "bad" }, k.passed ? "pass" : "fail"))), { id: "validation" }));
     }
   }
 }
