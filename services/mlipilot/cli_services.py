@@ -338,6 +338,22 @@ def register(app: typer.Typer) -> None:
         except MlipilotError as exc:
             fail(exc)
 
+    @app.command("fetch")
+    def fetch_artifact(
+        campaign_id: str,
+        artifact: Annotated[str, typer.Argument(help="report | model | ledger")],
+        out: Annotated[Path, typer.Option(help="folder to write it into")] = Path("."),
+        server: Server = DEFAULT_SERVER,
+        token_file: TokenFile = None,
+        tls_ca: TlsCa = None,
+    ) -> None:
+        """Download a campaign's report, best model or ledger from an orchestrator service."""
+        try:
+            path = _client(server, token_file, tls_ca).fetch(campaign_id, artifact, out)
+        except MlipilotError as exc:
+            fail(exc)
+        typer.echo(path)
+
     @app.command("list")
     def list_campaigns(
         server: Server = DEFAULT_SERVER, token_file: TokenFile = None, tls_ca: TlsCa = None

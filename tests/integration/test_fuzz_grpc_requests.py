@@ -212,6 +212,12 @@ def test_unknown_campaign_ids_are_not_found(
             orchestrator.WatchCampaign,
             orchestrator_pb2.WatchCampaignRequest(id=campaign_id, after_sequence=after),
         ),
+        (
+            orchestrator.FetchArtifact,
+            orchestrator_pb2.FetchArtifactRequest(
+                id=campaign_id, artifact=orchestrator_pb2.ARTIFACT_LEDGER
+            ),
+        ),
     ]
     for call, request in calls:
         exc = _refused(call, request, timeout=5)

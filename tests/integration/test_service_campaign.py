@@ -18,10 +18,11 @@ import grpc
 import pytest
 from service_stack import TOKEN, ServiceStack
 
+from mlipilot.errors import MlipilotError
 from mlipilot.ledger import read_events
 from mlipilot.model_files import PACKAGE_NAME
 from mlipilot.rpc.orchestrator_client import OrchestratorClient
-from mlipilot.v1 import orchestrator_pb2, scorecard_pb2
+from mlipilot.v1 import orchestrator_pb2, orchestrator_pb2_grpc, scorecard_pb2
 
 pytestmark = pytest.mark.slow
 FINISHED = orchestrator_pb2.CAMPAIGN_STATUS_FINISHED
@@ -117,6 +118,49 @@ def test_metrics_count_the_decisions(watched) -> None:
         stack.metric(stack.scorecard, 'mlipilot_evaluation_seconds_count{scorecard="cu-emt-tiny"}')
         >= 3
     )
+
+
+def test_a_finished_campaigns_results_can_be_fetched(watched, tmp_path: Path) -> None:
+    """Report, best model and ledger over gRPC, checked on arrival; the model as a package (no
+    pickle crosses the wire) and written as a MACE file here."""
+    import sqlite3
+
+    from mlipilot.model_files import read_package
+
+    stack, campaign, _, rest, _ = watched
+    client = stack.client()
+    page = client.fetch(campaign.id, "report", tmp_path / "report")
+    assert page.name == "report.html" and campaign.id in page.read_text()
+    assert sorted(p.name for p in (page.parent / "report").glob("*.png"))  # its figures
+    mace_file = client.fetch(campaign.id, "model", tmp_path / "model")
+    read_package(mace_file.with_name(PACKAGE_NAME))
+    assert mace_file.name == "best.model" and mace_file.stat().st_size > 0
+    got = client.get(campaign.id)
+    incumbent = f"it{got.incumbent_iteration:03d}"
+    served = stack.runs / campaign.id / "candidates" / incumbent / PACKAGE_NAME
+    assert mace_file.with_name(PACKAGE_NAME).read_bytes() == served.read_bytes()
+    ledger = client.fetch(campaign.id, "ledger", tmp_path / "ledger")
+    with sqlite3.connect(ledger) as db:
+        (rows,) = db.execute("SELECT count(*) FROM events").fetchone()
+    assert rows == rest[-1].sequence
+    # No token, no file; an unknown campaign is NOT_FOUND, as for every other call.
+    anonymous = orchestrator_pb2_grpc.OrchestratorServiceStub(
+        stack.channel(stack.orchestrator, token=None)
+    )
+    request = orchestrator_pb2.FetchArtifactRequest(
+        id=campaign.id, artifact=orchestrator_pb2.ARTIFACT_LEDGER
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        next(anonymous.FetchArtifact(request, timeout=10))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(MlipilotError, match="no such campaign"):
+        client.fetch("no-such-campaign-20261205-000000", "ledger", tmp_path / "x")
+    authorised = orchestrator_pb2_grpc.OrchestratorServiceStub(stack.channel(stack.orchestrator))
+    for artifact in (orchestrator_pb2.ARTIFACT_UNSPECIFIED, 99):
+        unknown = orchestrator_pb2.FetchArtifactRequest(id=campaign.id, artifact=artifact)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(authorised.FetchArtifact(unknown, timeout=10))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_evaluate_honours_the_callers_deadline(watched) -> None:

@@ -29,8 +29,10 @@ def test_api_is_versioned_and_has_the_promised_methods() -> None:
         "ListCampaigns",
         "WatchCampaign",
         "CancelCampaign",
+        "FetchArtifact",
     }
     assert methods["WatchCampaign"].server_streaming
+    assert methods["FetchArtifact"].server_streaming
     scorecard = scorecard_pb2.DESCRIPTOR.services_by_name["ScorecardService"]
     methods = {m.name: m for m in scorecard.methods}
     assert set(methods) == {"Evaluate", "ListScorecards", "GetScorecard"}

@@ -89,6 +89,34 @@ class OrchestratorClient:
                 failures += 1
                 time.sleep(backoff_s * failures)
 
+    def fetch(self, campaign_id: str, artifact: str, dest: Path) -> Path:
+        """The campaign's ``report``, ``model`` or ``ledger`` into folder ``dest``, checked:
+        the report unpacked (its page's path), the model as a package and a MACE file (the
+        MACE file's path), the ledger as a SQLite file."""
+        from mlipilot.rpc import fetch
+
+        kinds = {
+            "report": orchestrator_pb2.ARTIFACT_REPORT,
+            "model": orchestrator_pb2.ARTIFACT_BEST_MODEL,
+            "ledger": orchestrator_pb2.ARTIFACT_LEDGER,
+        }
+        if artifact not in kinds:
+            raise MlipilotError(f"artifact: {artifact!r}; one of {', '.join(kinds)}")
+        request = orchestrator_pb2.FetchArtifactRequest(id=campaign_id, artifact=kinds[artifact])
+        try:
+            path = fetch.receive(
+                self.stub.FetchArtifact(request, timeout=max(self.timeout_s, 600.0)), dest
+            )
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, self.server) from exc
+        if artifact == "report":
+            page = fetch.unpack_report(path, dest)
+            path.unlink()
+            return page
+        if artifact == "model":
+            return fetch.keep_model(path)
+        return path
+
     def _call(self, method, request, timeout_s: float | None = None):
         try:
             return method(request, timeout=timeout_s or self.timeout_s)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from mlipilot.campaign.run_folder import create_run
 from mlipilot.config import Campaign, parse_campaign_text
 from mlipilot.errors import MlipilotError, clipped, shown
 from mlipilot.ledger import CampaignHistory, Ledger, LedgerEvent, ending, read_events
+from mlipilot.rpc import fetch
 from mlipilot.rpc.campaign_policy import CampaignDenied, CampaignPolicy
 from mlipilot.rpc.convert import STATUS_BY_NAME, event_to_proto, timestamp
 from mlipilot.rpc.metrics import (
@@ -112,6 +114,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         base_dir: Path | None = None,
         max_campaigns: int = 4,
         max_watchers: int = 32,
+        max_artifact_bytes: int = fetch.MAX_ARTIFACT_BYTES,
     ) -> None:
         self.runs_root = runs_root.resolve()
         self.runs_root.mkdir(parents=True, exist_ok=True)
@@ -121,6 +124,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.max_campaigns = max_campaigns
         self._watchers = threading.BoundedSemaphore(max_watchers)
         self.max_watchers = max_watchers
+        self.max_artifact_bytes = max_artifact_bytes
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
         self._closing = False
@@ -191,6 +195,35 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if not live and not events:
                 return  # not running here and nothing new: an interrupted campaign's end
             time.sleep(WATCH_POLL_S)
+
+    def FetchArtifact(self, request, context) -> Iterator[orchestrator_pb2.ArtifactChunk]:
+        run_dir = self._ledger_path(request.id, context).parent
+        if request.artifact not in fetch.NAMES:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"artifact: {request.artifact} is not one of "
+                + ", ".join(orchestrator_pb2.Artifact.Name(a) for a in fetch.NAMES),
+            )
+        # One at a time per server, like a watch stream: a report is drawn, a ledger copied.
+        if not self._watchers.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams open; retry")
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlipilot-fetch-") as folder:
+                try:
+                    path = fetch.prepare(run_dir, request.artifact, Path(folder))
+                    stream = fetch.chunks(path, self.max_artifact_bytes)
+                    first = next(stream)
+                except fetch.ArtifactMissing as exc:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, clipped(str(exc), 1000))
+                except fetch.ArtifactTooLarge as exc:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                yield first
+                for chunk in stream:
+                    if not context.is_active():
+                        return
+                    yield chunk
+        finally:
+            self._watchers.release()
 
     def CancelCampaign(self, request, context):
         self._ledger_path(request.id, context)

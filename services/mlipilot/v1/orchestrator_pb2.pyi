@@ -12,6 +12,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Artifact(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARTIFACT_UNSPECIFIED: _ClassVar[Artifact]
+    ARTIFACT_REPORT: _ClassVar[Artifact]
+    ARTIFACT_BEST_MODEL: _ClassVar[Artifact]
+    ARTIFACT_LEDGER: _ClassVar[Artifact]
+
 class CampaignStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CAMPAIGN_STATUS_UNSPECIFIED: _ClassVar[CampaignStatus]
@@ -50,6 +57,10 @@ class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERDICT_BASELINE: _ClassVar[Verdict]
     VERDICT_ACCEPT: _ClassVar[Verdict]
     VERDICT_REVERT: _ClassVar[Verdict]
+ARTIFACT_UNSPECIFIED: Artifact
+ARTIFACT_REPORT: Artifact
+ARTIFACT_BEST_MODEL: Artifact
+ARTIFACT_LEDGER: Artifact
 CAMPAIGN_STATUS_UNSPECIFIED: CampaignStatus
 CAMPAIGN_STATUS_RUNNING: CampaignStatus
 CAMPAIGN_STATUS_FINISHED: CampaignStatus
@@ -144,6 +155,26 @@ class CancelCampaignRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class FetchArtifactRequest(_message.Message):
+    __slots__ = ("id", "artifact")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    artifact: Artifact
+    def __init__(self, id: _Optional[str] = ..., artifact: _Optional[_Union[Artifact, str]] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("name", "total_bytes", "sha256", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    total_bytes: int
+    sha256: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class CampaignEvent(_message.Message):
     __slots__ = ("sequence", "time", "campaign_id", "iteration", "candidate", "campaign_started", "iteration_started", "proposal", "agent_failure", "training_progress", "training_finished", "scorecard_progress", "result", "decision", "campaign_finished", "campaign_resumed", "agent_call", "seed_repeat", "validation")

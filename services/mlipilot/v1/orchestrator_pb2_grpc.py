@@ -59,6 +59,11 @@ class OrchestratorServiceStub:
                 request_serializer=mlipilot_dot_v1_dot_orchestrator__pb2.CancelCampaignRequest.SerializeToString,
                 response_deserializer=mlipilot_dot_v1_dot_orchestrator__pb2.Campaign.FromString,
                 _registered_method=True)
+        self.FetchArtifact = channel.unary_stream(
+                '/mlipilot.v1.OrchestratorService/FetchArtifact',
+                request_serializer=mlipilot_dot_v1_dot_orchestrator__pb2.FetchArtifactRequest.SerializeToString,
+                response_deserializer=mlipilot_dot_v1_dot_orchestrator__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -101,6 +106,17 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchArtifact(self, request, context):
+        """One of a campaign's results as a stream of chunks: its report (a tar.gz of the page and
+        its figures), its best model (the incumbent's model package: configuration and tensors,
+        never a pickle) or its ledger (a consistent SQLite copy). The first chunk names the file,
+        its size and sha256; a file over the server's cap is RESOURCE_EXHAUSTED, a campaign
+        without that result (no decision yet) FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +144,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.CancelCampaign,
                     request_deserializer=mlipilot_dot_v1_dot_orchestrator__pb2.CancelCampaignRequest.FromString,
                     response_serializer=mlipilot_dot_v1_dot_orchestrator__pb2.Campaign.SerializeToString,
+            ),
+            'FetchArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchArtifact,
+                    request_deserializer=mlipilot_dot_v1_dot_orchestrator__pb2.FetchArtifactRequest.FromString,
+                    response_serializer=mlipilot_dot_v1_dot_orchestrator__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +286,33 @@ class OrchestratorService:
             '/mlipilot.v1.OrchestratorService/CancelCampaign',
             mlipilot_dot_v1_dot_orchestrator__pb2.CancelCampaignRequest.SerializeToString,
             mlipilot_dot_v1_dot_orchestrator__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlipilot.v1.OrchestratorService/FetchArtifact',
+            mlipilot_dot_v1_dot_orchestrator__pb2.FetchArtifactRequest.SerializeToString,
+            mlipilot_dot_v1_dot_orchestrator__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,
