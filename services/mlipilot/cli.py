@@ -288,6 +288,49 @@ def compare(
     typer.echo(str(path))
 
 
+@app.command()
+def calibrate(
+    campaign_file: Path,
+    expert: Annotated[Path, typer.Option(help="the expert's recipe (YAML): examples/recipes/")],
+    out: Annotated[Path, typer.Option(help="where the new scorecard version goes (YAML)")],
+    margin: Annotated[
+        float, typer.Option(help="the expert's headroom under each accuracy bound (0.25: 25 %)")
+    ] = 0.25,
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="the new scorecard's name (default: the old one's)"),
+    ] = None,
+    work: Annotated[Path, typer.Option(help="folder for the two trainings")] = Path(
+        "runs/calibration"
+    ),
+) -> None:
+    """Propose scorecard thresholds for a campaign's data and budget: its baseline infeasible,
+    an expert recipe feasible with MARGIN to spare (both trained and scored for real)."""
+    import yaml
+
+    from mlipilot.campaign.calibration import calibrate as run_calibration
+    from mlipilot.config import load_campaign
+    from mlipilot.recipe import recipe_from_mapping
+
+    try:
+        campaign, _ = load_campaign(campaign_file)
+        recipe = recipe_from_mapping(yaml.safe_load(expert.read_text()), str(expert))
+        calibration, measured = run_calibration(
+            campaign, recipe, margin, out, work, name, say=typer.echo
+        )
+    except (MlipilotError, OSError, yaml.YAMLError) as exc:
+        fail(MlipilotError(str(exc)))
+    typer.echo(f"{'metric':32} {'baseline':>10} {'expert':>10}   bound (was)")
+    for c in calibration.changes:
+        typer.echo(
+            f"{c.metric:32} {c.baseline:10.4g} {c.expert:10.4g}   {c.op} {c.new:.4g} ({c.old:.4g})"
+        )
+    typer.echo(f"baseline fails: {', '.join(calibration.baseline_violates)}")
+    times = ", ".join(f"{k} {v:.0f} s" for k, v in measured.train_seconds.items())
+    version = f"{calibration.spec.name} v{calibration.spec.version}"
+    typer.echo(f"wrote {out} ({version}); trained: {times}")
+
+
 @app.command("validate")
 def validate_model(
     model: Annotated[
