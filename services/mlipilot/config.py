@@ -175,7 +175,23 @@ class RayResources(_Strict):
     """What one Ray trainer actor or MD task asks the cluster for."""
 
     num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
+    num_gpus: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="GPUs per task; 'auto': one when the Ray cluster has GPUs, else none",
+    )
+
+    def resolved(self, cluster: dict[str, float]) -> RayResources:
+        """Concrete numbers for a cluster with these resources (``ray.cluster_resources()``)."""
+        if self.num_gpus != "auto":
+            return self
+        return self.model_copy(update={"num_gpus": 1.0 if cluster.get("GPU", 0) >= 1 else 0.0})
+
+    @property
+    def gpus(self) -> float:
+        """GPUs per task, once resolved."""
+        if self.num_gpus == "auto":
+            raise ValueError("num_gpus 'auto' is resolved against the cluster first")
+        return float(self.num_gpus)
 
 
 class ComputeConfig(_Strict):

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from mlipilot.errors import MlipilotError
+
+if TYPE_CHECKING:
+    from mlipilot.config import RayResources
 
 NAMESPACE = "mlipilot"
 
@@ -60,3 +64,11 @@ def release() -> None:
         if _users == 0 and _started_here:
             ray.shutdown()
             _started_here = False
+
+
+def sized(resources: RayResources) -> RayResources:
+    """``resources`` for the connected cluster: ``num_gpus: auto`` becomes one GPU a task when
+    the cluster has GPUs (a GPU cluster uses them without being told), else none."""
+    import ray
+
+    return resources.resolved(ray.cluster_resources())

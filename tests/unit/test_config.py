@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlipilot.config import Campaign, load_campaign, override
+from mlipilot.config import Campaign, load_campaign, override, parse_campaign_text
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
 
@@ -322,3 +322,20 @@ def test_bad_qm7_data_names_the_key(tmp_path: Path, section: str, expected: str)
     path, message = load_error(tmp_path, _with_data(section))
     assert str(path) in message
     assert expected in message
+
+
+def test_gpus_are_taken_when_the_cluster_has_them_unless_the_file_says_otherwise() -> None:
+    from mlipilot.config import RayResources
+
+    auto = RayResources()
+    assert auto.num_gpus == "auto"
+    assert auto.resolved({"CPU": 64.0, "GPU": 8.0}).gpus == 1.0
+    assert auto.resolved({"CPU": 2.0}).gpus == 0.0
+    assert auto.resolved({"CPU": 2.0, "GPU": 0.5}).gpus == 0.0  # not a whole GPU anywhere
+    fixed = RayResources(num_gpus=0)
+    assert fixed.resolved({"GPU": 8.0}).gpus == 0.0  # a file that says none gets none
+    assert RayResources(num_gpus=0.25).resolved({"GPU": 8.0}).gpus == 0.25
+    with pytest.raises(ValueError, match="resolved"):
+        _ = auto.gpus
+    campaign, _ = parse_campaign_text(CAMPAIGN_YAML + "compute:\n  md: {num_gpus: auto}\n", "c")
+    assert campaign.compute.md.num_gpus == "auto"

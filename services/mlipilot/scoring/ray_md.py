@@ -16,6 +16,7 @@ from pathlib import Path
 import ray
 
 from mlipilot.config import RayResources
+from mlipilot.ray_runtime import sized
 from mlipilot.scoring.md_stability import MD_ENGINES, ReplicaJob, ReplicaOutcome
 from mlipilot.scoring.spec import MDSettings
 
@@ -58,8 +59,8 @@ def task_groups(atoms_per_job: list[int], slots: int, gpu: bool) -> list[list[in
 def _slots(resources: RayResources) -> int:
     """How many MD tasks of this size the cluster can run at once (at least one)."""
     total = ray.cluster_resources()
-    if resources.num_gpus > 0:
-        return max(1, int(total.get("GPU", 0) // resources.num_gpus))
+    if resources.gpus > 0:
+        return max(1, int(total.get("GPU", 0) // resources.gpus))
     if resources.num_cpus > 0:
         return max(1, int(total.get("CPU", 0) // resources.num_cpus))
     return 1_000_000  # asks for nothing: as many tasks as there are replicas
@@ -78,12 +79,12 @@ class RayReplicaRunner:
         settings: MDSettings,
         on_steps: Callable[[int], None],
     ) -> list[ReplicaOutcome]:
-        res = self.resources
+        res = sized(self.resources)
         threads = max(1, int(res.num_cpus))
         per_replica = settings.nvt_steps + settings.nve_steps
-        task = _md_task.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+        task = _md_task.options(num_cpus=res.num_cpus, num_gpus=res.gpus)
         if MD_ENGINES[settings.engine].batches:
-            groups = task_groups([len(j.frame) for j in jobs], _slots(res), res.num_gpus > 0)
+            groups = task_groups([len(j.frame) for j in jobs], _slots(res), res.gpus > 0)
         else:  # one replica per task: as many run at once as the cluster has slots
             groups = [[i] for i in range(len(jobs))]
         refs = [

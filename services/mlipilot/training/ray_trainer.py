@@ -24,7 +24,7 @@ from ray.util.queue import Empty, Queue
 
 from mlipilot.config import RayResources
 from mlipilot.ledger import utc_now
-from mlipilot.ray_runtime import NAMESPACE
+from mlipilot.ray_runtime import NAMESPACE, sized
 from mlipilot.training.tasks import TrainedModel, TrainingTask
 from mlipilot.training.trainer import EpochRecord, ProgressFn, TrainingOutcome
 
@@ -62,7 +62,7 @@ class RayTrainerPool:
 
     def __init__(self, campaign_id: str, resources: RayResources) -> None:
         self.campaign_id = campaign_id
-        self.resources = resources
+        self.resources = sized(resources)
         self.progress = Queue(actor_options={"num_cpus": 0, "namespace": NAMESPACE})
         self._actors: dict[str, Any] = {}  # by candidate, while it trains
         self._cancelled: set[str] = set()  # candidates whose actor cancel_all killed
@@ -79,7 +79,7 @@ class RayTrainerPool:
             name=self.actor_name(task.name),
             namespace=NAMESPACE,
             num_cpus=self.resources.num_cpus,
-            num_gpus=self.resources.num_gpus,
+            num_gpus=self.resources.gpus,
         ).remote()
         with self._lock:
             self._actors[task.name] = actor

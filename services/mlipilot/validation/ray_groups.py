@@ -17,6 +17,7 @@ import ray
 from ase.calculators.emt import EMT
 
 from mlipilot.config import RayResources
+from mlipilot.ray_runtime import sized
 from mlipilot.validation.result import CalculatorFactory, GroupRun
 from mlipilot.validation.run import FanOuts, GroupFanOut, package_calculator, run_group
 from mlipilot.validation.suite import ValidationSuite
@@ -60,8 +61,9 @@ def fan_out(
     all submitted at once; the caller gets them back in the suite's order."""
 
     def run(names: list[str], a0: float | None, why_not: str) -> dict[str, GroupRun]:
-        threads = max(1, int(resources.num_cpus))
-        options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+        res = sized(resources)
+        threads = max(1, int(res.num_cpus))
+        options = {"num_cpus": res.num_cpus, "num_gpus": res.gpus}
         pending = {
             name: _group_task.options(**options).remote(
                 source, list(elements), suite, name, a0, why_not, threads
