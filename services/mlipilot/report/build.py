@@ -65,6 +65,21 @@ def build_report(run_dir: Path) -> Path:
             + (f" Traces not found: {', '.join(md.missing)}." if md.missing else ""),
         ),
     ]
+    agreement = data.agreement_figure(view)
+    if agreement is not None:
+        disagree = "; ".join(f"{c}: {', '.join(f)}" for c, f in agreement.disagreements)
+        drawn.append(
+            (
+                "agreement.png",
+                figures.draw_agreement(agreement),
+                "Scorecard against validation",
+                "Each validated model (columns, with the scorecard's verdict) on each check of "
+                "the validation suite (rows): green pass, red fail, grey not run. An accepted "
+                "model with a red cell is a disagreement: the scorecard let through physics "
+                "it never tests."
+                + (f" Disagreements: {disagree}." if disagree else " No disagreement."),
+            )
+        )
     tokens = data.token_figure(view)
     if tokens.spent:  # agents without a model spend none; the header says so
         drawn.insert(

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from mlipilot.ledger import LedgerEvent, candidate_of
-from mlipilot.ledger.events import AgentCallDetail, DecisionDetail, EvaluationDetail
+from mlipilot.ledger.events import (
+    AgentCallDetail,
+    DecisionDetail,
+    EvaluationDetail,
+    ValidationDetail,
+)
 from mlipilot.ledger.history import token_totals, tokens_by_candidate
 from mlipilot.report.ledger_view import RunView
 from mlipilot.scoring.spec import table_metrics
@@ -711,3 +716,52 @@ def validation_section(view: RunView) -> ValidationSection:
     accepted = [d.candidate or "" for d in view.decisions if d.decision == "ACCEPT"]
     best = header(view).best_candidate
     return ValidationSection(accepted, list(view.validations), best)
+
+
+@dataclass(frozen=True)
+class AgreementFigure:
+    """Scorecard against validation, candidate by candidate: which checks each validated model
+    passes (the baseline's and every accepted one's, in ledger order)."""
+
+    candidates: list[str]  # validated candidates, in ledger order
+    accepted: list[bool]  # the scorecard's verdict on each: ACCEPT (or the best, for a baseline)
+    checks: list[str]  # every check any of them ran, in the suite's order
+    passed: list[list[bool | None]]  # [check][candidate]; None: not run on that model
+
+    @property
+    def confirmed(self) -> int:
+        """Scorecard accepts whose every check passed."""
+        return sum(
+            1
+            for j, ok in enumerate(self.accepted)
+            if ok and all(row[j] is not False for row in self.passed)
+        )
+
+    @property
+    def disagreements(self) -> list[tuple[str, list[str]]]:
+        """Accepted candidates the validation does not confirm, with the checks they fail."""
+        out = []
+        for j, (name, ok) in enumerate(zip(self.candidates, self.accepted, strict=True)):
+            failed = [c for c, row in zip(self.checks, self.passed, strict=True) if row[j] is False]
+            if ok and failed:
+                out.append((name, failed))
+        return out
+
+
+def agreement_figure(view: RunView) -> AgreementFigure | None:
+    """None when no model was validated."""
+    section = validation_section(view)
+    if not section.validated:
+        return None
+    candidates = [v.candidate or "" for v in section.validated]
+    results: list[dict[str, bool]] = []
+    checks: list[str] = []
+    for v in section.validated:
+        found = {
+            str(c.get("metric")): bool(c.get("passed")) for c in v.details(ValidationDetail).checks
+        }
+        results.append(found)
+        checks += [m for m in found if m not in checks]
+    accepted = [c in section.accepted or c == section.best for c in candidates]
+    passed = [[r.get(check) for r in results] for check in checks]
+    return AgreementFigure(candidates, accepted, checks, passed)

@@ -16,11 +16,12 @@ import matplotlib.pyplot as plt
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter
 
 from mlipilot.report.data import (
     DECISION_COLORS,
+    AgreementFigure,
     ConstraintFigure,
     DecisionFigure,
     IncumbentStep,
@@ -358,3 +359,31 @@ def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def draw_agreement(data: AgreementFigure) -> Figure:
+    """Validation checks (rows) of each validated model (columns): green pass, red fail, grey
+    not run; a column's label says whether the scorecard accepted it."""
+    n_checks, n_models = len(data.checks), len(data.candidates)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.9 * n_models), 1.0 + 0.28 * n_checks))
+    colors = {True: "#2ca02c", False: "#d62728", None: "#cccccc"}
+    for i, row in enumerate(data.passed):
+        for j, ok in enumerate(row):
+            ax.add_patch(Rectangle((j, n_checks - 1 - i), 0.95, 0.9, color=colors[ok], linewidth=0))
+    ax.set_xlim(0, n_models)
+    ax.set_ylim(0, n_checks)
+    ax.set_xticks([j + 0.475 for j in range(n_models)])
+    labels = [
+        f"{c}\n{'accepted' if a else 'not accepted'}"
+        for c, a in zip(data.candidates, data.accepted, strict=True)
+    ]
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_yticks([n_checks - 1 - i + 0.45 for i in range(n_checks)])
+    ax.set_yticklabels(data.checks, fontsize=7)
+    ax.grid(False)
+    accepts = sum(data.accepted)
+    ax.set_title(
+        f"scorecard accepts confirmed by validation: {data.confirmed} of {accepts}", fontsize=9
+    )
+    fig.tight_layout()
+    return fig
