@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY
 import mlipilot.rpc.metrics  # noqa: F401 - registers the services' metrics
 
 # Ray's system metrics the dashboard reads (docs.ray.io, ray-observability/reference/system-
-# metrics): logical resources by name and state.
-RAY_METRICS = {"ray_resources"}
+# metrics): logical resources by name and state, tasks and actors by state.
+RAY_METRICS = {"ray_resources", "ray_tasks", "ray_actors"}
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "clamp_min", "histogram_quantile", "le"}
 
 
@@ -45,6 +45,7 @@ def test_every_query_names_a_metric_that_is_exported() -> None:
     titles = {p["title"] for p in dashboard["panels"]}
     assert {"Candidates decided per hour", "Accept rate", "Candidates in flight"} <= titles
     assert "LLM tokens per accepted improvement" in titles and "GPUs in use (Ray)" in titles
+    assert "Queue depth: work waiting for a worker (Ray)" in titles
     seen = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
