@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlipilot.campaign.calibration import measure
 from mlipilot.config import load_campaign
-from mlipilot.data.campaign_data import ensure_campaign_data
 from mlipilot.recipe import recipe_from_mapping
-from mlipilot.scoring.scorecard import Scorecard
-from mlipilot.scoring.spec import load_spec
-from mlipilot.training.trainer import TrainingBudget, train_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -30,29 +27,16 @@ def test_example_campaign_baseline_infeasible_expert_feasible(
     campaign, _ = load_campaign(REPO / "examples" / f"{campaign_name}.yaml")
     expert_file = REPO / "examples" / "recipes" / f"{expert_name}.yaml"
     expert = recipe_from_mapping(yaml.safe_load(expert_file.read_text()), str(expert_file))
-    # The campaign's own data settings, built afresh here rather than in the repository.
-    data_config = campaign.data.model_copy(update={"path": tmp_path / "data"})
-    data = ensure_campaign_data(data_config)
-    spec, spec_hash = load_spec(campaign.scorecard)
-    scorecard = Scorecard(spec, spec_hash, data.load("test"), data.hash("test"))
-    # The campaign's epochs; the wall-clock guard is not under test here, and a busy machine
-    # must not turn a calibration check into a time-out.
-    budget = TrainingBudget(epochs=campaign.budget.epochs, max_seconds=3600)
-
-    def train(recipe, name):
-        outcome = train_recipe(
-            recipe,
-            train_file=data.path("train"),
-            atomic_numbers=data.atomic_numbers("train"),
-            work_dir=tmp_path / name,
-            budget=budget,
-        )
-        assert outcome.status == "ok", outcome.cause
-        return outcome.model_path
-
-    base_model = train(campaign.baseline, "baseline")
-    expert_model = train(expert, "expert")
-    base = scorecard.evaluate(base_model, baseline_model_path=base_model, out_dir=tmp_path / "b")
-    best = scorecard.evaluate(expert_model, baseline_model_path=base_model, out_dir=tmp_path / "e")
-    assert not base.feasible, base.metrics
+    # The campaign's own data settings, built afresh here rather than in the repository, and
+    # its epochs; the wall-clock guard is not under test here, and a busy machine must not turn
+    # a calibration check into a time-out. Trained and scored as `mlipilot calibrate` does.
+    campaign = campaign.model_copy(
+        update={
+            "data": campaign.data.model_copy(update={"path": tmp_path / "data"}),
+            "budget": campaign.budget.model_copy(update={"max_train_seconds": 3600}),
+        }
+    )
+    measured = measure(campaign, expert, tmp_path, say=lambda _: None)
+    assert not measured.baseline.feasible, measured.baseline.metrics
+    best = measured.expert
     assert best.feasible, (best.metrics, [c.metric for c in best.violated()])
