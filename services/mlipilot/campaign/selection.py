@@ -119,8 +119,7 @@ def decide_candidates(
     the earlier proposal); only it can be accepted, by the same rule as a lone candidate, or by
     ``over_seeds`` when noise-aware acceptance judged it again.
     """
-    ranked = rank(finished)
-    best = ranked[0] if ranked else None
+    best = best_of(finished)
     out = []
     for f in finished:
         decision = decide(f.result, incumbent, failure=f.failure, min_improvement=min_improvement)

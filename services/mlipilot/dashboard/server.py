@@ -27,6 +27,7 @@ from aiohttp import web
 from mlipilot.dashboard import views
 from mlipilot.dashboard.feeds import Feeds, UnknownCampaign
 from mlipilot.errors import MlipilotError
+from mlipilot.rpc.serving import is_loopback
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "mlipilot_dashboard"
@@ -189,11 +190,8 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def _check_exposure(host: str, token: str | None, insecure: bool) -> None:
-    if not token and not insecure and host not in LOOPBACK:
+    if not token and not insecure and not is_loopback(host):
         raise ValueError(f"--host {host}: a dashboard off loopback needs a token (--token-file)")
 
 
