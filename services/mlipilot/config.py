@@ -169,6 +169,34 @@ class BudgetConfig(_Strict):
     agent_tokens: int | None = Field(
         None, ge=1, description="LLM tokens (prompt + completion) for the whole campaign"
     )
+    scheduler: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: ask for an iteration's candidates, train them all, decide, ask again; "
+        "async: keep max_in_flight candidates training, decide each as it finishes against the "
+        "incumbent of that moment and ask for the next while the others run",
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, le=1024, description="async: candidates training and scoring at once"
+    )
+
+    @model_validator(mode="after")
+    def _scheduler_needs(self) -> BudgetConfig:
+        if self.scheduler == "async":
+            if self.max_in_flight is None:
+                raise ValueError("budget.scheduler 'async' needs budget.max_in_flight")
+            if self.candidates_per_iteration != 1:
+                raise ValueError(
+                    "budget.candidates_per_iteration is for scheduler 'sync'; with 'async', "
+                    "budget.max_in_flight says how many run at once"
+                )
+        elif self.max_in_flight is not None:
+            raise ValueError("budget.max_in_flight needs budget.scheduler: async")
+        return self
+
+    @property
+    def side_by_side(self) -> int:
+        """Candidates that train at once: an iteration's (sync), or those in flight (async)."""
+        return self.max_in_flight or self.candidates_per_iteration
 
 
 class RayResources(_Strict):
@@ -293,6 +321,17 @@ class Campaign(_Strict):
             if bad or p != Path(p).as_posix():
                 raise ValueError(f"{p!r} must be a plain relative path inside the program")
         return paths
+
+    @model_validator(mode="after")
+    def _async_supports(self) -> Campaign:
+        # Not yet with async: a seed repeat would pause the campaign's other candidates, and a
+        # code edit accepted off an older program would have to be merged onto the new one.
+        if self.budget.scheduler == "async":
+            if self.noise_seeds > 1:
+                raise ValueError("budget.scheduler 'async' does not do noise-aware acceptance yet")
+            if self.mode == "code":
+                raise ValueError("budget.scheduler 'async' runs mode 'recipe' only (for now)")
+        return self
 
     @property
     def noise_seeds(self) -> int:

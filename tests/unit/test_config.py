@@ -339,3 +339,34 @@ def test_gpus_are_taken_when_the_cluster_has_them_unless_the_file_says_otherwise
         _ = auto.gpus
     campaign, _ = parse_campaign_text(CAMPAIGN_YAML + "compute:\n  md: {num_gpus: auto}\n", "c")
     assert campaign.compute.md.num_gpus == "auto"
+
+
+def test_async_scheduler_takes_max_in_flight_and_runs_that_many_on_ray(tmp_path: Path) -> None:
+    text = CAMPAIGN_YAML.replace(
+        "iterations: 4", "iterations: 4\n  scheduler: async\n  max_in_flight: 3"
+    )
+    campaign, _ = load_campaign(write(tmp_path, text))
+    assert campaign.budget.side_by_side == 3
+    assert campaign.compute.uses_ray(campaign.budget.side_by_side)
+    sync, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML, "sync.yaml"))
+    assert sync.budget.scheduler == "sync" and sync.budget.side_by_side == 1
+
+
+@pytest.mark.parametrize(
+    ("budget", "extra", "says"),
+    [
+        ("scheduler: async", "", "needs budget.max_in_flight"),
+        ("max_in_flight: 2", "", "needs budget.scheduler: async"),
+        ("scheduler: async\n  max_in_flight: 2\n  candidates_per_iteration: 2", "", "with 'async'"),
+        ("scheduler: async\n  max_in_flight: 2", "noise: {seeds: 3}\n", "noise-aware"),
+        ("scheduler: async\n  max_in_flight: 2", "mode: code\n", "mode 'recipe' only"),
+        ("scheduler: later", "", "budget.scheduler"),
+        ("scheduler: async\n  max_in_flight: 0", "", "budget.max_in_flight"),
+    ],
+)
+def test_bad_scheduler_settings_say_what_is_wrong(
+    tmp_path: Path, budget: str, extra: str, says: str
+) -> None:
+    text = CAMPAIGN_YAML.replace("iterations: 4", f"iterations: 4\n  {budget}") + extra
+    path, message = load_error(tmp_path, text)
+    assert f"campaign file {path}" in message and says in message, message

@@ -128,7 +128,8 @@ def recorded_ledger(folder: Path) -> Path:
 def state(iteration: int, pending: list[Recipe]) -> CampaignState:
     from test_llm_agent import campaign_state
 
-    return campaign_state(iteration=iteration, pending=pending)
+    # Its place in the iteration: after the recipes proposed before it (the loop's ``slot``).
+    return campaign_state(iteration=iteration, pending=pending, slot=len(pending))
 
 
 def test_replay_proposes_the_recorded_proposals_in_order(tmp_path: Path) -> None:

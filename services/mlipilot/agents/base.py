@@ -122,8 +122,10 @@ class CampaignState(BaseModel):
     incumbent: Recipe
     incumbent_result: ScoreResult | None
     history: list[HistoryEntry]
-    # Recipes already proposed this iteration (several candidates per iteration), not yet tried.
+    # Recipes proposed and not yet decided: this iteration's earlier candidates (several per
+    # iteration), or every candidate in flight (asynchronous campaigns).
     pending: list[Recipe] = []
+    slot: int = 0  # the candidate's place among its iteration's proposals (0: the first)
     last_error: str | None = None  # why the previous proposal was refused, if it was
     # Frames of the train split (a count, no data): a batch larger than what training sees
     # cannot train, and an agent that checks its own proposals can say so at once.
@@ -133,7 +135,7 @@ class CampaignState(BaseModel):
     program_sha256: str | None = None  # their digest (code_mode.program_files.program_digest)
 
     def tried(self, recipe: Recipe, program_sha256: str | None = None) -> bool:
-        """Tried before, or already proposed for this iteration. In code mode a candidate is a
+        """Tried before, or proposed and not yet decided. In code mode a candidate is a
         recipe and a program (default: the incumbent's)."""
         program = program_sha256 or self.program_sha256
         if any(h.recipe == recipe and h.program_sha256 == program for h in self.history):

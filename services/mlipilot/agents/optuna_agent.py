@@ -11,6 +11,7 @@ what is known. Lower is better: a feasible candidate scores its composite, an in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -95,7 +96,7 @@ class OptunaAgent:
         self._seen: set[tuple[int, str]] = set()  # history entries already known to the study
 
     def propose(self, state: CampaignState) -> Proposal:
-        self._learn(state.history, before=state.iteration)
+        self._learn(state.history, before=state.iteration, in_flight=state.pending)
         for _ in range(self.max_asks):
             trial = self.study.ask(self.distributions)
             try:
@@ -120,16 +121,19 @@ class OptunaAgent:
             return Proposal(hypothesis=f"optuna TPE trial {trial.number}: {changes}", patch=patch)
         raise AgentGaveUp(f"no untried recipe in {self.max_asks} TPE asks")
 
-    def _learn(self, history: list[HistoryEntry], before: int) -> None:
+    def _learn(
+        self, history: list[HistoryEntry], before: int, in_flight: Sequence[Recipe] = ()
+    ) -> None:
         """Tell the study every outcome in ``history`` it does not know yet.
 
         Trials asked in iterations before ``before`` are settled: with their result when the
         history has it, as failed otherwise (refused or replaced: TPE ignores them). Trials of
-        the current iteration wait, since several candidates are asked for before any trains.
+        the current iteration wait, since several candidates are asked for before any trains,
+        and so do those still in flight (an asynchronous campaign asks while others train).
         """
         outcomes = {(h.iteration, h.recipe.digest()): h for h in history}
-        for key, (number, _recipe) in sorted(self._pending.items()):
-            if key[0] >= before:
+        for key, (number, recipe) in sorted(self._pending.items()):
+            if key[0] >= before or recipe in in_flight:
                 continue
             entry = outcomes.get(key)
             if entry is not None:

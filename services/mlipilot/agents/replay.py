@@ -57,7 +57,7 @@ class ReplayAgent:
 
     def propose(self, state: CampaignState) -> Proposal:
         recorded = self.proposals.get(state.iteration, [])
-        index = len(state.pending)  # the candidate's place in its iteration
+        index = state.slot  # the candidate's place in its iteration
         if index >= len(recorded):
             raise AgentGaveUp(
                 f"the recording has no proposal {index + 1} for iteration {state.iteration}"

@@ -67,26 +67,29 @@ class AgentSession:
         ``result``), each told about those before it."""
         proposals: list[Proposal] = []
         pending: list[Recipe] = []
-        for _ in range(self.per_iteration):
-            proposal = self._ask(iteration, recipe, result, pending)
+        for slot in range(self.per_iteration):
+            proposal = self.ask(iteration, recipe, result, pending, slot)
             if proposal is None:
                 break
             proposals.append(proposal)
             pending.append(recipe.patched(proposal.patch))
         return proposals
 
-    def _ask(
+    def ask(
         self,
         iteration: int,
         recipe: Recipe,
         result: ScoreResult | None,
         pending: list[Recipe],
+        slot: int = 0,
     ) -> Proposal | None:
-        """A validated proposal, or None when the agent gives up or fails; refusals are
-        recorded, and so is every conversation with an LLM agent (``agent_call``)."""
+        """A validated proposal against the incumbent (``recipe``, ``result``), told about the
+        ``pending`` recipes (proposed, not yet decided), or None when the agent gives up or
+        fails; refusals are recorded, and so is every conversation with an LLM agent
+        (``agent_call``). ``slot``: its place among the iteration's proposals."""
         if self._token_budget_spent(iteration):
             return None
-        candidate = candidate_name(iteration, len(pending), self.per_iteration)
+        candidate = candidate_name(iteration, slot, self.per_iteration)
         last_error = None
         # Code mode: the incumbent's program, read once for every attempt (it cannot change).
         program = self.mode.program_files()
@@ -100,6 +103,7 @@ class AgentSession:
                 incumbent_result=result,
                 history=self.history,
                 pending=pending,
+                slot=slot,
                 last_error=last_error,
                 train_frames=self.train_frames,
                 program=program,

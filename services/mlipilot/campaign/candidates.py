@@ -1,4 +1,5 @@
-"""Training and scoring one iteration's candidates side by side.
+"""Training and scoring candidates side by side: an iteration's (synchronous campaigns) or
+whichever are in flight (asynchronous ones).
 
 Each candidate gets a worker thread that trains it (in a child process here, or on a Ray actor)
 and then scores it. Workers never touch the ledger or the console: they post what happens to
@@ -124,6 +125,18 @@ class Workers:
             handle=handle,
         )
 
+    def pool(
+        self,
+        budget: TrainingBudget,
+        baseline_model: Path | None,
+        stop: StopRequest,
+        handle: Callable[[Event], None],
+    ) -> CandidatePool:
+        """An empty pool that candidates are submitted to one by one (asynchronous campaigns)."""
+        return CandidatePool(
+            self.trainer, self.task_for, self.scorer, budget, baseline_model, stop, handle
+        )
+
     def close(self) -> None:
         self.trainer.close()
         if self.on_ray:
@@ -147,47 +160,107 @@ def run_candidates(
 
     Raises CampaignStopped after a stop, and ScorerUnavailable when scoring itself broke.
     """
-    posted: queue.Queue[Event | _Fatal] = queue.Queue()
-    workers = [
-        threading.Thread(
+    pool = CandidatePool(trainer, task_for, scorer, budget, baseline_model, stop, handle)
+    for job in jobs:
+        pool.submit(job)
+    finished = {f.job.name: f for f in pool.drain()}
+    return [finished[j.name] for j in jobs]
+
+
+class CandidatePool:
+    """Candidates training and scoring, each in its worker thread, started one by one.
+
+    The synchronous loop submits an iteration's candidates and drains them; the asynchronous
+    one keeps up to ``max_in_flight`` running and takes each as it finishes (``next``).
+    Events reach ``handle`` in the calling thread, in the order the workers posted them.
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        task_for: TaskFor,
+        scorer: Scorer,
+        budget: TrainingBudget,
+        baseline_model: Path | None,
+        stop: StopRequest,
+        handle: Callable[[Event], None],
+    ) -> None:
+        self.trainer, self.task_for, self.scorer = trainer, task_for, scorer
+        self.budget, self.baseline_model = budget, baseline_model
+        self.stop, self.handle = stop, handle
+        self._posted: queue.Queue[Event | _Fatal] = queue.Queue()
+        self._running: dict[str, tuple[CandidateJob, threading.Thread]] = {}
+        self._fatal: BaseException | None = None
+        self._cancelled = False
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    @property
+    def in_flight(self) -> list[CandidateJob]:
+        return [job for job, _ in self._running.values()]
+
+    def submit(self, job: CandidateJob) -> None:
+        worker = threading.Thread(
             target=_work,
-            args=(job, trainer, task_for, scorer, budget, baseline_model, stop, posted),
+            args=(
+                job,
+                self.trainer,
+                self.task_for,
+                self.scorer,
+                self.budget,
+                self.baseline_model,
+                self.stop,
+                self._posted,
+            ),
             name=f"candidate {job.name}",
             daemon=True,
         )
-        for job in jobs
-    ]
-    for w in workers:
-        w.start()
-    by_name = {job.name: job for job in jobs}
-    finished: dict[str, Finished] = {}
-    fatal: BaseException | None = None
-    cancelled = False
-    while len(finished) < len(jobs):
-        if stop.is_set() and not cancelled:
-            trainer.cancel_all()
-            cancelled = True
-        for name, done, total, record in trainer.poll():
-            job = by_name.get(name)
-            if job is not None:  # late epochs of an earlier batch (e.g. a failed trainer): stale
-                handle(Progress(job, "train", done, total, record))
-        try:
-            item = posted.get(timeout=0.25)
-        except queue.Empty:
-            continue
-        if isinstance(item, _Fatal):
-            fatal = fatal or item.error
-            stop.request("interrupted", f"scoring is unavailable: {item.error}")
-            continue
-        if isinstance(item, Finished):
-            finished[item.job.name] = item
-        handle(item)
-    for w in workers:
-        w.join()
-    if fatal is not None:
-        raise fatal
-    stop.check()
-    return [finished[j.name] for j in jobs]
+        self._running[job.name] = (job, worker)
+        worker.start()
+
+    def next(self) -> Finished:
+        """The next candidate to finish. After a stop (or scoring that broke) every other one
+        is waited for first, then CampaignStopped (or ScorerUnavailable) is raised."""
+        finished = self._next()
+        if self._fatal is not None or self.stop.is_set():
+            self.drain()
+        return finished
+
+    def drain(self) -> list[Finished]:
+        """Every candidate in flight, as each finishes; raises as ``next`` does."""
+        done = []
+        while self._running:
+            done.append(self._next())
+        if self._fatal is not None:
+            raise self._fatal
+        self.stop.check()
+        return done
+
+    def _next(self) -> Finished:
+        if not self._running:
+            raise RuntimeError("no candidate in flight")
+        while True:
+            if self.stop.is_set() and not self._cancelled:
+                self.trainer.cancel_all()
+                self._cancelled = True
+            for name, done, total, record in self.trainer.poll():
+                if name in self._running:  # late epochs of a finished one (a failed trainer)
+                    job = self._running[name][0]
+                    self.handle(Progress(job, "train", done, total, record))
+            try:
+                item = self._posted.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            if isinstance(item, _Fatal):
+                self._fatal = self._fatal or item.error
+                self.stop.request("interrupted", f"scoring is unavailable: {item.error}")
+                continue
+            self.handle(item)
+            if isinstance(item, Finished):
+                _, worker = self._running.pop(item.job.name)
+                worker.join()
+                return item
 
 
 def _work(

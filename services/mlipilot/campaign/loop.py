@@ -31,6 +31,7 @@ from mlipilot import faults
 from mlipilot.agents import make_agent
 from mlipilot.agents.base import Agent, HistoryEntry, Proposal
 from mlipilot.campaign.agent_session import AgentSession
+from mlipilot.campaign.asynchronous import AsyncScheduler
 from mlipilot.campaign.candidates import CandidateJob, Finished, TaskFor, Workers
 from mlipilot.campaign.decision import Decision, decide
 from mlipilot.campaign.layout import RunLayout
@@ -176,7 +177,10 @@ def run_in_layout(
         recorder = Recorder(ledger, layout.root.name, reporter, prior)
         try:
             run = _start(campaign, layout, recorder, agent, scorer_factory, stop)
-            incumbent = _run_iterations(run)
+            if campaign.budget.scheduler == "async":
+                incumbent = _run_asynchronously(run)
+            else:
+                incumbent = _run_iterations(run)
             validation = _validate(run, incumbent.iteration, incumbent.name, incumbent.model)
         except BaseException as exc:  # the ledger says how a campaign ended, whatever ended it
             if isinstance(exc, CampaignStopped):
@@ -303,7 +307,7 @@ def _workers(
 ) -> Workers:
     """Trainers here (one candidate at a time), or Ray actors with MD as Ray tasks."""
     compute = campaign.compute
-    if not compute.uses_ray(campaign.budget.candidates_per_iteration):
+    if not compute.uses_ray(campaign.budget.side_by_side):
         return Workers(LocalTrainer(compute.device, stop), tasks, scorer)
     from mlipilot import ray_runtime
     from mlipilot.scoring.ray_md import RayReplicaRunner
@@ -338,6 +342,36 @@ def _run_iterations(run: _Run) -> Incumbent:
         incumbent = _try_candidates(run, iteration, proposals, incumbent, baseline_model)
         faults.reached("after_decision", iteration)
     return incumbent
+
+
+def _run_asynchronously(run: _Run) -> Incumbent:
+    """The baseline, then candidates kept in flight and decided one by one (asynchronous.py)."""
+    incumbent = _run_baseline(run)
+    budget = run.campaign.budget
+    assert budget.max_in_flight is not None  # the campaign file's validation saw to it
+    training = TrainingBudget(epochs=budget.epochs, max_seconds=budget.max_train_seconds)
+
+    def decided(f: Finished, decision: Decision, against: str) -> None:
+        _decided(run, f, f.job.proposal.patch, decision, against=against)
+        faults.reached("after_decision", f.job.iteration)
+
+    scheduler = AsyncScheduler(
+        iterations=budget.iterations,
+        max_in_flight=budget.max_in_flight,
+        epochs=budget.epochs,
+        min_improvement=run.campaign.min_improvement,
+        layout=run.layout,
+        mode=run.mode,
+        session=run.session,
+        recorder=run.recorder,
+        prior=run.prior,
+        trained=run.trained,
+        pool=run.workers.pool(training, incumbent.model, run.stop, run.recorder.handle),
+        stop=run.stop,
+        decided=decided,
+        accepted=lambda f: _accepted(run, f),
+    )
+    return scheduler.run(incumbent)
 
 
 def _run_baseline(run: _Run) -> Incumbent:
@@ -384,7 +418,14 @@ def _try_candidates(
     # All of the iteration's proposals in one transaction: a resume finds all or none.
     # A duplicate (the same training ran, or runs now) is answered without retraining.
     run.recorder.proposals(
-        [(job, plan.same_as.get(job.name), run.mode.proposal_detail(job)) for job in plan.jobs]
+        [
+            (
+                job,
+                plan.same_as.get(job.name),
+                run.mode.proposal_detail(job) | {"incumbent": inc.name},
+            )
+            for job in plan.jobs
+        ]
     )
     done = {f.job.name: f for f in _train_and_score(run, plan.to_train, baseline_model)}
     finished = plan.finished(done, run.trained)
@@ -401,13 +442,20 @@ def _try_candidates(
         finished, inc.result, campaign.min_improvement, plan.same_as, over_seeds
     )
     for f, decision, noise in decided:
-        _decided(run, f, f.job.proposal.patch, decision, noise)
+        _decided(run, f, f.job.proposal.patch, decision, noise, against=inc.name)
         if decision.verdict == "ACCEPT" and f.model is not None and f.result is not None:
-            write_mace_file(f.model, run.layout.best_model)
-            new_incumbent = Incumbent(iteration, f.job.name, f.job.recipe, f.result, f.model)
-            if campaign.validation.accepts:
-                _validate(run, iteration, f.job.name, f.model)
+            new_incumbent = _accepted(run, f)
     return new_incumbent
+
+
+def _accepted(run: _Run, f: Finished) -> Incumbent:
+    """An accepted candidate as the incumbent: its model is best.model, and it is validated
+    now when the campaign validates every accept."""
+    assert f.model is not None and f.result is not None
+    write_mace_file(f.model, run.layout.best_model)
+    if run.campaign.validation.accepts:
+        _validate(run, f.job.iteration, f.job.name, f.model)
+    return Incumbent(f.job.iteration, f.job.name, f.job.recipe, f.result, f.model)
 
 
 def _judge_over_seeds(
@@ -466,12 +514,13 @@ def _decided(
     patch: dict[str, Any],
     decision: Decision,
     noise: dict[str, Any] | None = None,
+    against: str | None = None,
 ) -> None:
     """A decision recorded (unless a resumed campaign recorded it already), its edit kept as
     its mode keeps edits, what the agent sees of it next, and the table's line."""
     job, result = f.job, f.result
     hashes = (run.workers.scorer.spec_hash, run.workers.scorer.test_hash)
-    row_id = run.recorder.decision(job, patch, result, decision, noise, hashes)
+    row_id = run.recorder.decision(job, patch, result, decision, noise, hashes, against)
     run.mode.decided(job, decision, row_id)
     verdict = decision.verdict if result is not None or job.iteration == 0 else "FAILED"
     run.session.history.append(

@@ -197,9 +197,11 @@ class Recorder:
         decision: Decision,
         noise: dict[str, Any] | None,
         hashes: tuple[str, str],
+        against: str | None = None,
     ) -> int:
         """The decision's row id: written now, or the one a resumed campaign recorded.
-        ``hashes``: the scorecard's and its test split's sha256."""
+        ``hashes``: the scorecard's and its test split's sha256; ``against``: the incumbent
+        it was decided against."""
         if job.name in self.prior.decided:
             return self.prior.decision_rows.get(job.name, 0)
         spec_hash, test_hash = hashes
@@ -219,7 +221,7 @@ class Recorder:
             reason=decision.reason,
             spec_hash=spec_hash,
             test_hash=test_hash,
-            detail={"noise": noise} if noise is not None else None,
+            detail=_decision_detail(noise, against),
         )
         faults.reached("decision", job.iteration)  # recorded; the incumbent not yet copied
         return row_id
@@ -278,6 +280,11 @@ class Recorder:
 def _proposal_detail(duplicate_of: str | None, extra: dict[str, Any]) -> dict | None:
     detail = {"duplicate_of": duplicate_of} if duplicate_of else {}
     return (detail | extra) or None
+
+
+def _decision_detail(noise: dict[str, Any] | None, against: str | None) -> dict | None:
+    detail = {"noise": noise, "incumbent": against}
+    return {k: v for k, v in detail.items() if v is not None} or None
 
 
 def _seconds_between(earlier: str, later: str) -> float:

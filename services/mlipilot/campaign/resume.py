@@ -54,6 +54,9 @@ class PriorRun:
     decided: set[str] = field(default_factory=set)
     decision_rows: dict[str, int] = field(default_factory=dict)  # candidate -> its row id
     program_base: dict[str, str] = field(default_factory=dict)  # code mode: commit tried on
+    # Proposals and decisions after the baseline's, in ledger order, as ("proposal" |
+    # "decision", candidate, iteration): an asynchronous campaign replays them in this order.
+    order: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def in_flight(self) -> list[str]:
@@ -88,12 +91,16 @@ def read_prior_run(run_dir: Path, events: list[LedgerEvent]) -> PriorRun:
             if detail.base_commit:
                 prior.program_base[e.candidate] = detail.base_commit
             by_iteration.setdefault(e.iteration, {})[candidate_index(e.candidate)] = proposal
+            if e.iteration > 0:
+                prior.order.append(("proposal", e.candidate, e.iteration))
         elif e.event == "repeat" and e.candidate:
             prior.repeated.add(e.candidate)
         elif e.event == "decision" and e.candidate:
             prior.decided.add(e.candidate)
             if e.id is not None:
                 prior.decision_rows[e.candidate] = e.id
+            if e.iteration:
+                prior.order.append(("decision", e.candidate, e.iteration))
     prior.proposals = {it: [p for _, p in sorted(ps.items())] for it, ps in by_iteration.items()}
     for name, training in history.trainings.items():
         outcome = _known_outcome(training, history.evaluations.get(name))

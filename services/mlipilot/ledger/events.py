@@ -88,6 +88,7 @@ class ProposalDetail(Detail):
     duplicate_of: str | None = None  # answered from this earlier candidate's training
     diff: str | None = None  # code mode: the edit
     base_commit: str | None = None  # code mode: the program commit it applies to
+    incumbent: str | None = None  # the incumbent it was proposed from (its candidate name)
 
 
 class RepeatDetail(Detail):
@@ -149,6 +150,7 @@ class EvaluationDetail(Detail):
 class DecisionDetail(Detail):
     KINDS = ("decision",)
     noise: dict[str, Any] | None = None  # noise-aware acceptance (campaign/decision.py)
+    incumbent: str | None = None  # the incumbent it was decided against (its candidate name)
 
 
 class ValidationDetail(Detail):

@@ -383,7 +383,7 @@ def _call_seed(seed: int | None, state: CampaignState) -> int | None:
     retried proposal must not sample the refused answer again)."""
     if seed is None:
         return None
-    key = f"{seed}/{state.iteration}/{len(state.pending)}/{state.last_error or ''}".encode()
+    key = f"{seed}/{state.iteration}/{state.slot}/{state.last_error or ''}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % 2**31
 
 

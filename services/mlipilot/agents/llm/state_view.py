@@ -204,7 +204,7 @@ def overview(state: CampaignState) -> str:
     if state.pending:
         pending = [compact(state.incumbent.diff(r)) for r in state.pending]
         parts.append(
-            "already proposed this iteration (propose something else): " + "; ".join(pending)
+            "already proposed, not yet decided (propose something else): " + "; ".join(pending)
         )
     if state.last_error:
         parts.append(f"your previous proposal was refused: {state.last_error}")

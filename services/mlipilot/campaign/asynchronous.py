@@ -1,0 +1,189 @@
+"""Asynchronous campaigns (``budget.scheduler: async``): up to ``max_in_flight`` candidates
+train and score at once; each is decided the moment it finishes, against the incumbent of that
+moment, and the agent is asked for the next proposal while the others keep running.
+
+Every candidate is an iteration of its own (``it001``, ``it002``, ...). Its proposal records
+the incumbent it was made from, and its decision the incumbent it was decided against. A
+decision is the same rule as a synchronous campaign's, applied to the candidate's result and
+that incumbent's, so the ledger's order of proposals and decisions determines every decision:
+a resumed campaign replays that order (``PriorRun.order``) and reaches the same incumbent;
+the candidates in flight when it stopped train again, and it goes on from there.
+
+A proposal whose training already ran is answered from it; one whose training is in flight
+waits for it. Neither trains again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mlipilot.agents.base import Proposal
+from mlipilot.campaign.agent_session import AgentSession
+from mlipilot.campaign.candidates import CandidateJob, CandidatePool, Finished, candidate_name
+from mlipilot.campaign.decision import Decision, decide
+from mlipilot.campaign.layout import RunLayout
+from mlipilot.campaign.modes import CampaignMode
+from mlipilot.campaign.recorder import Recorder
+from mlipilot.campaign.resume import PriorRun
+from mlipilot.campaign.run_folder import fresh_work_dir
+from mlipilot.campaign.selection import Incumbent, PastTraining, Trainings
+from mlipilot.errors import MlipilotError
+from mlipilot.stopping import StopRequest
+
+# The loop's own steps, which both schedulers share: record a decision (and what follows from
+# it: history, the code mode's branch, the console's row), and take an accepted candidate as
+# the new incumbent (its model as best.model, its validation when asked for).
+Decided = Callable[[Finished, Decision, str], None]
+Accepted = Callable[[Finished], Incumbent]
+
+
+@dataclass
+class _Waiting:
+    """A proposal made and not yet decided."""
+
+    job: CandidateJob
+    key: str  # its training key
+    same_as: str | None = None  # the candidate whose training answers it (a duplicate)
+    outcome: Finished | None = None  # its outcome, once known
+
+
+@dataclass
+class AsyncScheduler:
+    iterations: int
+    max_in_flight: int
+    epochs: int
+    min_improvement: float
+    layout: RunLayout
+    mode: CampaignMode
+    session: AgentSession
+    recorder: Recorder
+    prior: PriorRun
+    trained: Trainings
+    pool: CandidatePool
+    stop: StopRequest
+    decided: Decided
+    accepted: Accepted
+    _open: dict[str, _Waiting] = field(default_factory=dict)  # proposed, undecided, by name
+    _next_iteration: int = 1
+    _agent_done: bool = False  # the agent gave up: nothing more is asked
+
+    def run(self, incumbent: Incumbent) -> Incumbent:
+        self.incumbent = incumbent
+        self._replay()
+        while True:
+            self._decide_known()
+            if self._may_ask():
+                self._ask_next()
+                continue
+            if not self.pool:
+                return self.incumbent
+            self._finished(self.pool.next())
+
+    # --- asking ---------------------------------------------------------------------------
+
+    def _may_ask(self) -> bool:
+        return (
+            not self._agent_done
+            and self._next_iteration <= self.iterations
+            and len(self._open) < self.max_in_flight
+        )
+
+    def _ask_next(self) -> None:
+        iteration = self._next_iteration
+        self._next_iteration += 1
+        self.stop.check()
+        self.recorder.iteration_started(iteration, self.iterations, 1)
+        inc = self.incumbent
+        pending = [w.job.recipe for w in self._open.values()]
+        proposal = self.session.ask(iteration, inc.recipe, inc.result, pending)
+        if proposal is None:
+            # A failure costs this iteration only; an agent that gives up is asked no more.
+            self._agent_done = iteration not in self.session.failed
+            return
+        self._propose(iteration, proposal)
+
+    def _propose(self, iteration: int, proposal: Proposal) -> None:
+        """Record the proposal, made from the incumbent of now, and set it going."""
+        inc = self.incumbent
+        name = candidate_name(iteration, 0, 1)
+        base = self.mode.base(name)
+        recipe = inc.recipe.patched(proposal.patch)
+        job = CandidateJob(
+            iteration, 0, name, recipe, proposal, self.layout.candidate_dir(name), base
+        )
+        key = self.mode.key(recipe, proposal, base, self.epochs)
+        waiting = _Waiting(job, key)
+        if key in self.trained:
+            waiting.same_as = self.trained[key].candidate
+        else:
+            waiting.same_as = next((w.job.name for w in self._open.values() if w.key == key), None)
+        detail = self.mode.proposal_detail(job) | {"incumbent": inc.name}
+        self.recorder.proposals([(job, waiting.same_as, detail)])
+        self._open[name] = waiting
+        if key in self.trained:
+            past = self.trained[key]
+            waiting.outcome = Finished(job, past.model, past.result, past.failure)
+        elif waiting.same_as is not None:
+            pass  # answered when its twin finishes
+        elif name in self.prior.known:  # resumed: scored before the stop, not yet decided
+            known = self.prior.known[name]
+            self._trained(Finished(job, known.model, known.result, known.failure))
+        else:
+            fresh_work_dir(job, dispatched_before=self.prior.dispatched(name))
+            self.pool.submit(job)
+
+    # --- finishing and deciding -------------------------------------------------------------
+
+    def _finished(self, f: Finished) -> None:
+        self._trained(f)
+        self._decide_known()
+
+    def _trained(self, f: Finished) -> None:
+        """A training's outcome: remembered, and the answer to the proposals that wait on it."""
+        waiting = self._open[f.job.name]
+        waiting.outcome = f
+        self.trained[waiting.key] = PastTraining.of(f)
+        for twin in self._open.values():
+            if twin.same_as == f.job.name and twin.outcome is None:
+                twin.outcome = Finished(twin.job, f.model, f.result, f.failure)
+
+    def _decide_known(self) -> None:
+        """Decide every open proposal whose outcome is known, in the order they were made."""
+        for name in [n for n, w in self._open.items() if w.outcome is not None]:
+            self._decide(name)
+
+    def _decide(self, name: str) -> None:
+        waiting = self._open.pop(name)
+        f = waiting.outcome
+        assert f is not None
+        inc = self.incumbent
+        decision = decide(
+            f.result, inc.result, failure=f.failure, min_improvement=self.min_improvement
+        )
+        if waiting.same_as is not None:
+            reason = f"same training as {waiting.same_as}, not retrained; {decision.reason}"
+            decision = Decision(verdict=decision.verdict, reason=reason)
+        self.decided(f, decision, inc.name)
+        if decision.verdict == "ACCEPT" and f.model is not None and f.result is not None:
+            self.incumbent = self.accepted(f)
+
+    # --- resuming ---------------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        """What the ledger records, in its order: its proposals are made again from the
+        incumbent of their moment (not asked for again), its decisions taken again from the
+        recorded outcomes. Proposals it left undecided are in flight when this returns."""
+        for kind, name, iteration in self.prior.order:
+            if kind == "proposal":
+                [proposal] = self.prior.proposals[iteration]
+                self._propose(iteration, proposal)
+                self._next_iteration = iteration + 1
+                continue
+            waiting = self._open.get(name)
+            if waiting is None or waiting.outcome is None:
+                raise MlipilotError(
+                    f"{self.layout.root}: the ledger decides {name} but its outcome cannot be "
+                    "read back (its model file is gone?), so the campaign cannot be replayed"
+                )
+            self._decide(name)
