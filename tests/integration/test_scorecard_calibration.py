@@ -19,7 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize(
     ("campaign_name", "expert_name"),
-    [("cu-emt-quick", "cu-emt-expert"), ("qm7-quick", "qm7-expert")],
+    [
+        ("cu-emt-quick", "cu-emt-expert"),
+        ("qm7-quick", "qm7-expert"),
+        ("qm7-b3lyp", "qm7-expert"),  # the shipped B3LYP set, unpacked (~10 min of training)
+    ],
 )
 def test_example_campaign_baseline_infeasible_expert_feasible(
     tmp_path: Path, campaign_name: str, expert_name: str

@@ -41,7 +41,10 @@ def test_round_up_to_two_significant_digits(value: float, rounded: float) -> Non
 def test_accuracy_bounds_follow_the_expert_and_floors_stay(spec: ScorecardSpec) -> None:
     calibration = propose(spec, BASELINE, EXPERT, margin=0.25, name="cu-emt-cluster")
     new = calibration.spec
-    assert (new.name, new.version) == ("cu-emt-cluster", spec.version + 1)
+    assert (new.name, new.version) == ("cu-emt-cluster", 1)  # a new scorecard's first
+    assert calibration.derived_from == f"{spec.name} v{spec.version}"
+    same = propose(spec, BASELINE, EXPERT, margin=0.25).spec
+    assert (same.name, same.version) == (spec.name, spec.version + 1)  # the next version
     bounds = {c.metric: c.threshold for c in new.constraints}
     assert bounds["energy_mae_meV_per_atom"] == pytest.approx(round_up(12.3 * 1.25))
     assert bounds["force_mae_meV_per_A"] == pytest.approx(round_up(41.0 * 1.25))

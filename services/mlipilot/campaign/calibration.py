@@ -75,7 +75,7 @@ def write_scorecard(calibration: Calibration, measured: Measured, source: Path, 
     """The new version as YAML, its header saying how each bound was set."""
     lines = [
         f"# {calibration.spec.name} v{calibration.spec.version}: written by `mlipilot calibrate` "
-        f"from {source.name} v{calibration.spec.version - 1}.",
+        f"from {calibration.derived_from} ({source.name}).",
         f"# Accuracy bounds: the expert's value + {calibration.margin:.0%}, rounded up to two "
         "significant digits; floors unchanged.",
         "#   metric: baseline | expert -> bound (was)",

@@ -39,6 +39,7 @@ class Calibration:
     spec: ScorecardSpec  # the new version
     changes: list[ThresholdChange]
     margin: float
+    derived_from: str = ""  # the scorecard it was made from: "qm7 v1"
 
     @property
     def baseline_violates(self) -> list[str]:
@@ -85,14 +86,16 @@ def propose(
             constraints.append(c)
         op = "<=" if c.max is not None else ">="
         changes.append(ThresholdChange(c.metric, c.unit, op, b, e, c.threshold, new))
-    updated = spec.model_copy(
-        update={
-            "name": name or spec.name,
-            "version": spec.version + 1,
-            "constraints": constraints,
-        }
+    name = name or spec.name
+    # A new version of the same scorecard, or the first of a new one (another data set's).
+    version = spec.version + 1 if name == spec.name else 1
+    updated = spec.model_copy(update={"name": name, "version": version, "constraints": constraints})
+    calibration = Calibration(
+        ScorecardSpec.model_validate(updated.model_dump()),
+        changes,
+        margin,
+        derived_from=f"{spec.name} v{spec.version}",
     )
-    calibration = Calibration(ScorecardSpec.model_validate(updated.model_dump()), changes, margin)
     if calibration.expert_violates:
         raise MlipilotError(
             f"calibration: the expert fails {calibration.expert_violates}, which are floors no "
