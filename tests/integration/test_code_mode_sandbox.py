@@ -183,6 +183,22 @@ def test_a_program_that_writes_no_model_is_no_model(
     assert "without writing model.json" in result.log_tail
 
 
+def test_a_gpu_training_without_a_gpu_here_runs_nothing_and_says_so(
+    program_dir: Path, cu: Path, tmp_path: Path
+) -> None:
+    """``device: cuda`` binds the GPUs this process was given; with none (no /dev/nvidia<N>,
+    as here, or a CUDA_VISIBLE_DEVICES naming a GPU that is not there) the sandbox refuses
+    before the program runs rather than let it fall back to the CPU unnoticed."""
+    _edit(program_dir, "open('/sandbox/out/ran', 'w').write('ran')\n")
+    if any(Path("/dev").glob("nvidia[0-9]*")):
+        pytest.skip("this machine has GPU device nodes")
+    with pytest.raises(SandboxError, match="device cuda: no GPU device node"):
+        run_sandboxed(
+            program_dir, TINY_PROGRAM_JOB, cu / "train.xyz", tmp_path / "out", QUICK, device="cuda"
+        )
+    assert not (tmp_path / "out" / "ran").exists()
+
+
 def test_a_program_over_its_cpu_seconds_is_killed(
     program_dir: Path, cu: Path, tmp_path: Path
 ) -> None:

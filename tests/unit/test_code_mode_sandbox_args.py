@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 import venv
 from collections.abc import Callable
@@ -16,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from mlipilot.code_mode.cgroups import cgroup_folders
+from mlipilot.code_mode.gpus import gpu_device_nodes
 from mlipilot.code_mode.leftovers import REMOVE_DEPTH, remove_tree, take_file
 from mlipilot.code_mode.sandbox import bwrap_args, launcher_args
 from mlipilot.code_mode.sandbox_models import SandboxLimits
+from mlipilot.errors import MlipilotError
 
 
 def test_an_interpreter_under_tmp_is_bound_on_top_of_the_private_tmp(tmp_path: Path) -> None:
@@ -231,3 +234,55 @@ def test_remove_tree_removes_what_a_hostile_program_leaves(tmp_path: Path) -> No
     _within(10, lambda: [remove_tree(tmp_path / n) for n in ("top-link", "top-fifo", "absent")])
     assert sorted(os.listdir(tmp_path)) == ["host-dir", "host-file"]
     assert (host_dir / "inside").exists()
+
+
+def _dev(tmp_path: Path, *names: str) -> Path:
+    dev = tmp_path / "dev"
+    dev.mkdir(parents=True)
+    for name in names:
+        (dev / name).touch()
+    return dev
+
+
+def test_a_gpu_training_gets_its_own_gpus_and_nvidias_control_nodes_only(tmp_path: Path) -> None:
+    dev = _dev(tmp_path, "nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm", "sda", "kvm")
+    nodes = gpu_device_nodes("2", dev)
+    assert nodes == [dev / "nvidiactl", dev / "nvidia-uvm", dev / "nvidia2"]
+    assert gpu_device_nodes("0,2", dev)[-2:] == [dev / "nvidia0", dev / "nvidia2"]
+    # Not plain indices (UUIDs), or unset: every GPU node there is (a pod has only its own).
+    assert gpu_device_nodes("GPU-5e3f", dev)[-3:] == [dev / f"nvidia{i}" for i in range(3)]
+    args = bwrap_args(
+        bwrap="bwrap",
+        python=Path(sys.executable),
+        work=tmp_path / "work",
+        train_file=tmp_path / "train.xyz",
+        limits=SandboxLimits(),
+        gpu_nodes=nodes,
+    )
+    bound = [args[i + 1] for i, a in enumerate(args) if a == "--dev-bind"]
+    assert bound == [str(n) for n in nodes]
+    assert args.index("--dev-bind") > args.index("--dev")  # on top of the minimal /dev
+    cpu = bwrap_args(
+        bwrap="bwrap",
+        python=Path(sys.executable),
+        work=tmp_path / "work",
+        train_file=tmp_path / "train.xyz",
+        limits=SandboxLimits(),
+    )
+    assert "--dev-bind" not in cpu
+
+
+def test_no_gpu_node_to_bind_is_an_error_that_says_which(tmp_path: Path) -> None:
+    dev = _dev(tmp_path, "nvidia0", "nvidiactl")
+    with pytest.raises(MlipilotError, match="nvidia3"):
+        gpu_device_nodes("3", dev)
+    with pytest.raises(MlipilotError, match="no GPU device node"):
+        gpu_device_nodes(None, _dev(tmp_path / "cpu-only", "null", "zero"))
+
+
+def test_a_gpu_training_has_no_address_space_limit_but_keeps_the_others() -> None:
+    limits = SandboxLimits(memory_bytes=512 << 20)
+    rlimits = dict(json.loads(launcher_args(["bwrap"], limits, [], None, gpu=True)[-3]))
+    assert "RLIMIT_AS" not in rlimits  # CUDA reserves vast address space
+    assert rlimits["RLIMIT_CPU"][0] == limits.cpu_seconds
+    assert rlimits["RLIMIT_FSIZE"][0] == limits.file_bytes

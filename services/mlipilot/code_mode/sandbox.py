@@ -10,7 +10,8 @@ The program is agent-written code. Inside the sandbox it sees:
   never the campaign's run folder), where it writes model.json and weights.pt;
 - read-only: ``/usr`` (and the ``/bin``, ``/lib*`` links), the Python interpreter and the
   virtual environment at their host paths, a few files of ``/etc`` the dynamic loader and
-  Python read; a fresh ``/proc``, a minimal ``/dev`` and a private tmpfs ``/tmp``.
+  Python read; a fresh ``/proc``, a minimal ``/dev`` (with, for a GPU training, the device
+  nodes of the GPUs this process was given: ``gpus.py``) and a private tmpfs ``/tmp``.
 
 Everything else of the host (the project, the test split, scorecard specs, the ledger, other
 candidates) is simply not there. It runs in its own user (uid 1000, no capabilities; on the
@@ -42,12 +43,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from mlipilot.code_mode import cgroups
+from mlipilot.code_mode.gpus import gpu_device_nodes
 from mlipilot.code_mode.leftovers import remove_work, take_outputs
 from mlipilot.code_mode.model_boundary import MODEL_JSON, WEIGHTS
 from mlipilot.code_mode.program_files import PROGRAM as TEMPLATE_PROGRAM
@@ -146,11 +148,13 @@ def bwrap_args(
     work: Path,
     train_file: Path,
     limits: SandboxLimits,
+    gpu_nodes: Sequence[Path] = (),
 ) -> list[str]:
     """The bwrap command line that runs ``python training/program.py /sandbox/job.json``.
 
     ``work`` is the sandbox's private work folder: ``work/program`` becomes the program's
-    folder and ``work/out`` its out folder; nothing of the caller's is bound writable."""
+    folder and ``work/out`` its out folder; nothing of the caller's is bound writable.
+    ``gpu_nodes`` (``gpus.gpu_device_nodes``) are bound into ``/dev`` for a GPU training."""
     args = [bwrap, *_NAMESPACES, "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         top = Path("/") / name
@@ -162,6 +166,8 @@ def bwrap_args(
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     # /tmp first: an interpreter or virtual environment under /tmp is bound on top of it.
     args += ["--proc", "/proc", "--dev", "/dev"]
+    for node in gpu_nodes:  # the GPUs it was given, and NVIDIA's control nodes: no other
+        args += ["--dev-bind", str(node), str(node)]
     args += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
     for root in interpreter_paths(python):
         args += ["--ro-bind", str(root), str(root)]
@@ -170,7 +176,10 @@ def bwrap_args(
     args += ["--ro-bind", str(train_file), str(TRAIN_INSIDE)]
     args += ["--bind", str(work / OUT_FOLDER), str(OUT_INSIDE)]
     args += ["--remount-ro", "/", "--chdir", str(PROGRAM_INSIDE), "--clearenv"]
-    for key, value in _environment(python, limits).items():
+    env = _environment(python, limits)
+    if gpu_nodes and "CUDA_VISIBLE_DEVICES" in os.environ:  # the same GPUs, the same numbers
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    for key, value in env.items():
         args += ["--setenv", key, value]
     return [*args, "--", str(python), str(PROGRAM), str(JOB_INSIDE)]
 
@@ -214,17 +223,23 @@ os.execv(sys.argv[4], sys.argv[4:])
 
 
 def launcher_args(
-    cmd: list[str], limits: SandboxLimits, cgroup_procs: list[str], nproc: int | None
+    cmd: list[str],
+    limits: SandboxLimits,
+    cgroup_procs: list[str],
+    nproc: int | None,
+    gpu: bool = False,
 ) -> list[str]:
     """The launcher's command line: it joins ``cgroup_procs`` (the run's ``cgroup.procs``
-    files), sets the rlimits (RLIMIT_NPROC to ``nproc`` unless None), then execs ``cmd``."""
+    files), sets the rlimits (RLIMIT_NPROC to ``nproc`` unless None), then execs ``cmd``.
+    With ``gpu`` no address-space limit: CUDA reserves far more address space than it uses
+    (the memory cgroup, where there is one, still limits what is used)."""
     rlimits: list[tuple[str, tuple[int, int]]] = [
         # (soft, hard): SIGXCPU at the soft CPU limit, SIGKILL a few seconds later
         ("RLIMIT_CPU", (limits.cpu_seconds, limits.cpu_seconds + 5)),
         ("RLIMIT_FSIZE", (limits.file_bytes, limits.file_bytes)),
         ("RLIMIT_CORE", (0, 0)),
     ]
-    if limits.memory_bytes is not None:
+    if limits.memory_bytes is not None and not gpu:
         rlimits.append(("RLIMIT_AS", (limits.memory_bytes, limits.memory_bytes)))
     if nproc is not None:
         rlimits.append(("RLIMIT_NPROC", (nproc, nproc)))
@@ -242,6 +257,7 @@ def run_sandboxed(
     python: Path | None = None,
     on_line: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
+    device: str = "cpu",
 ) -> SandboxResult:
     """Run ``training/program.py`` of ``program_dir`` on ``job`` in the sandbox; never raises
     for what the program does, only when the sandbox cannot be set up (SandboxError).
@@ -251,12 +267,17 @@ def run_sandboxed(
     ``program.log``, the program's combined output. The program never sees ``out_dir`` itself.
     ``python`` (default: this interpreter) runs the program. ``on_line`` sees each line of
     output as it comes (progress); setting ``cancel`` kills the program's process group
-    (status ``cancelled``).
+    (status ``cancelled``). ``device`` ``cuda``: the GPUs this process was given are bound
+    in (``gpus.py``) and the job says ``device: cuda``; else the program sees no GPU.
     """
     program_dir, train_file, out_dir = Path(program_dir), Path(train_file), Path(out_dir)
     python = Path(python or sys.executable)
     _check_inputs(program_dir, job, train_file, out_dir)
     bwrap = find_bwrap()
+    try:
+        nodes = gpu_device_nodes(os.environ.get("CUDA_VISIBLE_DEVICES")) if device == "cuda" else []
+    except MlipilotError as exc:
+        raise SandboxError(f"device cuda: {exc}") from exc
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     # Mode 0700 and owned by us: what the program leaves here (its files are ours on the host,
@@ -271,16 +292,23 @@ def run_sandboxed(
         shutil.copytree(program_dir, work / "program", symlinks=True, ignore=_no_git)
         (work / OUT_FOLDER).mkdir(mode=0o700)
         inside_job = {**job, "train_file": str(TRAIN_INSIDE), "out_dir": str(OUT_INSIDE)}
+        if nodes:  # only then: a program of an older campaign, on the CPU, knows no "device"
+            inside_job["device"] = "cuda"
         (work / "job.json").write_text(json.dumps(inside_job, indent=1))
         cmd = bwrap_args(
-            bwrap=bwrap, python=python, work=work, train_file=train_file.resolve(), limits=limits
+            bwrap=bwrap,
+            python=python,
+            work=work,
+            train_file=train_file.resolve(),
+            limits=limits,
+            gpu_nodes=nodes,
         )
         cgroup = cgroups.make_cgroup(limits)
         nproc = None if cgroup is not None else cgroups.nproc_limit(limits)
         procs = cgroup.procs_files() if cgroup is not None else []
         hits: list[tuple[LimitHit, str]] = []
         try:
-            launcher = launcher_args(cmd, limits, procs, nproc)
+            launcher = launcher_args(cmd, limits, procs, nproc, gpu=bool(nodes))
             ran = run_supervised(
                 launcher,
                 log,

@@ -68,8 +68,10 @@ def train_program(
     limits: SandboxLimits,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    device: str = "cpu",
 ) -> TrainingOutcome:
-    """Run the program in the sandbox, then check its model at the boundary and write it as
+    """Run the program in the sandbox (on ``device``: ``cuda`` binds this process's GPUs in),
+    then check its model at the boundary and write it as
     ``work_dir/model-package.pt``; never raises for what the program does. Here or on a
     Ray worker (training/ray_trainer.py), with ``work_dir`` on the shared run folder."""
     curve: list[EpochRecord] = []
@@ -82,7 +84,14 @@ def train_program(
                 progress(record.epoch + 1, int(job["epochs"]), record)
 
     result = run_sandboxed(
-        program_dir, job, train_file, work_dir / "out", limits, on_line=on_line, cancel=cancel
+        program_dir,
+        job,
+        train_file,
+        work_dir / "out",
+        limits,
+        on_line=on_line,
+        cancel=cancel,
+        device=device,
     )
     log = work_dir / "train.log"
     log.write_text(result.log_path.read_text(errors="replace"))
@@ -149,7 +158,6 @@ class ProgramTask(TrainingTask):
     def run(
         self, device: str, progress: ProgressFn | None, cancel: threading.Event | None
     ) -> TrainingOutcome:
-        del device  # the sandbox decides what the program sees
         return train_program(
             self.program_dir,
             self.job,
@@ -158,6 +166,7 @@ class ProgramTask(TrainingTask):
             self.limits,
             progress,
             cancel,
+            device=device,
         )
 
     def before_retry(self) -> None:
@@ -165,7 +174,7 @@ class ProgramTask(TrainingTask):
         shutil.rmtree(self.work_dir / "out", ignore_errors=True)
 
     def where(self, device: str) -> dict[str, Any]:
-        return {"sandbox": "local"}
+        return {"sandbox": "local", "device": device}
 
 
 def sandbox_limits(

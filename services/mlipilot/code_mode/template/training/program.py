@@ -49,13 +49,14 @@ KNOBS = {
 }
 warnings.filterwarnings("ignore", message="The TorchScript type system")  # mace's, harmless
 REQUIRED = ("train_file", "epochs", "out_dir")
+OPTIONAL = ("device",)  # set by the sandbox, "cuda", when it bound a GPU in
 ENERGY_KEY, FORCES_KEY = "REF_energy", "REF_forces"
 KEYS = data.KeySpecification(info_keys={"energy": ENERGY_KEY}, arrays_keys={"forces": FORCES_KEY})
 
 
 def read_job(path):
     job = json.loads(Path(path).read_text())
-    unknown = sorted(set(job) - set(KNOBS) - set(REQUIRED))
+    unknown = sorted(set(job) - set(KNOBS) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
         raise SystemExit(f"{path}: unknown key(s) {unknown}; known: {sorted(KNOBS)}")
     missing = [k for k in REQUIRED if k not in job]
@@ -140,7 +141,9 @@ def loss_fn(out, batch, job):
 def evaluate(model, loader, job):
     """(loss, energy MAE in meV/atom, force MAE in meV/A) over ``loader``."""
     losses, e_err, f_err = [], [], []
+    device = next(model.parameters()).device
     for batch in loader:
+        batch = batch.to(device)
         out = model(batch.to_dict(), training=False)
         losses.append(loss_fn(out, batch, job).item())
         n = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
@@ -156,6 +159,9 @@ def train(job):
     frames = ase.io.read(job["train_file"], index=":", format="extxyz")
     z_table = utils.AtomicNumberTable(sorted({int(z) for a in frames for z in a.numbers}))
     configs, graphs = load_graphs(frames, z_table, job["r_max"])
+    # The sandbox says where to train: "cuda" only when it bound a GPU in. The data stays on
+    # the CPU (mace's statistics below expect it there); each batch moves when it is used.
+    device = torch.device(job.get("device", "cpu"))
     train_idx, valid_idx = split(len(graphs), job["valid_fraction"], job["seed"])
     if job["batch_size"] > len(train_idx):
         raise SystemExit(f"batch_size {job['batch_size']} > {len(train_idx)} training frames")
@@ -179,7 +185,7 @@ def train(job):
         _, scale = modules.scaling_classes[job["scaling"]](loader, e0s)
     avg_num_neighbors = modules.compute_avg_num_neighbors(loader)
     config = model_config(job, z_table, e0s, avg_num_neighbors, np.ravel(scale)[0])
-    model = build_model(config)
+    model = build_model(config).to(device)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=job["lr"], amsgrad=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -189,6 +195,7 @@ def train(job):
         model.train()
         losses = []
         for batch in loader:
+            batch = batch.to(device)
             optimizer.zero_grad()
             loss = loss_fn(model(batch.to_dict(), training=True), batch, job)
             loss.backward()
@@ -206,7 +213,7 @@ def train(job):
         )
         if not math.isfinite(train_loss):
             raise SystemExit(f"non-finite training loss at epoch {epoch}")
-    return model, config, graphs[0], (mae_e, mae_f)
+    return model.to("cpu"), config, graphs[0], (mae_e, mae_f)
 
 
 def save(model, config, first_graph, job):
