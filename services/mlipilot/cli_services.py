@@ -19,6 +19,7 @@ from mlipilot.errors import MlipilotError
 if TYPE_CHECKING:
     from mlipilot.rpc.orchestrator_client import OrchestratorClient
     from mlipilot.rpc.serving import ServerOptions
+    from mlipilot.scoring.md_stability import ReplicaRunner
     from mlipilot.v1 import orchestrator_pb2
 
 serve_app = typer.Typer(help="Run the orchestrator or scorecard as a gRPC service.")
@@ -110,6 +111,17 @@ def serve_scorecard(
         Optional[int],  # noqa: UP045
         typer.Option(min=1, help="torch threads per evaluation (default: all cores)"),
     ] = None,
+    ray_address: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="run each evaluation's MD replicas as tasks on this Ray cluster ('auto': "
+            "RAY_ADDRESS's, ray://head:10001, host:port); default: in this process"
+        ),
+    ] = None,
+    md_gpus: Annotated[
+        str, typer.Option(help="GPUs per MD task on Ray: a number, or 'auto' (one if any)")
+    ] = "auto",
+    md_cpus: Annotated[float, typer.Option(min=0, help="CPUs per MD task on Ray")] = 1.0,
     token_file: TokenFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
@@ -132,7 +144,11 @@ def serve_scorecard(
         catalog = load_catalog(scorecards or _repo_root() / "scorecard")
         uris = UriPolicy(read=read_root or ["runs", "data"], write=write_root or ["runs"])
         servicer = ScorecardServicer(
-            catalog, uris, max_concurrent=concurrent, max_queued=max_queued
+            catalog,
+            uris,
+            max_concurrent=concurrent,
+            max_queued=max_queued,
+            md_runner=_md_runner(ray_address, md_cpus, md_gpus),
         )
         options = _server_options(host, port, token_file, tls_cert, tls_key, metrics_port, insecure)
         running = start_server(
@@ -145,6 +161,27 @@ def serve_scorecard(
     names = ", ".join(f"{e.spec.name} ({e.sha256[:12]})" for e in catalog.values())
     typer.echo(f"scorecard service on {host}:{running.port}: {names}", err=True)
     serve_until_signal(running)
+
+
+def _md_runner(ray_address: str | None, cpus: float, gpus: str) -> ReplicaRunner:
+    """MD replicas here, or (``--ray-address``) on the Ray cluster's workers, which share no
+    folder with this pod: the model goes to them and the traces come back."""
+    from mlipilot.scoring.md_stability import run_replicas_here
+
+    if ray_address is None:
+        return run_replicas_here
+    from pydantic import ValidationError
+
+    from mlipilot import ray_runtime
+    from mlipilot.config import RayResources
+    from mlipilot.scoring.ray_md import RayReplicaRunner
+
+    try:
+        resources = RayResources(num_cpus=cpus, num_gpus=gpus if gpus == "auto" else float(gpus))
+    except (ValueError, ValidationError) as exc:
+        raise MlipilotError(f"--md-gpus: a number of GPUs or 'auto', got {gpus!r}") from exc
+    ray_runtime.acquire(ray_address)  # held for the life of the server
+    return RayReplicaRunner(resources, ship=True)
 
 
 @serve_app.command("orchestrator")

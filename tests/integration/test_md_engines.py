@@ -188,3 +188,45 @@ def test_ray_runner_batches_replicas_into_one_task_per_slot(
         assert g.max_temperature_K == pytest.approx(h.max_temperature_K, rel=F64_REL)
         assert job.trace_path.is_file()
     assert np.isfinite([g.max_temperature_K for g in got]).all()
+
+
+def test_a_shipping_ray_runner_needs_no_folder_shared_with_its_workers(
+    ray_session,
+    tiny_cu_model: Path,
+    cu_test_frames: list[Atoms],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scorecard service's runner (``serve scorecard --ray-address``): its pod shares no
+    folder with the Ray workers. Relative paths make that so here: a Ray worker runs in its own
+    working folder, where ``model.pt`` and ``md/`` do not exist, so a task that opened the
+    caller's paths would fail. The model goes out as bytes, and every trace comes back to the
+    path the caller asked for, the same replicas as run here."""
+    monkeypatch.chdir(tmp_path)
+    Path("model.pt").write_bytes(tiny_cu_model.read_bytes())
+    Path("md").mkdir()
+    settings = _settings(precision="float64", nvt_steps=20, nve_steps=5)
+    jobs = [
+        ReplicaJob(i, frame, temp, 0, Path("md") / f"r-{i}-{temp:g}.csv")
+        for i, frame in enumerate(cu_test_frames[:2])
+        for temp in settings.temperatures_K
+    ]
+    got = RayReplicaRunner(RayResources(num_cpus=1), ship=True)(
+        Path("model.pt"), jobs, settings, lambda n: None
+    )
+    Path("here").mkdir()
+    here = run_replicas_here(
+        tiny_cu_model,
+        [replace(j, trace_path=Path("here") / j.trace_path.name) for j in jobs],
+        settings,
+        lambda n: None,
+    )
+    for g, h, job in zip(got, here, jobs, strict=True):
+        assert (g.status, g.survived_steps) == (h.status, h.survived_steps)
+        assert g.max_temperature_K == pytest.approx(h.max_temperature_K, rel=F64_REL)
+        assert g.trace_file == job.trace_path.name
+        rows = job.trace_path.read_text().splitlines()
+        assert len(rows) == len((Path("here") / job.trace_path.name).read_text().splitlines())
+    # The path-based runner, for contrast, cannot find the caller's model from a worker.
+    with pytest.raises(Exception, match=r"model\.pt"):
+        RayReplicaRunner(RayResources(num_cpus=1))(Path("model.pt"), jobs[:1], settings, print)

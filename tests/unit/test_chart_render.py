@@ -329,6 +329,37 @@ def test_network_policy_keeps_trainers_and_agent_away_from_the_scorecard() -> No
         assert not any(_selected(p, pod["metadata"]["labels"]) for p in vllm_policy)
 
 
+def test_the_scorecards_md_runs_on_the_ray_workers_it_may_reach() -> None:
+    """With Ray on, the scorecard pod is a Ray client (its MD replicas become tasks on the
+    workers, a GPU each on a GPU cluster), the Ray NetworkPolicy lets it reach the head, and it
+    holds the Ray token; with scorecard.ray.enabled false or no Ray, none of it."""
+    objects = render("gpu-values.yaml")
+    scorecard = _scorecard(objects)
+    assert _flag(scorecard["args"], "--ray-address") == "auto"
+    assert _flag(scorecard["args"], "--md-gpus") == "auto"
+    env = {e["name"]: e.get("value") for e in scorecard["env"]}
+    assert env["RAY_ADDRESS"] == _orchestrator_env(objects)["RAY_ADDRESS"]
+    assert env["RAY_AUTH_TOKEN_PATH"] == "/etc/mlipilot/ray/token"
+    assert "/etc/mlipilot/ray" in {m["mountPath"] for m in scorecard["volumeMounts"]}
+    pod = one(objects, "Deployment", "mlipilot-scorecard")["spec"]["template"]
+    ray_policy = one(objects, "NetworkPolicy", "mlipilot-ray")["spec"]["ingress"][0]["from"]
+    assert any(_selected(p, pod["metadata"]["labels"]) for p in ray_policy)
+    for sets in [("scorecard.ray.enabled=false",), ("ray.enabled=false",)]:
+        off = render(sets=sets)
+        here = _scorecard(off)
+        assert "--ray-address" not in here["args"]
+        assert "RAY_ADDRESS" not in {e["name"] for e in here["env"]}
+        policies = find(off, "NetworkPolicy", "mlipilot-ray")
+        if policies:
+            peers = policies[0]["spec"]["ingress"][0]["from"]
+            off_pod = one(off, "Deployment", "mlipilot-scorecard")["spec"]["template"]
+            assert not any(_selected(p, off_pod["metadata"]["labels"]) for p in peers)
+
+
+def _orchestrator_env(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in _orchestrator(objects)["env"]}
+
+
 def test_servicemonitors_scrape_the_metrics_ports() -> None:
     objects = render("gpu-values.yaml")
     services = _services_by_component(objects)
@@ -582,6 +613,7 @@ def test_network_policies_let_the_legitimate_traffic_through() -> None:
         ("mlipilot-scorecard", "test", "grpc"),
         ("mlipilot-vllm", "orchestrator", "http"),
         ("mlipilot-ray", "orchestrator", 10001),  # the Ray client
+        ("mlipilot-ray", "scorecard", 10001),  # scorecard.ray: its MD replicas as Ray tasks
         ("mlipilot-ray", "ray-head", 6379),  # GCS, raylets, object transfer among Ray pods
         ("mlipilot-ray", "ray-gpu", 6379),
         ("mlipilot-ray", "ray-gpu", 12345),
@@ -597,7 +629,6 @@ def test_network_policies_let_the_legitimate_traffic_through() -> None:
         ("mlipilot-scorecard", "stranger", "grpc"),
         ("mlipilot-vllm", "ray-gpu", "http"),
         ("mlipilot-ray", "vllm", 10001),
-        ("mlipilot-ray", "scorecard", 10001),
         ("mlipilot-ray", "stranger", 10001),
     ]
     for name, source, port in refused:

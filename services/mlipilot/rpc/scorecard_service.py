@@ -36,6 +36,7 @@ from mlipilot.rpc import artifacts
 from mlipilot.rpc.artifacts import Location, UriPolicy, UriRefused
 from mlipilot.rpc.convert import score_result_to_proto
 from mlipilot.rpc.metrics import EVALUATION_SECONDS, EVALUATIONS
+from mlipilot.scoring.md_stability import ReplicaRunner, run_replicas_here
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.scorecard import Scorecard
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
@@ -106,9 +107,11 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
         uris: UriPolicy,
         max_concurrent: int = 1,
         max_queued: int = 8,
+        md_runner: ReplicaRunner = run_replicas_here,
     ) -> None:
         self.catalog = catalog
         self.uris = uris
+        self.md_runner = md_runner  # MD replicas here, or on the Ray cluster's workers
         # Evaluations are CPU/GPU bound; more at once only slows each and skews throughput.
         self._slots = threading.BoundedSemaphore(max_concurrent)
         # Each waiting evaluation holds a server thread: past this many, callers are told to
@@ -268,7 +271,7 @@ class ScorecardServicer(scorecard_pb2_grpc.ScorecardServiceServicer):
                 baseline = _fetch_model(
                     targets.baseline, work / "baseline.model", "baseline_model_uri"
                 )
-            scorecard = Scorecard(entry.spec, entry.sha256, frames, test_sha256)
+            scorecard = Scorecard(entry.spec, entry.sha256, frames, test_sha256, self.md_runner)
             out = work / "artifacts"
             result = scorecard.evaluate(
                 model, baseline_model_path=baseline, out_dir=out, progress=progress

@@ -4,13 +4,17 @@ With the batched engine (``md.engine: batched``) the replicas are split into as 
 the cluster can run at once, and each group runs as one task that batches its replicas (and
 splits them again if its device's memory asks for it). With the ASE reference engine each
 replica is its own task. A task loads the model from the shared folder and writes its traces
-there; only start frames go out and small outcomes come back.
+there; only start frames go out and small outcomes come back. A caller whose folders the
+workers cannot see (the scorecard service, in its own pod) ships instead: the model goes out
+as bytes (once, through the object store) and each trace comes back as bytes.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -42,6 +46,29 @@ def _md_task(
     return engine.run(Path(model_path), jobs, settings, lambda n: None, device)
 
 
+@ray.remote
+def _md_task_shipped(
+    model: bytes, jobs: list[ReplicaJob], settings: MDSettings, threads: int
+) -> tuple[list[ReplicaOutcome], list[bytes | None]]:
+    """``_md_task`` on a worker that shares no folder with the caller: the model arrives as
+    bytes, the traces are written in a folder of its own and go back as bytes."""
+    device = _task_setup(threads)
+    engine = MD_ENGINES[settings.engine]
+    with tempfile.TemporaryDirectory(prefix="mlipilot-md-") as tmp:
+        model_path = Path(tmp) / "model-package.pt"
+        model_path.write_bytes(model)
+        # One folder per replica: each trace keeps its own name (outcomes record it).
+        here = [
+            replace(job, trace_path=Path(tmp) / str(i) / job.trace_path.name)
+            for i, job in enumerate(jobs)
+        ]
+        for job in here:
+            job.trace_path.parent.mkdir()
+        outcomes = engine.run(model_path, here, settings, lambda n: None, device)
+        traces = [job.trace_path.read_bytes() if job.trace_path.is_file() else None for job in here]
+    return outcomes, traces
+
+
 def task_groups(atoms_per_job: list[int], slots: int, gpu: bool) -> list[list[int]]:
     """Split jobs (by index) into balanced consecutive groups, one Ray task each.
 
@@ -67,10 +94,12 @@ def _slots(resources: RayResources) -> int:
 
 
 class RayReplicaRunner:
-    """A ``ReplicaRunner`` that fans replicas out to the Ray cluster."""
+    """A ``ReplicaRunner`` that fans replicas out to the Ray cluster. ``ship``: the workers
+    share no folder with this process; the model goes to them and the traces come back."""
 
-    def __init__(self, resources: RayResources) -> None:
+    def __init__(self, resources: RayResources, ship: bool = False) -> None:
         self.resources = resources
+        self.ship = ship
 
     def __call__(
         self,
@@ -82,14 +111,14 @@ class RayReplicaRunner:
         res = sized(self.resources)
         threads = max(1, int(res.num_cpus))
         per_replica = settings.nvt_steps + settings.nve_steps
-        task = _md_task.options(num_cpus=res.num_cpus, num_gpus=res.gpus)
+        remote = _md_task_shipped if self.ship else _md_task
+        task = remote.options(num_cpus=res.num_cpus, num_gpus=res.gpus)
         if MD_ENGINES[settings.engine].batches:
             groups = task_groups([len(j.frame) for j in jobs], _slots(res), res.gpus > 0)
         else:  # one replica per task: as many run at once as the cluster has slots
             groups = [[i] for i in range(len(jobs))]
-        refs = [
-            task.remote(str(model_path), [jobs[i] for i in g], settings, threads) for g in groups
-        ]
+        model = ray.put(Path(model_path).read_bytes()) if self.ship else str(model_path)
+        refs = [task.remote(model, [jobs[i] for i in g], settings, threads) for g in groups]
         sizes = [len(g) for g in groups]
         replicas_of = dict(zip(refs, sizes, strict=True))
         pending = list(refs)
@@ -102,4 +131,13 @@ class RayReplicaRunner:
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-        return [outcome for group in results for outcome in group]
+        if not self.ship:
+            return [outcome for group in results for outcome in group]
+        outcomes = []
+        for g, (group, traces) in zip(groups, results, strict=True):
+            outcomes += group
+            for i, trace in zip(g, traces, strict=True):
+                if trace is not None:
+                    jobs[i].trace_path.parent.mkdir(parents=True, exist_ok=True)
+                    jobs[i].trace_path.write_bytes(trace)
+        return outcomes
