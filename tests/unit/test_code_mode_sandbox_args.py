@@ -251,25 +251,21 @@ def test_a_gpu_training_gets_its_own_gpus_and_nvidias_control_nodes_only(tmp_pat
     assert gpu_device_nodes("0,2", dev)[-2:] == [dev / "nvidia0", dev / "nvidia2"]
     # Not plain indices (UUIDs), or unset: every GPU node there is (a pod has only its own).
     assert gpu_device_nodes("GPU-5e3f", dev)[-3:] == [dev / f"nvidia{i}" for i in range(3)]
-    args = bwrap_args(
-        bwrap="bwrap",
-        python=Path(sys.executable),
-        work=tmp_path / "work",
-        train_file=tmp_path / "train.xyz",
-        limits=SandboxLimits(),
-        gpu_nodes=nodes,
-    )
+    def args_with(gpu_nodes: list[Path]) -> list[str]:
+        return bwrap_args(
+            bwrap="bwrap",
+            python=Path(sys.executable),
+            work=tmp_path / "work",
+            train_file=tmp_path / "train.xyz",
+            limits=SandboxLimits(),
+            gpu_nodes=gpu_nodes,
+        )
+
+    args = args_with(nodes)
     bound = [args[i + 1] for i, a in enumerate(args) if a == "--dev-bind"]
     assert bound == [str(n) for n in nodes]
     assert args.index("--dev-bind") > args.index("--dev")  # on top of the minimal /dev
-    cpu = bwrap_args(
-        bwrap="bwrap",
-        python=Path(sys.executable),
-        work=tmp_path / "work",
-        train_file=tmp_path / "train.xyz",
-        limits=SandboxLimits(),
-    )
-    assert "--dev-bind" not in cpu
+    assert "--dev-bind" not in args_with([])
 
 
 def test_no_gpu_node_to_bind_is_an_error_that_says_which(tmp_path: Path) -> None:
