@@ -157,14 +157,14 @@ class AgentConfig(LlmOptions):
 
 
 class BudgetConfig(_Strict):
-    iterations: int = Field(6, ge=0, le=1000, description="proposals after the baseline")
+    iterations: int = Field(6, ge=0, le=100_000, description="proposals after the baseline")
     epochs: int = Field(12, ge=1, le=10_000, description="training epochs per candidate")
     max_train_seconds: float = Field(
         900, gt=0, description="wall-clock guard per candidate; over it the candidate fails"
     )
     agent_retries: int = Field(2, ge=0, le=10, description="refused proposals before giving up")
     candidates_per_iteration: int = Field(
-        1, ge=1, le=64, description="proposals trained and scored side by side each iteration"
+        1, ge=1, le=1024, description="proposals trained and scored side by side each iteration"
     )
     agent_tokens: int | None = Field(
         None, ge=1, description="LLM tokens (prompt + completion) for the whole campaign"

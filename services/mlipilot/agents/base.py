@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
@@ -133,12 +133,15 @@ class CampaignState(BaseModel):
     # Code mode: the editable files of the incumbent's training program (path -> text).
     program: dict[str, str] | None = None
     program_sha256: str | None = None  # their digest (code_mode.program_files.program_digest)
+    _tried: set[tuple[str, str | None]] | None = PrivateAttr(default=None)
 
     def tried(self, recipe: Recipe, program_sha256: str | None = None) -> bool:
         """Tried before, or proposed and not yet decided. In code mode a candidate is a
         recipe and a program (default: the incumbent's)."""
         program = program_sha256 or self.program_sha256
-        if any(h.recipe == recipe and h.program_sha256 == program for h in self.history):
+        if self._tried is None:  # built once per state: agents ask for every draw they make
+            self._tried = {(h.recipe.digest(), h.program_sha256) for h in self.history}
+        if (recipe.digest(), program) in self._tried:
             return True
         return program == self.program_sha256 and recipe in self.pending
 

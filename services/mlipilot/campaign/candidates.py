@@ -114,16 +114,13 @@ class Workers:
         stop: StopRequest,
         handle: Callable[[Event], None],
     ) -> list[Finished]:
-        return run_candidates(
-            jobs,
-            trainer=self.trainer,
-            task_for=self.task_for,
-            scorer=self.scorer,
-            budget=budget,
-            baseline_model=baseline_model,
-            stop=stop,
-            handle=handle,
-        )
+        """Train and score ``jobs`` concurrently; ``handle`` sees every event in this thread.
+        Raises CampaignStopped after a stop, and ScorerUnavailable when scoring itself broke."""
+        pool = self.pool(budget, baseline_model, stop, handle)
+        for job in jobs:
+            pool.submit(job)
+        finished = {f.job.name: f for f in pool.drain()}
+        return [finished[j.name] for j in jobs]
 
     def pool(
         self,
@@ -143,28 +140,6 @@ class Workers:
             from mlipilot import ray_runtime
 
             ray_runtime.release()
-
-
-def run_candidates(
-    jobs: list[CandidateJob],
-    *,
-    trainer: Trainer,
-    task_for: TaskFor,
-    scorer: Scorer,
-    budget: TrainingBudget,
-    baseline_model: Path | None,
-    stop: StopRequest,
-    handle: Callable[[Event], None],
-) -> list[Finished]:
-    """Train and score ``jobs`` concurrently; ``handle`` sees every event in this thread.
-
-    Raises CampaignStopped after a stop, and ScorerUnavailable when scoring itself broke.
-    """
-    pool = CandidatePool(trainer, task_for, scorer, budget, baseline_model, stop, handle)
-    for job in jobs:
-        pool.submit(job)
-    finished = {f.job.name: f for f in pool.drain()}
-    return [finished[j.name] for j in jobs]
 
 
 class CandidatePool:

@@ -68,7 +68,7 @@ from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
 from mlipilot.stopping import CampaignStopped, StopRequest
 from mlipilot.training.mace_args import batch_fits
-from mlipilot.training.tasks import LocalTrainer
+from mlipilot.training.tasks import LocalTrainer, Trainer
 from mlipilot.training.trainer import TrainingBudget
 
 __all__ = [  # CampaignOutcome lives in run_folder.py; callers of the loop find it here too
@@ -159,10 +159,13 @@ def run_in_layout(
     scorer_factory: ScorerFactory = local_scorer,
     stop: StopRequest | None = None,
     resume: bool = False,
+    trainer: Trainer | None = None,
 ) -> CampaignOutcome:
     """Run ``campaign`` into ``layout``; every step goes to its ledger, also how it ended.
 
     With ``resume``, what the ledger already records is replayed rather than done again.
+    ``trainer``: one to use instead of the campaign's own (``benchmarks/cluster_sim.py``'s
+    simulated GPUs).
     """
     reporter = reporter or NullReporter()
     stop = stop or StopRequest()
@@ -176,7 +179,7 @@ def run_in_layout(
         prior = read_prior_run(layout.root, read_events(layout.ledger)) if resume else PriorRun()
         recorder = Recorder(ledger, layout.root.name, reporter, prior)
         try:
-            run = _start(campaign, layout, recorder, agent, scorer_factory, stop)
+            run = _start(campaign, layout, recorder, agent, scorer_factory, stop, trainer)
             if campaign.budget.scheduler == "async":
                 incumbent = _run_asynchronously(run)
             else:
@@ -230,6 +233,7 @@ def _start(
     agent: Agent | None,
     scorer_factory: ScorerFactory,
     stop: StopRequest,
+    trainer: Trainer | None,
 ) -> _Run:
     """Data, scorer, trainers and agent ready, and the campaign's start (or resume) recorded."""
     prior = recorder.prior
@@ -250,7 +254,10 @@ def _start(
     session = AgentSession(
         agent, campaign, spec, dataset.n_frames("train"), mode, recorder, recorder.reporter
     )
-    workers = _workers(campaign, layout, scorer, tasks, stop)
+    if trainer is not None:
+        workers = Workers(trainer, tasks, scorer)
+    else:
+        workers = _workers(campaign, layout, scorer, tasks, stop)
     run = _Run(
         campaign, layout, dataset, recorder, session, mode, workers, recorder.reporter, stop, prior
     )

@@ -3,7 +3,7 @@
 The loop and the agent session say what happened; the recorder turns it into ledger rows (and
 console stages), skipping what a resumed campaign's ledger already holds, so a replay never
 writes a row twice. Workers never call it: their events reach it through the calling thread
-(``candidates.run_candidates``), which keeps one writer and one order.
+(``candidates.CandidatePool``), which keeps one writer and one order.
 """
 
 from __future__ import annotations
