@@ -251,6 +251,7 @@ def test_a_gpu_training_gets_its_own_gpus_and_nvidias_control_nodes_only(tmp_pat
     assert gpu_device_nodes("0,2", dev)[-2:] == [dev / "nvidia0", dev / "nvidia2"]
     # Not plain indices (UUIDs), or unset: every GPU node there is (a pod has only its own).
     assert gpu_device_nodes("GPU-5e3f", dev)[-3:] == [dev / f"nvidia{i}" for i in range(3)]
+
     def args_with(gpu_nodes: list[Path]) -> list[str]:
         return bwrap_args(
             bwrap="bwrap",
