@@ -128,3 +128,20 @@ protos:
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# The image (docker/Dockerfile) built with podman: docker/build-image.sh. IMAGE_BASE=published
+# (the Dockerfile's python:3.12 slim base, pulled), local (a debootstrapped Debian bookworm with
+# its Python 3.11, for hosts that reach no container registry: docker/local-base.sh) or auto
+# (the published one when it can be pulled). podman's settings: docker/containers.conf.
+IMAGE ?= localhost/mlipilot:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_BASE ?= auto
+.PHONY: image test-deploy
+image:
+	IMAGE=$(IMAGE) IMAGE_BASE=$(IMAGE_BASE) nice -n 10 docker/build-image.sh
+
+# The chart's pods for real (tests/deploy: podman kube play of the rendered CPU chart, KubeRay's
+# part by a stand-in; tiny campaigns through the orchestrator pod). Root and podman; ~4 min warm.
+test-deploy: image
+	MLIPILOT_DEPLOY_TESTS=1 MLIPILOT_DEPLOY_IMAGE=$(IMAGE) \
+	  CONTAINERS_CONF=$(abspath docker/containers.conf) \
+	  $(BIN)/python -m pytest -q -s -p no:cacheprovider -m deploy tests/deploy
