@@ -172,7 +172,6 @@ def _md_runner(ray_address: str | None, cpus: float, gpus: str) -> ReplicaRunner
         return run_replicas_here
     from pydantic import ValidationError
 
-    from mlipilot import ray_runtime
     from mlipilot.config import RayResources
     from mlipilot.scoring.ray_md import RayReplicaRunner
 
@@ -180,8 +179,9 @@ def _md_runner(ray_address: str | None, cpus: float, gpus: str) -> ReplicaRunner
         resources = RayResources(num_cpus=cpus, num_gpus=gpus if gpus == "auto" else float(gpus))
     except (ValueError, ValidationError) as exc:
         raise MlipilotError(f"--md-gpus: a number of GPUs or 'auto', got {gpus!r}") from exc
-    ray_runtime.acquire(ray_address)  # held for the life of the server
-    return RayReplicaRunner(resources, ship=True)
+    # Joined at the first evaluation: the server starts, and serves its health, before the Ray
+    # head is up (the usual order right after `helm install`).
+    return RayReplicaRunner(resources, ship=True, connect=ray_address)
 
 
 @serve_app.command("orchestrator")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mlipilot.errors import MlipilotError
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from mlipilot.config import RayResources
 
 NAMESPACE = "mlipilot"
+CONNECT_TRIES = 3  # a running cluster's address: tries before a campaign fails
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _users = 0
@@ -41,17 +45,33 @@ def acquire(address: str | None) -> None:
                 "log_to_driver": False,
                 "logging_level": logging.WARNING,
             }
-            try:
-                if address in (None, "local"):
-                    ray.init(include_dashboard=False, **options)
-                else:
-                    ray.init(address=address, **options)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise MlipilotError(
-                    f"compute.ray_address: cannot connect to Ray at {address}: {exc}"
-                ) from exc
+            if address in (None, "local"):
+                _init(lambda: ray.init(include_dashboard=False, **options), address, tries=1)
+            else:
+                _init(lambda: ray.init(address=address, **options), address, CONNECT_TRIES)
             _started_here = True
         _users += 1
+
+
+def _init(init: Callable[[], object], address: str | None, tries: int) -> None:
+    """``init()``, tried again after a pause when a cluster does not answer: a Ray head's
+    client server has been seen to fail once under load and serve the next attempt."""
+    import ray
+
+    for attempt in range(1, tries + 1):
+        try:
+            init()
+            return
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            if ray.is_initialized():
+                ray.shutdown()
+            if attempt == tries:
+                raise MlipilotError(
+                    f"compute.ray_address: cannot connect to Ray at {address}: {exc}"
+                    + (f" ({tries} tries)" if tries > 1 else "")
+                ) from exc
+            log.warning("Ray at %s: %s; trying again in %d s", address, exc, 5 * attempt)
+            time.sleep(5 * attempt)
 
 
 def release() -> None:

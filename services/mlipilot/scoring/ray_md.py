@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import ray
 
+from mlipilot import ray_runtime
 from mlipilot.config import RayResources
 from mlipilot.ray_runtime import sized
 from mlipilot.scoring.md_stability import MD_ENGINES, ReplicaJob, ReplicaOutcome
@@ -95,11 +97,24 @@ def _slots(resources: RayResources) -> int:
 
 class RayReplicaRunner:
     """A ``ReplicaRunner`` that fans replicas out to the Ray cluster. ``ship``: the workers
-    share no folder with this process; the model goes to them and the traces come back."""
+    share no folder with this process; the model goes to them and the traces come back.
+    ``connect``: the cluster's address, joined at the first call rather than by the caller (a
+    server that starts before its Ray head must still start, and serve its health)."""
 
-    def __init__(self, resources: RayResources, ship: bool = False) -> None:
+    def __init__(
+        self, resources: RayResources, ship: bool = False, connect: str | None = None
+    ) -> None:
         self.resources = resources
         self.ship = ship
+        self.connect = connect
+        self._joined = False
+        self._join_lock = threading.Lock()
+
+    def _join(self) -> None:
+        with self._join_lock:
+            if self.connect is not None and not self._joined:
+                ray_runtime.acquire(self.connect)  # held for the life of the process
+                self._joined = True
 
     def __call__(
         self,
@@ -108,6 +123,7 @@ class RayReplicaRunner:
         settings: MDSettings,
         on_steps: Callable[[int], None],
     ) -> list[ReplicaOutcome]:
+        self._join()
         res = sized(self.resources)
         threads = max(1, int(res.num_cpus))
         per_replica = settings.nvt_steps + settings.nve_steps
