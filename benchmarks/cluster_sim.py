@@ -15,7 +15,8 @@ Measured per run (over the window from the first candidate after the baseline to
   candidate's start (steady: while the agent still proposes, the regime of a long campaign;
   the whole window adds the last candidates' drain, stragglers included);
 - candidates per hour, in real (uncompressed) time;
-- orchestration: the loop thread's own time (window - waiting for workers - agent thinking),
+- orchestration: the loop thread's own time (window - waiting for workers - the agent's
+  time, its think time or, for random search, its own compute),
   per candidate in ms, and as a share of the wall time the same run would take uncompressed
   (the loop's work does not shrink with ``scale``, so the compressed run overstates it);
 - ledger rows per candidate and per second (sustained, compressed);
@@ -194,14 +195,17 @@ class ThinkingAgent:
         self.draws, self.clock, self.think = draws, clock, think
 
     def propose(self, state: CampaignState) -> Proposal:
+        t0 = time.monotonic()
         if self.think:
-            seconds = self.draws.think()
+            time.sleep(self.draws.think())
+        try:
+            return self.inner.propose(state)
+        finally:  # the agent's time, simulated or its own compute: not the loop's
+            seconds = time.monotonic() - t0
             with self.clock.lock:
                 self.clock.think_s += seconds
                 if self.clock.running:
                     self.clock.think_hidden_s += seconds
-            time.sleep(seconds)
-        return self.inner.propose(state)
 
 
 class TimedQueue(queue.Queue):
@@ -308,6 +312,7 @@ def simulate(
         "orchestration_share": main_s / uncompressed,
         "ledger_rows_per_candidate": len(events) / n,
         "ledger_rows_per_s": len(events) / (ended - started),
+        "agent_ms_per_candidate": 1000 * clock.think_s / n,
         "agent_hidden": clock.think_hidden_s / clock.think_s if clock.think_s else None,
         "wall_s": ended - started,
     }
@@ -348,7 +353,8 @@ def _line(r: dict) -> str:
         f" ms/candidate ({r['orchestration_share']:.2%} of wall), "
         f"{r['ledger_rows_per_candidate']:.1f} rows/candidate, "
         f"{r['ledger_rows_per_s']:.0f} rows/s, "
-        f"agent hidden {hidden}, {r['wall_s']:.0f} s"
+        f"agent {r['agent_ms_per_candidate']:.0f} ms/candidate, hidden {hidden}, "
+        f"{r['wall_s']:.0f} s"
     )
 
 
