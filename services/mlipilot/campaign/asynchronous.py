@@ -64,6 +64,7 @@ class AsyncScheduler:
     stop: StopRequest
     decided: Decided
     accepted: Accepted
+    incumbent: Incumbent | None = None  # of this moment: set by run()
     _open: dict[str, _Waiting] = field(default_factory=dict)  # proposed, undecided, by name
     _next_iteration: int = 1
     _agent_done: bool = False  # the agent gave up: nothing more is asked
@@ -77,8 +78,13 @@ class AsyncScheduler:
                 self._ask_next()
                 continue
             if not self.pool:
-                return self.incumbent
+                return self._inc
             self._finished(self.pool.next())
+
+    @property
+    def _inc(self) -> Incumbent:
+        assert self.incumbent is not None, "run() sets the incumbent first"
+        return self.incumbent
 
     # --- asking ---------------------------------------------------------------------------
 
@@ -92,9 +98,11 @@ class AsyncScheduler:
     def _ask_next(self) -> None:
         iteration = self._next_iteration
         self._next_iteration += 1
+        if self.stop.is_set() and self.pool:
+            self.pool.drain()  # cancels what is in flight, waits for it, then raises the stop
         self.stop.check()
         self.recorder.iteration_started(iteration, self.iterations, 1)
-        inc = self.incumbent
+        inc = self._inc
         pending = [w.job.recipe for w in self._open.values()]
         proposal = self.session.ask(iteration, inc.recipe, inc.result, pending)
         if proposal is None:
@@ -105,7 +113,7 @@ class AsyncScheduler:
 
     def _propose(self, iteration: int, proposal: Proposal) -> None:
         """Record the proposal, made from the incumbent of now, and set it going."""
-        inc = self.incumbent
+        inc = self._inc
         name = candidate_name(iteration, 0, 1)
         base = self.mode.base(name)
         recipe = inc.recipe.patched(proposal.patch)
@@ -157,7 +165,7 @@ class AsyncScheduler:
         waiting = self._open.pop(name)
         f = waiting.outcome
         assert f is not None
-        inc = self.incumbent
+        inc = self._inc
         decision = decide(
             f.result, inc.result, failure=f.failure, min_improvement=self.min_improvement
         )

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -127,14 +128,22 @@ class RayReplicaRunner:
         res = sized(self.resources)
         threads = max(1, int(res.num_cpus))
         per_replica = settings.nvt_steps + settings.nve_steps
-        remote = _md_task_shipped if self.ship else _md_task
-        task = remote.options(num_cpus=res.num_cpus, num_gpus=res.gpus)
+        options = {"num_cpus": res.num_cpus, "num_gpus": res.gpus}
         if MD_ENGINES[settings.engine].batches:
             groups = task_groups([len(j.frame) for j in jobs], _slots(res), res.gpus > 0)
         else:  # one replica per task: as many run at once as the cluster has slots
             groups = [[i] for i in range(len(jobs))]
-        model = ray.put(Path(model_path).read_bytes()) if self.ship else str(model_path)
-        refs = [task.remote(model, [jobs[i] for i in g], settings, threads) for g in groups]
+        refs: list[ray.ObjectRef[Any]]  # outcomes, or (outcomes, traces) when shipped
+        if self.ship:  # the model's bytes, put once in the object store for every task
+            shipped = _md_task_shipped.options(**options)
+            model = ray.put(Path(model_path).read_bytes())
+            refs = [shipped.remote(model, [jobs[i] for i in g], settings, threads) for g in groups]
+        else:
+            task = _md_task.options(**options)
+            refs = [
+                task.remote(str(model_path), [jobs[i] for i in g], settings, threads)
+                for g in groups
+            ]
         sizes = [len(g) for g in groups]
         replicas_of = dict(zip(refs, sizes, strict=True))
         pending = list(refs)
