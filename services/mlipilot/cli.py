@@ -130,16 +130,34 @@ def data_cu_emt(
     seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 0,
     n_train: Annotated[int, typer.Option(help="training frames")] = 96,
     n_test: Annotated[int, typer.Option(help="held-out test frames")] = 32,
+    extra: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="FAMILY=N: N more training frames of hot_md, wide_strain, surface or "
+            "short_pair (repeatable; the test split is unchanged)"
+        ),
+    ] = None,
 ) -> None:
     """Periodic fcc Cu supercells labelled with ASE's EMT (energy, forces, stress)."""
     from mlipilot.data.dataset import ensure_cu_emt
 
     try:
-        ds = ensure_cu_emt(out, seed=seed, n_train=n_train, n_test=n_test)
+        extra_train = _family_counts(extra or [])
+        ds = ensure_cu_emt(out, seed=seed, n_train=n_train, n_test=n_test, extra_train=extra_train)
     except MlipilotError as exc:
         fail(exc)
     for split, info in ds.manifest.splits.items():
         typer.echo(f"{split}: {ds.path(split)}  {info.n_frames} frames  sha256 {info.sha256}")
+
+
+def _family_counts(items: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        family, sep, count = item.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise MlipilotError(f"--extra {item!r}: expected FAMILY=N, e.g. surface=36")
+        counts[family.strip()] = int(count)
+    return counts
 
 
 @data_app.command("check")

@@ -155,3 +155,73 @@ def test_ensure_generates_when_absent(tmp_path: Path) -> None:
 def test_rejects_bad_sizes(tmp_path: Path) -> None:
     with pytest.raises(MlipilotError, match="n_train must be >= 1"):
         generate_cu_emt(tmp_path, n_train=0)
+
+
+EXTRA = {"hot_md": 3, "wide_strain": 2, "surface": 3, "short_pair": 2}
+
+
+def test_extra_families_go_to_train_only_after_the_same_base_frames(
+    root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "extra"
+    manifest = generate_cu_emt(out, seed=0, extra_train=EXTRA, **SMALL)
+    base, extended = open_dataset(root), open_dataset(out)
+    # The scorecard's held-out split is the very same file; train gains the extra frames
+    # after its base frames, which are unchanged.
+    assert _hashes(out)["test"] == _hashes(root)["test"]
+    base_train = base.load("train")
+    train = extended.load("train")
+    assert len(train) == 16 + sum(EXTRA.values())
+    for a, b in zip(base_train, train[:16], strict=True):
+        assert np.array_equal(a.positions, b.positions)
+    types = manifest.splits["train"].config_types
+    assert {t: types[t] for t in ("md_1800K", "md_2400K", "md_3000K")} == {
+        "md_1800K": 1,
+        "md_2400K": 1,
+        "md_3000K": 1,
+    }
+    assert types["wide_strain"] == 2 and types["short_pair"] == 2
+    assert {t for t in types if t.startswith("surface_")} == {
+        "surface_100",
+        "surface_110",
+        "surface_111",
+    }
+    assert manifest.params["extra_train"] == EXTRA
+    again = generate_cu_emt(tmp_path / "again", seed=0, extra_train=EXTRA, **SMALL)
+    assert again.splits == manifest.splits
+
+
+def test_extra_frames_are_what_they_say(tmp_path: Path) -> None:
+    generate_cu_emt(
+        tmp_path, seed=2, extra_train={"surface": 3, "short_pair": 4, "wide_strain": 6}, **SMALL
+    )
+    for a in open_dataset(tmp_path).load("train", require_stress=True):
+        ctype = a.info["config_type"]
+        d = a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]
+        if ctype == "short_pair":  # one pair pushed to 1.7-2.4 Å (plus a 0.03 Å rattle)
+            assert 1.55 < d.min() < 2.5
+        elif ctype.startswith("surface_"):  # a slab: vacuum along z, atoms in the middle
+            z = a.positions[:, 2]
+            assert a.cell[2, 2] - (z.max() - z.min()) > 10.0
+        elif ctype == "wide_strain":  # isotropic -12 % to +25 % of 3.61 Å
+            assert 0.88 * 7.22 - 1e-6 <= a.cell[0, 0] <= 1.25 * 7.22 + 1e-6
+        # The stored labels are EMT's for the stored geometry, whatever the family.
+        ref = a.copy()
+        ref.calc = EMT()
+        assert ref.get_potential_energy() == pytest.approx(a.info[ENERGY_KEY], abs=1e-8)
+
+
+def test_extra_families_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(MlipilotError, match="extra_train: unknown family 'melt'"):
+        generate_cu_emt(tmp_path, extra_train={"melt": 4}, **SMALL)
+    with pytest.raises(MlipilotError, match=r"extra_train\.surface must be >= 0"):
+        generate_cu_emt(tmp_path, extra_train={"surface": -1}, **SMALL)
+
+
+def test_ensure_refuses_other_extra_families(tmp_path: Path) -> None:
+    ensure_cu_emt(tmp_path, seed=0, extra_train={"surface": 3}, **SMALL)
+    ensure_cu_emt(tmp_path, seed=0, extra_train={"surface": 3, "hot_md": 0}, **SMALL)  # same data
+    with pytest.raises(MlipilotError, match="extra_train"):
+        ensure_cu_emt(tmp_path, seed=0, extra_train={"surface": 6}, **SMALL)
+    with pytest.raises(MlipilotError, match="extra_train"):
+        ensure_cu_emt(tmp_path, seed=0, **SMALL)

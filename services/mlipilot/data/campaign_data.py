@@ -16,7 +16,13 @@ def ensure_campaign_data(
     Either way an existing folder made with other settings is refused, never overwritten.
     """
     if isinstance(data, CuEmtData):
-        return ensure_cu_emt(data.path, seed=data.seed, n_train=data.n_train, n_test=data.n_test)
+        return ensure_cu_emt(
+            data.path,
+            seed=data.seed,
+            n_train=data.n_train,
+            n_test=data.n_test,
+            extra_train=dict(data.extra_train),
+        )
     # Imported on use: the molecular stack (RDKit, tblite, PySCF) is not needed for Cu.
     from mlipilot.data.molecules.qm7 import ensure_qm7
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms, units
-from ase.build import bulk
+from ase.build import bulk, fcc100, fcc110, fcc111
 from ase.calculators.emt import EMT
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
@@ -55,9 +55,50 @@ FAMILIES = ("rattled", "strained", "vacancy", "md")
 CONFIG_TYPES = ("rattled", "strained", "vacancy", *MD_TYPES)
 SPLITS = ("train", "test")
 
+# Extra training families (``extra_train``): the kinds of configuration the validation suite
+# asks about and the four families above never show. Training split only: the held-out test
+# split, which the scorecard judges and was calibrated on, stays the same data.
+HOT_MD_TEMPERATURES_K = (1800, 2400, 3000)  # the heating ramp goes to 3000 K
+WIDE_STRAIN_RANGE = (-0.12, 0.25)  # isotropic; the E(a) smoothness curve spans 0.88-1.25 a
+WIDE_STRAIN_RATTLE = 0.03  # Å
+SURFACE_FACETS = ("100", "110", "111")
+SURFACE_LAYERS = 7
+SURFACE_VACUUM_A = 6.0  # on each side: beyond r_max, so the slabs do not see each other
+SURFACE_RATTLE_RANGE = (0.02, 0.10)  # Å
+SHORT_PAIR_RANGE_A = (1.7, 2.4)  # one nearest-neighbour pair pushed to this distance
+SHORT_PAIR_RATTLE = 0.03  # Å
+HOT_MD_TYPES = tuple(f"md_{t}K" for t in HOT_MD_TEMPERATURES_K)
+EXTRA_FAMILIES = ("hot_md", "wide_strain", "surface", "short_pair")
 
-def cu_emt_params(*, n_train: int, n_test: int, supercell: int = 2) -> dict[str, Any]:
-    """Everything that determines the data besides the seed (recorded in the manifest)."""
+
+def cu_emt_params(
+    *, n_train: int, n_test: int, supercell: int = 2, extra_train: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Everything that determines the data besides the seed (recorded in the manifest).
+
+    The extra families' keys appear only when some are asked for, so a data set without them
+    keeps the manifest (and bytes) it always had.
+    """
+    extra = _extra_params(extra_train) if extra_train and any(extra_train.values()) else {}
+    return {**_base_params(n_train=n_train, n_test=n_test, supercell=supercell), **extra}
+
+
+def _extra_params(extra_train: dict[str, int]) -> dict[str, Any]:
+    return {
+        "extra_train": {f: extra_train[f] for f in EXTRA_FAMILIES if extra_train.get(f)},
+        "hot_md_temperatures_K": list(HOT_MD_TEMPERATURES_K),
+        "wide_strain_range": list(WIDE_STRAIN_RANGE),
+        "wide_strain_rattle": WIDE_STRAIN_RATTLE,
+        "surface_facets": list(SURFACE_FACETS),
+        "surface_layers": SURFACE_LAYERS,
+        "surface_vacuum_A": SURFACE_VACUUM_A,
+        "surface_rattle_range": list(SURFACE_RATTLE_RANGE),
+        "short_pair_range_A": list(SHORT_PAIR_RANGE_A),
+        "short_pair_rattle": SHORT_PAIR_RATTLE,
+    }
+
+
+def _base_params(*, n_train: int, n_test: int, supercell: int) -> dict[str, Any]:
     return {
         "n_train": n_train,
         "n_test": n_test,
@@ -87,12 +128,31 @@ def config_type_counts(n: int) -> dict[str, int]:
 
 
 def generate_cu_emt(
-    out_dir: Path, *, seed: int = 0, n_train: int = 96, n_test: int = 32, supercell: int = 2
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    n_train: int = 96,
+    n_test: int = 32,
+    supercell: int = 2,
+    extra_train: dict[str, int] | None = None,
 ) -> DatasetManifest:
-    """Write ``train.xyz``, ``test.xyz`` and ``manifest.json`` into ``out_dir``."""
+    """Write ``train.xyz``, ``test.xyz`` and ``manifest.json`` into ``out_dir``.
+
+    ``extra_train`` adds frames of the extra families (``EXTRA_FAMILIES``, name to count) to
+    the training split, after its ``n_train`` frames of the four base families.
+    """
     for name, value in (("n_train", n_train), ("n_test", n_test), ("supercell", supercell)):
         if value < 1:
             raise MlipilotError(f"cu-emt data set: {name} must be >= 1, got {value}")
+    extra_train = dict(extra_train or {})
+    for family, count in extra_train.items():
+        if family not in EXTRA_FAMILIES:
+            raise MlipilotError(
+                f"cu-emt data set: extra_train: unknown family {family!r} "
+                f"(known: {', '.join(EXTRA_FAMILIES)})"
+            )
+        if count < 0:
+            raise MlipilotError(f"cu-emt data set: extra_train.{family} must be >= 0, got {count}")
     if seed < 0:
         raise MlipilotError(f"cu-emt data set: seed must be >= 0, got {seed}")
     out_dir = Path(out_dir)
@@ -100,9 +160,13 @@ def generate_cu_emt(
 
     base = bulk("Cu", "fcc", a=LATTICE_A, cubic=True).repeat(supercell)
     # Independent streams for train and test: the test set is held out, not a slice of train.
-    split_seeds = dict(zip(SPLITS, np.random.SeedSequence(seed).spawn(len(SPLITS)), strict=True))
+    # A third stream for the extra families: spawned children are fixed by their index, so the
+    # base splits draw exactly what they drew before extra families existed.
+    *streams, extra_stream = np.random.SeedSequence(seed).spawn(len(SPLITS) + 1)
+    split_seeds = dict(zip(SPLITS, streams, strict=True))
     sizes = {"train": n_train, "test": n_test}
     frames = {s: _make_split(base, sizes[s], split_seeds[s]) for s in SPLITS}
+    frames["train"] += _extra_frames(base, extra_train, extra_stream)
     _check_disjoint(frames["train"], frames["test"])
 
     splits = {}
@@ -122,7 +186,9 @@ def generate_cu_emt(
         name="cu-emt",
         generator=GENERATOR,
         seed=seed,
-        params=cu_emt_params(n_train=n_train, n_test=n_test, supercell=supercell),
+        params=cu_emt_params(
+            n_train=n_train, n_test=n_test, supercell=supercell, extra_train=extra_train
+        ),
         splits=splits,
     )
     write_manifest(out_dir, manifest)  # last: a manifest on disk means the split files are whole
@@ -148,6 +214,55 @@ def _make_split(base: Atoms, n: int, ss: np.random.SeedSequence) -> list[Atoms]:
     return [frames[i] for i in order]
 
 
+def _extra_frames(
+    base: Atoms, extra_train: dict[str, int], ss: np.random.SeedSequence
+) -> list[Atoms]:
+    """The extra families' frames, one stream per family (by its fixed index)."""
+    frames: list[Atoms] = []
+    for family, stream in zip(EXTRA_FAMILIES, ss.spawn(len(EXTRA_FAMILIES)), strict=True):
+        count = extra_train.get(family, 0)
+        if count == 0:
+            continue
+        rng = np.random.default_rng(stream)
+        if family == "hot_md":
+            per_t = _even(count, HOT_MD_TYPES)
+            for ctype, t_rng in zip(HOT_MD_TYPES, rng.spawn(len(HOT_MD_TYPES)), strict=True):
+                temperature = HOT_MD_TEMPERATURES_K[HOT_MD_TYPES.index(ctype)]
+                frames += _md_frames(base, ctype, per_t[ctype], t_rng, temperature)
+        else:
+            frames += [_extra_static_frame(base, family, i, rng) for i in range(count)]
+    return frames
+
+
+def _extra_static_frame(base: Atoms, family: str, index: int, rng: np.random.Generator) -> Atoms:
+    if family == "wide_strain":
+        atoms = base.copy()
+        scale = 1.0 + rng.uniform(*WIDE_STRAIN_RANGE)
+        atoms.set_cell(atoms.cell.array * scale, scale_atoms=True)
+        atoms.positions += rng.normal(0.0, WIDE_STRAIN_RATTLE, atoms.positions.shape)
+    elif family == "surface":
+        facet = SURFACE_FACETS[index % len(SURFACE_FACETS)]  # the facets in turn
+        build = {"100": fcc100, "110": fcc110, "111": fcc111}[facet]
+        atoms = build(
+            "Cu", size=(2, 2, SURFACE_LAYERS), a=LATTICE_A, vacuum=SURFACE_VACUUM_A, periodic=True
+        )
+        atoms.positions += rng.normal(
+            0.0, rng.uniform(*SURFACE_RATTLE_RANGE), atoms.positions.shape
+        )
+        family = f"surface_{facet}"
+    elif family == "short_pair":
+        # An atom pushed straight at a nearest neighbour along [110] (the validation suite's
+        # pushed-atom path), the rest rattled: repulsion the thermal data never reaches.
+        atoms = base.copy()
+        atoms.positions += rng.normal(0.0, SHORT_PAIR_RATTLE, atoms.positions.shape)
+        direction = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
+        nn = LATTICE_A / np.sqrt(2.0)
+        atoms.positions[0] += direction * (nn - rng.uniform(*SHORT_PAIR_RANGE_A))
+    else:
+        raise ValueError(f"unknown extra family {family!r}")
+    return _labelled(atoms, family)
+
+
 def _static_frame(base: Atoms, ctype: str, rng: np.random.Generator) -> Atoms:
     atoms = base.copy()
     if ctype == "rattled":
@@ -167,11 +282,18 @@ def _static_frame(base: Atoms, ctype: str, rng: np.random.Generator) -> Atoms:
     return _labelled(atoms, ctype)
 
 
-def _md_frames(base: Atoms, ctype: str, count: int, rng: np.random.Generator) -> list[Atoms]:
+def _md_frames(
+    base: Atoms,
+    ctype: str,
+    count: int,
+    rng: np.random.Generator,
+    temperature: float | None = None,
+) -> list[Atoms]:
     """Snapshots of one Langevin NVT trajectory, spaced to decorrelate them."""
     if count == 0:
         return []
-    temperature = MD_TEMPERATURES_K[MD_TYPES.index(ctype)]
+    if temperature is None:
+        temperature = MD_TEMPERATURES_K[MD_TYPES.index(ctype)]
     atoms = base.copy()
     # Starting from a perfect lattice, about half the kinetic energy flows into potential
     # energy, so draw velocities at 2T to reach T within the short equilibration.

@@ -139,7 +139,13 @@ def _verify_split(root: Path, split: str, info: SplitInfo) -> None:
 
 
 def ensure_cu_emt(
-    root: Path, *, seed: int, n_train: int, n_test: int, supercell: int = 2
+    root: Path,
+    *,
+    seed: int,
+    n_train: int,
+    n_test: int,
+    supercell: int = 2,
+    extra_train: dict[str, int] | None = None,
 ) -> Dataset:
     """Open the Cu EMT data set at ``root``, generating it if absent; never overwrite.
 
@@ -152,14 +158,23 @@ def ensure_cu_emt(
 
     root = Path(root)
     if not (root / MANIFEST_NAME).exists():
-        generate_cu_emt(root, seed=seed, n_train=n_train, n_test=n_test, supercell=supercell)
+        generate_cu_emt(
+            root,
+            seed=seed,
+            n_train=n_train,
+            n_test=n_test,
+            supercell=supercell,
+            extra_train=extra_train,
+        )
         return open_dataset(root)
 
     existing = read_manifest(root)
     wanted: dict[str, Any] = {
         "generator": GENERATOR,
         "seed": seed,
-        **cu_emt_params(n_train=n_train, n_test=n_test, supercell=supercell),
+        **cu_emt_params(
+            n_train=n_train, n_test=n_test, supercell=supercell, extra_train=extra_train
+        ),
     }
     have: dict[str, Any] = {
         "generator": existing.generator,
