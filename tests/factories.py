@@ -11,9 +11,13 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import yaml
+from ase.calculators.calculator import all_changes
+from ase.calculators.emt import EMT
+from ase.neighborlist import neighbor_list
 
 from mlipilot.model_files import read_package
 from mlipilot.model_files.config import config_document
@@ -300,3 +304,35 @@ def serve_dashboard(runs: Path, token: str | None) -> Iterator[str]:
         yield f"http://127.0.0.1:{running.port}"
     finally:
         running.stop()
+
+
+# -- a calculator wrong in one known way (validation and the scorecard's short-range probe) --
+
+# The hand-made defect: EMT plus V(r) = -WELL_K (WELL_RC - r)³ for pairs closer than WELL_RC.
+# Chosen by measuring EMT in the suite: its heating ramp (seed 0) comes no closer than 1.92 Å
+# (1.86-1.94 Å over six seeds), NVE at 1000 K and every static geometry stay above 2.2 Å, so a
+# term confined below 1.8 Å never acts there and leaves those values bit for bit EMT's. Along
+# the pushed-atom path EMT's repulsion dE/dd is -26 eV/Å at 1.65 Å and -121 eV/Å at 1.2 Å;
+# V'(r) = 3 K (RC - r)² outgrows it below ~1.55 Å once K > 112 eV/Å³ (at 1.2 Å), so K = 200
+# turns EMT's monotonic rise into a barrier over a hole: one spurious extremum. Its forces are
+# the energy's exact gradient and V''' = 6K keeps the trapezoid test far below its bound.
+WELL_K, WELL_RC = 200.0, 1.8
+
+
+class EMTWithShortRangeHole(EMT):
+    """EMT plus a short-range spurious attraction: a "hole" below WELL_RC."""
+
+    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        i, d, vec = neighbor_list("idD", self.atoms, WELL_RC)  # vec = r_j - r_i, both orders
+        extra = -WELL_K * float(np.sum((WELL_RC - d) ** 3)) / 2
+        forces = np.zeros((len(self.atoms), 3))  # on i: V'(r) (r_j - r_i) / r
+        np.add.at(forces, i, (3 * WELL_K * (WELL_RC - d) ** 2 / d)[:, None] * vec)
+        energy = self.results["energy"] + extra
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": self.results["forces"] + forces,
+        }

@@ -9,14 +9,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
 import pytest
-from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
-from ase.neighborlist import neighbor_list
-from factories import untrained_mace
+from factories import WELL_RC, EMTWithShortRangeHole, untrained_mace
 
 from mlipilot.model_files import PACKAGE_NAME, write_package
 from mlipilot.validation import ValidationSuite, load_suite, validate
@@ -25,35 +21,6 @@ from mlipilot.validation.run import measure
 from mlipilot.validation.smoothness import smoothness
 
 CU_SUITE = Path(__file__).resolve().parents[2] / "validation" / "cu-emt.yaml"
-
-# The hand-made defect: EMT plus V(r) = -WELL_K (WELL_RC - r)³ for pairs closer than WELL_RC.
-# Chosen by measuring EMT in the suite: its heating ramp (seed 0) comes no closer than 1.92 Å
-# (1.86-1.94 Å over six seeds), NVE at 1000 K and every static geometry stay above 2.2 Å, so a
-# term confined below 1.8 Å never acts there and leaves those values bit for bit EMT's. Along
-# the pushed-atom path EMT's repulsion dE/dd is -26 eV/Å at 1.65 Å and -121 eV/Å at 1.2 Å;
-# V'(r) = 3 K (RC - r)² outgrows it below ~1.55 Å once K > 112 eV/Å³ (at 1.2 Å), so K = 200
-# turns EMT's monotonic rise into a barrier over a hole: one spurious extremum. Its forces are
-# the energy's exact gradient and V''' = 6K keeps the trapezoid test far below its bound.
-WELL_K, WELL_RC = 200.0, 1.8
-
-
-class EMTWithShortRangeHole(EMT):
-    """EMT plus a short-range spurious attraction: a "hole" below WELL_RC."""
-
-    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces"]
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
-        super().calculate(atoms, properties, system_changes)
-        i, d, vec = neighbor_list("idD", self.atoms, WELL_RC)  # vec = r_j - r_i, both orders
-        extra = -WELL_K * float(np.sum((WELL_RC - d) ** 3)) / 2
-        forces = np.zeros((len(self.atoms), 3))  # on i: V'(r) (r_j - r_i) / r
-        np.add.at(forces, i, (3 * WELL_K * (WELL_RC - d) ** 2 / d)[:, None] * vec)
-        energy = self.results["energy"] + extra
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": self.results["forces"] + forces,
-        }
 
 
 @pytest.fixture(scope="module")

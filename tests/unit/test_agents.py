@@ -16,6 +16,7 @@ from mlipilot.agents.rule_based import RULES, RuleBasedResearcher
 from mlipilot.config import AgentConfig
 from mlipilot.recipe import Recipe, bounds, choices
 from mlipilot.scoring.result import ScoreResult
+from mlipilot.scoring.spec import Constraint
 
 ENERGY = "energy_mae_meV_per_atom"
 FORCES = "force_mae_meV_per_A"
@@ -155,6 +156,25 @@ def test_md_failure_with_wide_cutoff_adds_pair_repulsion() -> None:
     proposal = RuleBasedResearcher().propose(state(Recipe(), metrics_failing(MD)))
     assert rule_of(proposal) == "pair-repulsion"
     assert proposal.patch == {"pair_repulsion": True}
+
+
+def test_a_hole_in_the_short_range_probe_adds_pair_repulsion() -> None:
+    # Scorecard v2: MD survives, but a pushed pair's energy falls somewhere (short_range.py).
+    short = "short_range_rise_fraction"
+    spec = SPEC.model_copy(
+        update={
+            "short_range": {"from_A": 2.3, "to_A": 1.2},
+            "constraints": [*SPEC.constraints, Constraint(metric=short, min=1.0, unit="fraction")],
+        }
+    )
+    result = ScoreResult.judged(spec, {**GOOD, short: 0.82}, spec_hash="s", test_hash="t")
+    st = state(Recipe()).model_copy(update={"incumbent_result": result})
+    proposal = RuleBasedResearcher().propose(st)
+    assert rule_of(proposal) == "pair-repulsion"
+    assert proposal.patch == {"pair_repulsion": True}
+    assert "0.82" in proposal.hypothesis and "hole" in proposal.hypothesis
+    with_zbl = state(Recipe(pair_repulsion=True)).model_copy(update={"incumbent_result": result})
+    assert rule_of(RuleBasedResearcher().propose(with_zbl)) != "pair-repulsion"
 
 
 def test_slow_model_with_max_l_cuts_capacity() -> None:

@@ -24,7 +24,7 @@ from mlipilot.code_mode.program_files import (
     recipe_job,
 )
 from mlipilot.recipe import Recipe, RecipeError
-from mlipilot.scoring.result import ENERGY, FORCES, MD, SPEED, ScoreResult
+from mlipilot.scoring.result import ENERGY, FORCES, MD, SHORT_RANGE, SPEED, ScoreResult
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,19 @@ RULES: list[Rule] = [
     ),
     Rule(
         "pair-repulsion",
-        lambda r, res, s: res.fails(MD) and not r.pair_repulsion,
+        lambda r, res, s: (res.fails(MD) or res.fails(SHORT_RANGE)) and not r.pair_repulsion,
         lambda r: {"pair_repulsion": True},
         lambda r, res: (
-            f"MD still fails (survival {_value(res, MD)}): atoms reach distances absent "
-            "from the training data. A ZBL pair repulsion keeps them from collapsing."
+            (
+                f"MD still fails (survival {_value(res, MD)}): atoms reach distances absent "
+                "from the training data. A ZBL pair repulsion keeps them from collapsing."
+            )
+            if res.fails(MD)
+            else (
+                f"A pushed pair's energy rises on only {_value(res, SHORT_RANGE)} of the steps: "
+                "below the data's shortest distances the model has a hole. A ZBL pair "
+                "repulsion gives it the wall the data does not show."
+            )
         ),
     ),
     Rule(

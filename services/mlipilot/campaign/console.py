@@ -22,6 +22,7 @@ _STAGE_NAMES = {
     "train": "training (epochs)",
     "queued": "waiting for the scorecard (s)",
     "accuracy": "held-out accuracy",
+    "short_range": "short-range repulsion",
     "md": "MD stability (steps)",
     "throughput": "throughput vs baseline",
 }

@@ -38,7 +38,7 @@ def _references(frames: list[Atoms]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.array(energies), np.array(counts), np.concatenate(forces)
 
 
-def _predict(
+def predict(
     model: torch.nn.Module, frames: list[Atoms], batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted energies (per frame) and forces (stacked), in frame order."""
@@ -87,7 +87,7 @@ def evaluate_accuracy(
         model = load_model(model_path).double()
         for param in model.parameters():
             param.requires_grad = False
-        pred_e, pred_f = _predict(model, test_frames, settings.batch_size)
+        pred_e, pred_f = predict(model, test_frames, settings.batch_size)
     e_mae, e_rmse = _mae_rmse((pred_e - ref_e) / counts * 1000.0)
     f_mae, f_rmse = _mae_rmse((pred_f - ref_f).ravel() * 1000.0)
     mol_mae, mol_rmse = _mae_rmse((pred_e - ref_e) * KCAL_PER_MOL_PER_EV)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from mlipilot.scoring.spec import ScorecardSpec
+from mlipilot.scoring.spec import SHORT_RANGE_METRIC, ScorecardSpec
 
 # Metrics by kind, for agents that reason about them: whatever units a scorecard states accuracy
 # in (meV/atom for Cu, kcal/mol for molecules), a name's prefix says which quantity it measures.
@@ -16,6 +16,7 @@ ENERGY = "energy_"
 FORCES = "force_"
 MD = "md_survival_fraction"
 SPEED = "relative_throughput"
+SHORT_RANGE = SHORT_RANGE_METRIC  # scorecard v2's pushed-pair probe (short_range.py)
 
 
 class ConstraintOutcome(BaseModel):

@@ -20,6 +20,7 @@ from mlipilot.errors import MlipilotError
 from mlipilot.scoring.accuracy import evaluate_accuracy
 from mlipilot.scoring.md_stability import ReplicaRunner, run_md_stability, run_replicas_here
 from mlipilot.scoring.result import ScoreResult
+from mlipilot.scoring.short_range import probe_short_range
 from mlipilot.scoring.spec import ScorecardSpec
 from mlipilot.scoring.throughput import measure_throughput
 
@@ -76,6 +77,11 @@ class Scorecard:
                 f"scorecard {spec.name}: md.start_frames {bad} out of range for a test split "
                 f"of {len(test_frames)} frames"
             )
+        if spec.short_range is not None and spec.short_range.start_frame >= len(test_frames):
+            raise MlipilotError(
+                f"scorecard {spec.name}: short_range.start_frame {spec.short_range.start_frame} "
+                f"out of range for a test split of {len(test_frames)} frames"
+            )
         self.spec = spec
         self.spec_hash = spec_hash
         self.test_frames = test_frames
@@ -99,6 +105,16 @@ class Scorecard:
         metrics = dict(evaluate_accuracy(model_path, self.test_frames, spec.accuracy))
         timings["accuracy"] = time.monotonic() - t0
         report("accuracy", 1, 1)
+
+        details: dict[str, object] = {}
+        if spec.short_range is not None:
+            report("short_range", 0, 1)
+            t0 = time.monotonic()
+            frame = self.test_frames[spec.short_range.start_frame]
+            probe, details["short_range"] = probe_short_range(model_path, frame, spec.short_range)
+            metrics.update(probe)
+            timings["short_range"] = time.monotonic() - t0
+            report("short_range", 1, 1)
 
         t0 = time.monotonic()
         starts = [self.test_frames[i] for i in spec.md.start_frames]
@@ -128,5 +144,8 @@ class Scorecard:
             test_hash=self.test_hash,
             hardware=hardware(),
             timings_s=timings,
-            details={"md_replicas": [r.model_dump(mode="json") for r in md.replicas]},
+            details={
+                **details,
+                "md_replicas": [r.model_dump(mode="json") for r in md.replicas],
+            },
         )

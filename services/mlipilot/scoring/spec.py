@@ -60,6 +60,7 @@ class AccuracySettings(_Strict):
 
 
 Precision = Literal["float32", "float64"]
+SHORT_RANGE_METRIC = "short_range_rise_fraction"
 
 
 class MolecularSettings(_Strict):
@@ -118,6 +119,22 @@ class ThroughputSettings(_Strict):
     repeats: int = Field(3, ge=1)
 
 
+class ShortRangeSettings(_Strict):
+    """Two atoms pushed together (scoring/short_range.py): the energy must rise all the way."""
+
+    start_frame: int = Field(0, ge=0, description="index into the test split")
+    atom: int = Field(0, ge=0, description="the atom pushed at its nearest neighbour")
+    from_A: float = Field(gt=0, description="pair distance the push starts from")
+    to_A: float = Field(gt=0, description="pair distance it ends at")
+    step_A: float = Field(0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _inwards(self) -> ShortRangeSettings:
+        if self.to_A >= self.from_A:
+            raise ValueError(f"to_A {self.to_A} must be below from_A {self.from_A}: a push inwards")
+        return self
+
+
 class ScorecardSpec(_Strict):
     name: str
     version: int = Field(ge=1)
@@ -125,6 +142,9 @@ class ScorecardSpec(_Strict):
     accuracy: AccuracySettings = AccuracySettings()
     md: MDSettings
     throughput: ThroughputSettings
+    short_range: ShortRangeSettings | None = Field(
+        None, description="the pushed-pair probe; measured only when the scorecard has it"
+    )
     constraints: list[Constraint] = Field(min_length=1)
     composite_weights: dict[str, float] = Field(
         min_length=1, description="composite = sum(weight * metric / threshold), lower is better"
@@ -138,6 +158,11 @@ class ScorecardSpec(_Strict):
             raise ValueError(
                 f"composite_weights names metrics without a constraint: {unknown}; "
                 f"constrained metrics are {sorted(names)}"
+            )
+        if SHORT_RANGE_METRIC in names and self.short_range is None:
+            raise ValueError(
+                f"a constraint on {SHORT_RANGE_METRIC!r} needs a 'short_range' section "
+                "(the probe's start frame and distances)"
             )
         return self
 
@@ -161,6 +186,7 @@ METRIC_HEADERS = {
     "force_mae_kcal_per_mol_per_A": "F MAE\nkcal/mol/Å",
     "md_survival_fraction": "MD\nsurvival",
     "relative_throughput": "speed\nvs base",
+    SHORT_RANGE_METRIC: "short\nrange",
 }
 
 
