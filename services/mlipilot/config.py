@@ -48,8 +48,8 @@ class CuEmtData(_Strict):
     ] = Field(
         default_factory=dict,
         description="frames of further families added to the training split only: hot_md "
-        "(NVT at 1800-3000 K), wide_strain (isotropic -12 to +25 %), surface ((100), (110), "
-        "(111) slabs), short_pair (a neighbour pair pushed to 1.7-2.4 Å)",
+        "(NVT at 1800-3000 K), wide_strain (isotropic -12 to +30 %), surface ((100), (110), "
+        "(111) slabs), short_pair (a neighbour pair pushed to 1.4-2.4 Å)",
     )
 
 
