@@ -370,3 +370,23 @@ def test_bad_scheduler_settings_say_what_is_wrong(
     text = CAMPAIGN_YAML.replace("iterations: 4", f"iterations: 4\n  {budget}") + extra
     path, message = load_error(tmp_path, text)
     assert f"campaign file {path}" in message and says in message, message
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "says"),
+    [
+        ("{melt: 4}", "data.cu-emt.extra_train.melt", "hot_md"),
+        ("{surface: -1}", "data.cu-emt.extra_train.surface", "greater than or equal to 0"),
+        ("[surface]", "data.cu-emt.extra_train", "dictionary"),
+    ],
+)
+def test_bad_extra_families_name_the_key(tmp_path: Path, extra: str, key: str, says: str) -> None:
+    text = CAMPAIGN_YAML.replace("  n_test: 8", f"  n_test: 8\n  extra_train: {extra}")
+    _, message = load_error(tmp_path, text)
+    assert key in message and says in message, message
+
+
+def test_extra_families_load(tmp_path: Path) -> None:
+    text = CAMPAIGN_YAML.replace("  n_test: 8", "  n_test: 8\n  extra_train: {surface: 6}")
+    campaign, _ = load_campaign(write(tmp_path, text))
+    assert campaign.data.extra_train == {"surface": 6}
