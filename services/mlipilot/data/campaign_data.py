@@ -21,7 +21,7 @@ def ensure_campaign_data(
             seed=data.seed,
             n_train=data.n_train,
             n_test=data.n_test,
-            extra_train=dict(data.extra_train),
+            extra_train={str(family): n for family, n in data.extra_train.items()},
         )
     # Imported on use: the molecular stack (RDKit, tblite, PySCF) is not needed for Cu.
     from mlipilot.data.molecules.qm7 import ensure_qm7
