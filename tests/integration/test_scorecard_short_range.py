@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.emt import EMT
+from factories import tiny_spec, write_tiny_campaign
 
+from mlipilot.campaign.loop import run_campaign
+from mlipilot.config import load_campaign
+from mlipilot.ledger import Ledger
+from mlipilot.ledger.events import EvaluationDetail
 from mlipilot.scoring.scorecard import Scorecard
 from mlipilot.scoring.short_range import pushed_pair_path, rise_fraction
 from mlipilot.scoring.spec import load_spec
@@ -47,3 +52,23 @@ def test_v2_scores_the_pushed_pair_of_a_trained_model(
     assert rise_fraction(np.array(emt)) == 1.0
     assert measured < 1.0
     assert "short_range_rise_fraction" in [c.metric for c in result.violated()]
+
+
+def test_a_v2_campaign_records_the_probe_and_its_curve_in_the_ledger(tmp_path: Path) -> None:
+    spec = tiny_spec()
+    spec["short_range"] = {"from_A": 2.3, "to_A": 1.2, "step_A": 0.05}
+    spec["constraints"].append(
+        {"metric": "short_range_rise_fraction", "min": 1.0, "unit": "fraction of steps"}
+    )
+    path = write_tiny_campaign(tmp_path, name="v2", spec=spec, iterations=0)
+    campaign, _ = load_campaign(path)
+    run_campaign(campaign, path, tmp_path / "runs")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        (evaluation,) = ledger.events("evaluation")
+    curve = evaluation.details(EvaluationDetail).short_range
+    assert curve is not None and len(curve["distance_A"]) == len(curve["energy_eV"]) == 23
+    assert evaluation.metrics is not None
+    assert evaluation.metrics["short_range_rise_fraction"] == rise_fraction(
+        np.array(curve["energy_eV"])
+    )

@@ -130,6 +130,12 @@ class Recorder:
                 "hardware": result.hardware,
                 "timings_s": result.timings_s,
                 "md_replicas": result.details.get("md_replicas", []),
+                # scorecard v2's pushed-pair curve: the evidence for its verdict, when measured
+                **(
+                    {"short_range": result.details["short_range"]}
+                    if "short_range" in result.details
+                    else {}
+                ),
             },
             **common,
         )

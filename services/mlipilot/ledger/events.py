@@ -145,6 +145,7 @@ class EvaluationDetail(Detail):
     hardware: dict[str, Any] = {}
     timings_s: dict[str, float] = {}
     md_replicas: list[Any] = []
+    short_range: dict[str, list[float]] | None = None  # scorecard v2's probe: distances, energies
 
 
 class DecisionDetail(Detail):
