@@ -133,7 +133,9 @@ def test_ledger_records_every_step(scripted_run) -> None:
         assert kinds.count("training") == 4  # the duplicate was not trained again
         assert kinds.count("decision") == 5
         duplicate = ledger.events("proposal")[4]
-        assert duplicate.status == "duplicate" and duplicate.detail == {"duplicate_of": "it002"}
+        # A proposal records the incumbent it was made from: it001, the one accepted.
+        assert duplicate.status == "duplicate"
+        assert duplicate.detail == {"duplicate_of": "it002", "incumbent": "it001"}
         assert kinds.count("evaluation") == 3  # the killed candidate has no model to score
         start = events[0]
         assert start.train_hash == dataset.hash("train")
