@@ -24,6 +24,7 @@ from mlipilot.campaign.loop import CampaignOutcome, resume_campaign, run_campaig
 from mlipilot.campaign.resume import score_result
 from mlipilot.config import load_campaign
 from mlipilot.ledger import Ledger, LedgerEvent, read_events
+from mlipilot.ledger.events import DecisionDetail
 
 pytestmark = pytest.mark.slow
 
@@ -170,5 +171,6 @@ def test_without_the_option_nothing_is_repeated(tmp_path_factory: pytest.TempPat
     events = read_events(outcome.layout.ledger)
     assert rows(events, "repeat") == []
     assert sorted({e.candidate for e in rows(events, "training")}) == ["it000", "it001"]
-    assert all(d.detail is None for d in rows(events, "decision"))
+    # Decisions carry the incumbent they were made against, and no noise verdict.
+    assert all(d.details(DecisionDetail).noise is None for d in rows(events, "decision"))
     assert not list((outcome.layout.root / "candidates").glob("*.seed*"))
