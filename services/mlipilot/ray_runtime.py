@@ -53,7 +53,12 @@ def acquire(address: str | None) -> None:
         _users += 1
 
 
-def _init(init: Callable[[], object], address: str | None, tries: int) -> None:
+def _init(
+    init: Callable[[], object],
+    address: str | None,
+    tries: int,
+    sleep: Callable[[float], object] = time.sleep,
+) -> None:
     """``init()``, tried again after a pause when a cluster does not answer: a Ray head's
     client server has been seen to fail once under load and serve the next attempt."""
     import ray
@@ -71,7 +76,7 @@ def _init(init: Callable[[], object], address: str | None, tries: int) -> None:
                     + (f" ({tries} tries)" if tries > 1 else "")
                 ) from exc
             log.warning("Ray at %s: %s; trying again in %d s", address, exc, 5 * attempt)
-            time.sleep(5 * attempt)
+            sleep(5 * attempt)
 
 
 def release() -> None:
