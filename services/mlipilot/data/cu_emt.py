@@ -226,9 +226,9 @@ def _extra_frames(
         rng = np.random.default_rng(stream)
         if family == "hot_md":
             per_t = _even(count, HOT_MD_TYPES)
-            for ctype, t_rng in zip(HOT_MD_TYPES, rng.spawn(len(HOT_MD_TYPES)), strict=True):
-                temperature = HOT_MD_TEMPERATURES_K[HOT_MD_TYPES.index(ctype)]
-                frames += _md_frames(base, ctype, per_t[ctype], t_rng, temperature)
+            temperatures = zip(HOT_MD_TYPES, HOT_MD_TEMPERATURES_K, strict=True)
+            for (ctype, t), t_rng in zip(temperatures, rng.spawn(len(HOT_MD_TYPES)), strict=True):
+                frames += _md_frames(base, ctype, per_t[ctype], t_rng, t)
         else:
             frames += [_extra_static_frame(base, family, i, rng) for i in range(count)]
     return frames

@@ -38,7 +38,7 @@ def _references(frames: list[Atoms]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.array(energies), np.array(counts), np.concatenate(forces)
 
 
-def predict(
+def _predict(
     model: torch.nn.Module, frames: list[Atoms], batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted energies (per frame) and forces (stacked), in frame order."""
@@ -68,6 +68,17 @@ def predict(
     return np.concatenate(energies), np.concatenate(forces)
 
 
+def predict_file(
+    model_path: Path, frames: list[Atoms], batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_predict`` with the model package at ``model_path``, in float64, no parameter grads."""
+    with GLOBALS_LOCK:  # the default dtype, and e3nn's tracing: see process_globals
+        model = load_model(model_path).double()
+        for param in model.parameters():
+            param.requires_grad = False
+        return _predict(model, frames, batch_size)
+
+
 def _mae_rmse(errors: np.ndarray) -> tuple[float, float]:
     if errors.size == 0 or not np.isfinite(errors).all():
         return math.inf, math.inf  # a model that predicts NaN is as wrong as it gets
@@ -83,11 +94,7 @@ def evaluate_accuracy(
     if not test_frames:
         raise MlipilotError("accuracy: the test split is empty")
     ref_e, counts, ref_f = _references(test_frames)
-    with GLOBALS_LOCK:  # the default dtype, and e3nn's tracing: see process_globals
-        model = load_model(model_path).double()
-        for param in model.parameters():
-            param.requires_grad = False
-        pred_e, pred_f = predict(model, test_frames, settings.batch_size)
+    pred_e, pred_f = predict_file(model_path, test_frames, settings.batch_size)
     e_mae, e_rmse = _mae_rmse((pred_e - ref_e) / counts * 1000.0)
     f_mae, f_rmse = _mae_rmse((pred_f - ref_f).ravel() * 1000.0)
     mol_mae, mol_rmse = _mae_rmse((pred_e - ref_e) * KCAL_PER_MOL_PER_EV)

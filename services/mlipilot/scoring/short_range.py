@@ -21,9 +21,7 @@ import numpy as np
 from ase import Atoms
 
 from mlipilot.errors import MlipilotError
-from mlipilot.process_globals import GLOBALS_LOCK
-from mlipilot.scoring.accuracy import predict
-from mlipilot.scoring.model_file import load_model
+from mlipilot.scoring.accuracy import predict_file
 from mlipilot.scoring.spec import SHORT_RANGE_METRIC as METRIC
 from mlipilot.scoring.spec import ShortRangeSettings
 
@@ -63,11 +61,7 @@ def probe_short_range(
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """The metric, and the curve (distances, energies) for the result's details."""
     dists, frames = pushed_pair_path(frame, settings)
-    with GLOBALS_LOCK:  # the default dtype, and e3nn's tracing: see process_globals
-        model = load_model(model_path).double()
-        for param in model.parameters():
-            param.requires_grad = False
-        energies, _ = predict(model, frames, batch_size)
+    energies, _ = predict_file(model_path, frames, batch_size)
     return {METRIC: rise_fraction(energies)}, {
         "distance_A": [float(d) for d in dists],
         "energy_eV": [float(e) for e in energies],
