@@ -37,9 +37,13 @@ class Recipe(BaseModel):
         "rms_forces_scaling", description="scale of the interaction energy output"
     )
     # -- loss
-    loss: Literal["weighted", "ef", "huber", "forces_only"] = "weighted"
+    loss: Literal["weighted", "ef", "huber", "forces_only", "stress"] = "weighted"
     energy_weight: float = Field(1.0, ge=0.0, le=1000.0)
     forces_weight: float = Field(100.0, ge=0.0, le=1000.0)
+    # Stress in eV/Å³ is ~100x smaller than forces in eV/Å: comparable weights need ~100x more.
+    stress_weight: float = Field(
+        100.0, ge=0.0, le=100000.0, description="only for loss=stress (needs stress labels)"
+    )
     huber_delta: float = Field(0.01, gt=0.0, le=1.0, description="only for loss=huber")
     # -- schedule
     lr: float = Field(0.01, ge=1e-5, le=0.1)
@@ -54,6 +58,9 @@ class Recipe(BaseModel):
     stage_two_energy_weight: float = Field(1000.0, ge=0.0, le=10000.0)
     stage_two_forces_weight: float = Field(100.0, ge=0.0, le=1000.0)
     stage_two_lr: float = Field(0.001, ge=1e-5, le=0.1)
+    stage_two_stress_weight: float = Field(
+        100.0, ge=0.0, le=100000.0, description="only for loss=stress with stage two"
+    )
     # -- capacity
     num_channels: int = Field(16, ge=4, le=128)
     max_L: int = Field(0, ge=0, le=2)

@@ -58,3 +58,25 @@ def test_a_sample_of_shipped_labels_matches_a_fresh_pyscf_calculation(b3lyp_set)
         energy, forces = level.label(frame.numbers, frame.positions)
         assert energy == pytest.approx(frame.info[ENERGY_KEY], abs=ENERGY_TOLERANCE)
         np.testing.assert_allclose(forces, frame.arrays[FORCES_KEY], atol=FORCE_TOLERANCE)
+
+
+def test_a_stress_loss_on_molecules_is_refused_before_any_training(
+    b3lyp_set, tmp_path: Path
+) -> None:
+    """Molecules have no cell and no stress: mace would fill zeros at weight zero and train
+    ``loss=stress`` as ``weighted`` under another name. The campaign refuses it, naming why."""
+    from mlipilot.campaign.loop import run_campaign
+    from mlipilot.errors import MlipilotError
+
+    assert not b3lyp_set.has_stress("train")
+    path = REPO / "examples" / "qm7-b3lyp.yaml"
+    campaign, _ = load_campaign(path)
+    campaign = campaign.model_copy(
+        update={
+            "data": campaign.data.model_copy(update={"path": b3lyp_set.root}),
+            "baseline": campaign.baseline.patched({"loss": "stress"}),
+        }
+    )
+    with pytest.raises(MlipilotError, match=r"baseline: loss=stress .* has none"):
+        run_campaign(campaign, path, tmp_path / "runs")
+    assert not list((tmp_path / "runs").glob("*/candidates/it000/mace"))  # nothing trained

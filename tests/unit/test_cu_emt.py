@@ -50,6 +50,7 @@ def test_same_seed_same_bytes_other_seed_differs(root: Path, tmp_path: Path) -> 
 def test_config_types_and_counts(root: Path) -> None:
     ds = open_dataset(root)
     train = ds.load("train", require_stress=True)
+    assert ds.has_stress("train")  # what loss=stress needs
     assert {a.info["config_type"] for a in train} == set(CONFIG_TYPES)
     assert ds.manifest.splits["train"].config_types == config_type_counts(16)
     assert sum(config_type_counts(96).values()) == 96

@@ -183,6 +183,25 @@ def test_a_batch_larger_than_the_training_data_is_refused_by_the_tool() -> None:
     assert refusal.startswith("error: proposal refused: batch_size 60 is larger than the 44")
 
 
+def test_a_stress_loss_on_data_without_stress_is_refused_by_the_tool() -> None:
+    """Molecules have no stress: the prompt says so, and the tool refuses loss=stress
+    before mace would quietly train it at stress weight zero."""
+    script = [
+        calls(tool_call("propose", {"hypothesis": "fit stress", "patch": {"loss": "stress"}})),
+        calls(tool_call("propose", GOOD, "c2")),
+    ]
+    with serve([MODEL], script) as server:
+        state = campaign_state(train_frames=48, train_stress=False)
+        proposal = agent_for(server.url).propose(state)
+    assert proposal.patch == GOOD["patch"]
+    assert (
+        "No stress labels (loss=stress unavailable)."
+        in server.requests[0]["messages"][1]["content"]
+    )
+    refusal = server.requests[1]["messages"][-1]["content"]
+    assert refusal.startswith("error: proposal refused: loss=stress trains on stress labels")
+
+
 def test_malformed_arguments_and_a_refused_patch_go_back_as_tool_errors() -> None:
     script = [
         calls(tool_call("propose", '{"hypothesis": "x", "patch": {"lr": 0.01', "c1")),
@@ -271,7 +290,7 @@ def test_a_refused_call_sent_again_is_named_and_warms_the_sampling() -> None:
     # Each refusal names untried levers with their ranges; a repeat adds others each time.
     assert "untried, for example: e0s in [" in answers[0] and "scaling in [" in answers[0]
     first, second = (a.partition("Also untried, for example: ")[2] for a in answers[1:])
-    assert first and second and first.split(" ")[0] != second.split(" ")[0]
+    assert first and second and first.split(";")[0] != second.split(";")[0]
     assert first.split(" ")[0] not in answers[0].partition("for example: ")[2]
     # One copy of the refused call in the context at a time: the model saw its patch once in
     # each request, while the ledger keeps every copy, marked.

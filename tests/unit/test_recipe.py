@@ -291,6 +291,44 @@ def test_training_key_ignores_inert_knobs_and_sees_real_changes() -> None:
     assert training_key(base, 11) != training_key(base, 10)
     staged = base.patched({"stage_two": True})
     assert training_key(staged.patched({"stage_two_start": 0.5}), 10) != training_key(staged, 10)
+    # The stress weights are read by loss=stress alone (stage two's by its stage two alone).
+    assert training_key(base.patched({"stress_weight": 5.0}), 10) == training_key(base, 10)
+    stress = base.patched({"loss": "stress"})
+    assert training_key(stress.patched({"stress_weight": 5.0}), 10) != training_key(stress, 10)
+    assert training_key(stress.patched({"stage_two_stress_weight": 5.0}), 10) == training_key(
+        stress, 10
+    )
+    staged = stress.patched({"stage_two": True})
+    assert training_key(staged.patched({"stage_two_stress_weight": 5.0}), 10) != training_key(
+        staged, 10
+    )
+
+
+def test_a_stress_loss_passes_its_weights_to_mace() -> None:
+    flags = _as_dict(_flags(Recipe().patched({"loss": "stress", "stress_weight": 250.0})))
+    assert flags["loss"] == "stress"
+    assert flags["stress_weight"] == "250.0"
+    assert "stage_two_stress_weight" not in flags
+    staged = Recipe().patched(
+        {"loss": "stress", "stage_two": True, "stage_two_stress_weight": 40.0}
+    )
+    flags = _as_dict(_flags(staged, epochs=10))
+    assert flags["stage_two_stress_weight"] == "40.0"
+    for loss in ("weighted", "huber"):  # huber keeps mace's own stress weight, as before
+        flags = _as_dict(_flags(Recipe().patched({"loss": loss, "stage_two": True})))
+        assert "stress_weight" not in flags
+        assert "stage_two_stress_weight" not in flags
+
+
+def test_a_stress_loss_on_data_without_stress_is_refused() -> None:
+    from mlipilot.training.mace_args import stress_fits
+
+    stress = Recipe().patched({"loss": "stress"})
+    assert stress_fits(stress, True) is None
+    assert stress_fits(Recipe(), False) is None
+    why = stress_fits(stress, False)
+    assert why is not None
+    assert "loss=stress" in why and "REF_stress" in why and "loss=weighted" in why
 
 
 def test_stage_two_with_forces_only_is_refused_before_training() -> None:

@@ -15,6 +15,7 @@ from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.spec import ScorecardSpec
+from mlipilot.training.mace_args import untrainable
 
 
 class AgentCost(BaseModel):
@@ -130,10 +131,19 @@ class CampaignState(BaseModel):
     # Frames of the train split (a count, no data): a batch larger than what training sees
     # cannot train, and an agent that checks its own proposals can say so at once.
     train_frames: int | None = None
+    train_stress: bool = True  # every train frame has a stress label (loss=stress needs it)
     # Code mode: the editable files of the incumbent's training program (path -> text).
     program: dict[str, str] | None = None
     program_sha256: str | None = None  # their digest (code_mode.program_files.program_digest)
     _tried: set[tuple[str, str | None]] | None = PrivateAttr(default=None)
+
+    def untrainable(self, recipe: Recipe) -> str | None:
+        """Why ``recipe`` cannot train on the campaign's data (a batch the frames cannot
+        fill, a stress loss without stress labels), or None; None too when the data is not
+        known."""
+        if self.train_frames is None:
+            return None
+        return untrainable(recipe, self.train_frames, self.train_stress)
 
     def tried(self, recipe: Recipe, program_sha256: str | None = None) -> bool:
         """Tried before, or proposed and not yet decided. In code mode a candidate is a

@@ -27,7 +27,6 @@ from mlipilot.agents.base import AgentGaveUp, CampaignState, HistoryEntry, Propo
 from mlipilot.agents.random_search import LOG_KEYS
 from mlipilot.recipe import Recipe, RecipeError, bounds, choices
 from mlipilot.scoring.result import ScoreResult
-from mlipilot.training.mace_args import batch_fits
 
 INFEASIBLE_OFFSET = 1e3
 FAILED_VALUE = 1e6
@@ -104,8 +103,8 @@ class OptunaAgent:
             except RecipeError:  # an inconsistent pair (stage two with forces_only): fail it
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue
-            if state.train_frames is not None and batch_fits(recipe, state.train_frames):
-                self.study.tell(trial, state=TrialState.FAIL)  # no batch left to train on
+            if state.untrainable(recipe):  # no batch left to train on, no stress to fit
+                self.study.tell(trial, state=TrialState.FAIL)
                 continue
             if recipe in state.pending:  # a sibling candidate trains it already
                 self.study.tell(trial, state=TrialState.FAIL)

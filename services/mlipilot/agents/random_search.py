@@ -15,7 +15,15 @@ from mlipilot.agents.base import AgentGaveUp, CampaignState, Proposal
 from mlipilot.recipe import Recipe, RecipeError, bounds, choices
 
 # Keys whose natural scale is logarithmic.
-LOG_KEYS = {"lr", "stage_two_lr", "huber_delta", "energy_weight", "forces_weight"}
+LOG_KEYS = {
+    "lr",
+    "stage_two_lr",
+    "huber_delta",
+    "energy_weight",
+    "forces_weight",
+    "stress_weight",
+    "stage_two_stress_weight",
+}
 LOG_KEYS |= {"stage_two_energy_weight", "stage_two_forces_weight"}
 # The seed is not a hypothesis.
 _SEARCHED = [k for k in Recipe.model_fields if k != "seed"]

@@ -31,7 +31,7 @@ from mlipilot.config import Campaign
 from mlipilot.recipe import Recipe, RecipeError
 from mlipilot.scoring.result import ScoreResult
 from mlipilot.scoring.spec import ScorecardSpec
-from mlipilot.training.mace_args import batch_fits
+from mlipilot.training.mace_args import untrainable
 
 
 @dataclass
@@ -40,6 +40,7 @@ class AgentSession:
     campaign: Campaign
     spec: ScorecardSpec
     train_frames: int
+    train_stress: bool  # every training frame has a stress label
     mode: CampaignMode
     recorder: Recorder
     reporter: Reporter
@@ -53,9 +54,9 @@ class AgentSession:
 
     def check(self, recipe: Recipe, proposal: Proposal) -> None:
         """Refuse (as an invalid patch, told to the agent) what cannot be trained: a recipe
-        too big for the data; in code mode a knob the program lacks, or a diff that cannot
-        apply; in recipe mode any diff."""
-        why = batch_fits(recipe, self.train_frames)
+        too big for the data, or a stress loss on data without stress; in code mode a knob
+        the program lacks, or a diff that cannot apply; in recipe mode any diff."""
+        why = untrainable(recipe, self.train_frames, self.train_stress)
         if why is not None:
             raise RecipeError(why)
         self.mode.check(recipe, proposal)
@@ -106,6 +107,7 @@ class AgentSession:
                 slot=slot,
                 last_error=last_error,
                 train_frames=self.train_frames,
+                train_stress=self.train_stress,
                 program=program,
                 program_sha256=program_digest(program) if program is not None else None,
             )

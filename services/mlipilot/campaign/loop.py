@@ -67,7 +67,7 @@ from mlipilot.model_files import write_mace_file
 from mlipilot.scoring.scorecard import Scorecard, Scorer, hardware
 from mlipilot.scoring.spec import ScorecardSpec, load_spec
 from mlipilot.stopping import CampaignStopped, StopRequest
-from mlipilot.training.mace_args import batch_fits
+from mlipilot.training.mace_args import untrainable
 from mlipilot.training.tasks import LocalTrainer, Trainer
 from mlipilot.training.trainer import TrainingBudget
 
@@ -252,7 +252,14 @@ def _start(
         campaign.compute.torch_threads,
     )
     session = AgentSession(
-        agent, campaign, spec, dataset.n_frames("train"), mode, recorder, recorder.reporter
+        agent,
+        campaign,
+        spec,
+        dataset.n_frames("train"),
+        dataset.has_stress("train"),
+        mode,
+        recorder,
+        recorder.reporter,
     )
     if trainer is not None:
         workers = Workers(trainer, tasks, scorer)
@@ -383,7 +390,7 @@ def _run_asynchronously(run: _Run) -> Incumbent:
 
 def _run_baseline(run: _Run) -> Incumbent:
     recipe = run.campaign.baseline
-    why = batch_fits(recipe, run.dataset.n_frames("train"))
+    why = untrainable(recipe, run.session.train_frames, run.session.train_stress)
     if why is not None:
         raise MlipilotError(f"baseline: {why}")
     proposal = Proposal(hypothesis="baseline recipe from the campaign file", patch={"-": "-"})

@@ -16,7 +16,7 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from mlipilot.atomic_files import write_text_atomically
-from mlipilot.data.extxyz import load_extxyz
+from mlipilot.data.extxyz import STRESS_KEY, load_extxyz
 from mlipilot.errors import MlipilotError, format_validation_error
 
 MANIFEST_NAME = "manifest.json"
@@ -93,6 +93,10 @@ class Dataset:
     def atomic_numbers(self, split: str) -> list[int]:
         """The elements in ``split``, sorted: what a model trained on it can embed."""
         return sorted({int(z) for atoms in self.load(split) for z in atoms.numbers})
+
+    def has_stress(self, split: str) -> bool:
+        """Whether every frame of ``split`` carries a stress label (what loss=stress needs)."""
+        return all(STRESS_KEY in atoms.info for atoms in self.load(split))
 
     def load(self, split: str, *, require_stress: bool = False) -> list[Atoms]:
         """Frames of ``split``, re-checked against the manifest hash and validated."""

@@ -38,6 +38,25 @@ def batch_fits(recipe: Recipe, n_train: int) -> str | None:
     )
 
 
+def stress_fits(recipe: Recipe, stress_labelled: bool) -> str | None:
+    """Why the recipe's loss cannot train on data without stress labels, or None when it can.
+
+    mace fills a missing stress with zeros at weight zero: ``loss=stress`` on molecules would
+    quietly train as ``weighted`` under another name.
+    """
+    if recipe.loss != "stress" or stress_labelled:
+        return None
+    return (
+        "loss=stress trains on stress labels, and this training data has none (periodic "
+        f"cells with {STRESS_KEY} on every frame); use loss=weighted"
+    )
+
+
+def untrainable(recipe: Recipe, n_train: int, stress_labelled: bool) -> str | None:
+    """Why ``recipe`` cannot train on this data (``batch_fits``, ``stress_fits``), or None."""
+    return batch_fits(recipe, n_train) or stress_fits(recipe, stress_labelled)
+
+
 def to_mace_args(
     recipe: Recipe,
     *,
@@ -97,6 +116,8 @@ def to_mace_args(
     flags = [f"--{key}={value}" for key, value in args.items()]
     if r.loss == "huber":  # the other losses never read it: left out, it keys no new training
         flags.append(f"--huber_delta={r.huber_delta}")
+    if r.loss == "stress":  # the other losses never read them: left out, they key no new training
+        flags.append(f"--stress_weight={r.stress_weight}")
     if r.ema:
         flags += ["--ema", f"--ema_decay={r.ema_decay}"]
     # Stage two needs at least one epoch before it; with a 1-epoch budget it cannot happen.
@@ -109,6 +130,8 @@ def to_mace_args(
             f"--stage_two_forces_weight={r.stage_two_forces_weight}",
             f"--stage_two_lr={r.stage_two_lr}",
         ]
+        if r.loss == "stress":
+            flags.append(f"--stage_two_stress_weight={r.stage_two_stress_weight}")
     if r.pair_repulsion:
         flags.append("--pair_repulsion")
     return flags

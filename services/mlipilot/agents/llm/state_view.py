@@ -193,6 +193,11 @@ def overview(state: CampaignState) -> str:
     if state.train_frames is not None:
         usable = frames_trained_on(state.train_frames)
         head += f" Training data: {state.train_frames} frames (batch_size at most {usable})."
+        head += (
+            " Every frame has a stress label (loss=stress can fit it)."
+            if state.train_stress
+            else " No stress labels (loss=stress unavailable)."
+        )
     parts = [
         head,
         scorecard_text(state),

@@ -27,7 +27,6 @@ from mlipilot.code_mode.program_files import (
 from mlipilot.code_mode.repo import apply_to_files
 from mlipilot.errors import clipped
 from mlipilot.recipe import Recipe, RecipeError, allowed_range
-from mlipilot.training.mace_args import batch_fits
 
 PROPOSE = "propose"
 HYPOTHESIS_MAX = 400  # characters: one or two sentences (also stops a model that rambles)
@@ -243,7 +242,7 @@ def check_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnswer:
         recipe = state.incumbent.patched(patch)
     except RecipeError as exc:
         return _refused(str(exc))
-    if state.train_frames is not None and (why := batch_fits(recipe, state.train_frames)):
+    if why := state.untrainable(recipe):
         return _refused(why)
     if recipe == state.incumbent:
         same = ", ".join(f"{k} is {state_view.compact(v)}" for k, v in sorted(patch.items()))
@@ -288,7 +287,7 @@ def _check_code_proposal(state: CampaignState, args: dict[str, Any]) -> ToolAnsw
         files = apply_to_files(state.program, diff) if diff.strip() else dict(state.program)
     except (RecipeError, CodeEditError) as exc:
         return _refused(str(exc))
-    if state.train_frames is not None and (why := batch_fits(recipe, state.train_frames)):
+    if why := state.untrainable(recipe):
         return _refused(why)
     program = program_digest(files)
     if recipe == state.incumbent and program == state.program_sha256:
