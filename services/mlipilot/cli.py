@@ -133,8 +133,8 @@ def data_cu_emt(
     extra: Annotated[
         list[str] | None,
         typer.Option(
-            help="FAMILY=N: N more training frames of hot_md, wide_strain, surface or "
-            "short_pair (repeatable; the test split is unchanged)"
+            help="FAMILY=N: N more training frames of hot_md, wide_strain, surface, "
+            "short_pair or vacancy_strain (repeatable; the test split is unchanged)"
         ),
     ] = None,
 ) -> None:

@@ -43,13 +43,14 @@ class CuEmtData(_Strict):
     n_train: int = Field(96, ge=4, le=100_000)
     n_test: int = Field(32, ge=2, le=100_000)
     extra_train: dict[
-        Literal["hot_md", "wide_strain", "surface", "short_pair"],
+        Literal["hot_md", "wide_strain", "surface", "short_pair", "vacancy_strain"],
         Annotated[int, Field(ge=0, le=100_000)],
     ] = Field(
         default_factory=dict,
         description="frames of further families added to the training split only: hot_md "
         "(NVT at 1800-3000 K), wide_strain (isotropic -12 to +30 %), surface ((100), (110), "
-        "(111) slabs), short_pair (a neighbour pair pushed to 1.4-2.4 Å)",
+        "(111) slabs), short_pair (a neighbour pair pushed to 1.4-2.4 Å), vacancy_strain (a "
+        "vacancy at -3 to +3 % isotropic strain)",
     )
 
 

@@ -204,6 +204,19 @@ def test_tried_recipe_is_skipped_for_the_next_rule() -> None:
     assert_valid(second, st)
 
 
+@pytest.mark.parametrize(("energy_weight", "stage_two"), [(1.0, 1000.0), (1000.0, 3000.0)])
+def test_stage_two_weights_energy_above_the_first_stage(
+    energy_weight: float, stage_two: float
+) -> None:
+    # MACE's 1000 after a 100:1 first stage; three times a first stage that already weights
+    # energy at 1000 (the validated Cu preset), else stage two would re-weight nothing.
+    incumbent = Recipe().patched({"energy_weight": energy_weight, "pair_repulsion": True})
+    proposal = RuleBasedResearcher().propose(state(incumbent, GOOD))
+    assert rule_of(proposal) == "progressive-schedule"
+    assert incumbent.patched(proposal.patch).stage_two_energy_weight == stage_two
+    assert f"100:{energy_weight:g}" in proposal.hypothesis
+
+
 def test_nothing_applies_gives_up() -> None:
     # Feasible, energy has more room than forces, and every improvement is already in the
     # recipe: EMA, stage two, two interactions, the channel cap.

@@ -158,7 +158,7 @@ def test_rejects_bad_sizes(tmp_path: Path) -> None:
         generate_cu_emt(tmp_path, n_train=0)
 
 
-EXTRA = {"hot_md": 3, "wide_strain": 2, "surface": 3, "short_pair": 2}
+EXTRA = {"hot_md": 3, "wide_strain": 2, "surface": 3, "short_pair": 2, "vacancy_strain": 2}
 
 
 def test_extra_families_go_to_train_only_after_the_same_base_frames(
@@ -182,6 +182,7 @@ def test_extra_families_go_to_train_only_after_the_same_base_frames(
         "md_3000K": 1,
     }
     assert types["wide_strain"] == 2 and types["short_pair"] == 2
+    assert types["vacancy_strain"] == 2
     assert {t for t in types if t.startswith("surface_")} == {
         "surface_100",
         "surface_110",
@@ -194,7 +195,10 @@ def test_extra_families_go_to_train_only_after_the_same_base_frames(
 
 def test_extra_frames_are_what_they_say(tmp_path: Path) -> None:
     generate_cu_emt(
-        tmp_path, seed=2, extra_train={"surface": 3, "short_pair": 4, "wide_strain": 6}, **SMALL
+        tmp_path,
+        seed=2,
+        extra_train={"surface": 3, "short_pair": 4, "wide_strain": 6, "vacancy_strain": 3},
+        **SMALL,
     )
     for a in open_dataset(tmp_path).load("train", require_stress=True):
         ctype = a.info["config_type"]
@@ -206,6 +210,9 @@ def test_extra_frames_are_what_they_say(tmp_path: Path) -> None:
             assert a.cell[2, 2] - (z.max() - z.min()) > 10.0
         elif ctype == "wide_strain":  # isotropic -12 % to +30 % of 3.61 Å
             assert 0.88 * 7.22 - 1e-6 <= a.cell[0, 0] <= 1.30 * 7.22 + 1e-6
+        elif ctype == "vacancy_strain":  # 31 of the 32 atoms, within 3 % of 3.61 Å
+            assert len(a) == 31
+            assert 0.97 * 7.22 - 1e-6 <= a.cell[0, 0] <= 1.03 * 7.22 + 1e-6
         # The stored labels are EMT's for the stored geometry, whatever the family.
         ref = a.copy()
         ref.calc = EMT()

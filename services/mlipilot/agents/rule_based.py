@@ -57,6 +57,12 @@ def _improvable(result: ScoreResult) -> bool:
     return _inaccurate(result) or result.feasible
 
 
+def _stage_two_energy_weight(r: Recipe) -> float:
+    """MACE's 1000, or three times a first stage that already weights energy that high: a
+    stage two at the first stage's weight would re-weight nothing."""
+    return min(10000.0, max(1000.0, 3.0 * r.energy_weight))
+
+
 def _stalled(state: CampaignState) -> bool:
     """The last two tries were both reverted: the easy fixes are spent."""
     tries = [h.verdict for h in state.history if h.verdict != "BASELINE"][-2:]
@@ -133,11 +139,16 @@ RULES: list[Rule] = [
     Rule(
         "progressive-schedule",
         lambda r, res, s: (res.fails(ENERGY) or res.feasible) and not r.stage_two,
-        lambda r: {"stage_two": True, "stage_two_energy_weight": 1000.0, "stage_two_lr": 0.001},
+        lambda r: {
+            "stage_two": True,
+            "stage_two_energy_weight": _stage_two_energy_weight(r),
+            "stage_two_lr": 0.001,
+        },
         lambda r, res: (
-            f"Energy MAE is {_value(res, ENERGY)}: with forces weighted 100:1 the "
-            "energy is barely fitted. A final stage (MACE stage two) with a high energy weight "
-            "and a small lr fits energies once the force field is in place."
+            f"Energy MAE is {_value(res, ENERGY)} with forces:energy weighted "
+            f"{r.forces_weight:g}:{r.energy_weight:g}. A final stage (MACE stage two) with a "
+            f"higher energy weight ({_stage_two_energy_weight(r):g}) and a small lr fits "
+            "energies once the force field is in place."
         ),
     ),
     Rule(

@@ -67,8 +67,13 @@ SURFACE_VACUUM_A = 6.0  # on each side: beyond r_max, so the slabs do not see ea
 SURFACE_RATTLE_RANGE = (0.02, 0.10)  # Å
 SHORT_PAIR_RANGE_A = (1.4, 2.4)  # one nearest-neighbour pair pushed to this distance
 SHORT_PAIR_RATTLE = 0.03  # Å
+# The base family's vacancies sit at one volume with one rattle; the suite's vacancy energy is
+# a 0.1 eV difference between ~100-atom totals: more vacancies, at the volumes around a0.
+VACANCY_STRAIN_MAX = 0.03  # isotropic
+VACANCY_STRAIN_RATTLE_RANGE = (0.02, 0.08)  # Å
 HOT_MD_TYPES = tuple(f"md_{t}K" for t in HOT_MD_TEMPERATURES_K)
-EXTRA_FAMILIES = ("hot_md", "wide_strain", "surface", "short_pair")
+# Appended, never reordered: each family's random stream is fixed by its index here.
+EXTRA_FAMILIES = ("hot_md", "wide_strain", "surface", "short_pair", "vacancy_strain")
 
 
 def cu_emt_params(
@@ -95,6 +100,14 @@ def _extra_params(extra_train: dict[str, int]) -> dict[str, Any]:
         "surface_rattle_range": list(SURFACE_RATTLE_RANGE),
         "short_pair_range_A": list(SHORT_PAIR_RANGE_A),
         "short_pair_rattle": SHORT_PAIR_RATTLE,
+        **(
+            {
+                "vacancy_strain_max": VACANCY_STRAIN_MAX,
+                "vacancy_strain_rattle_range": list(VACANCY_STRAIN_RATTLE_RANGE),
+            }
+            if extra_train.get("vacancy_strain")
+            else {}  # data sets made before this family keep their manifests
+        ),
     }
 
 
@@ -258,6 +271,13 @@ def _extra_static_frame(base: Atoms, family: str, index: int, rng: np.random.Gen
         direction = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
         nn = LATTICE_A / np.sqrt(2.0)
         atoms.positions[0] += direction * (nn - rng.uniform(*SHORT_PAIR_RANGE_A))
+    elif family == "vacancy_strain":
+        atoms = base.copy()
+        del atoms[int(rng.integers(len(atoms)))]
+        scale = 1.0 + rng.uniform(-VACANCY_STRAIN_MAX, VACANCY_STRAIN_MAX)
+        atoms.set_cell(atoms.cell.array * scale, scale_atoms=True)
+        sigma = rng.uniform(*VACANCY_STRAIN_RATTLE_RANGE)
+        atoms.positions += rng.normal(0.0, sigma, atoms.positions.shape)
     else:
         raise ValueError(f"unknown extra family {family!r}")
     return _labelled(atoms, family)
