@@ -47,8 +47,8 @@ def stress_fits(recipe: Recipe, stress_labelled: bool) -> str | None:
     if recipe.loss != "stress" or stress_labelled:
         return None
     return (
-        "loss=stress trains on stress labels, and this training data has none (periodic "
-        f"cells with {STRESS_KEY} on every frame); use loss=weighted"
+        f"loss=stress trains on stress labels ({STRESS_KEY} on every frame, as periodic cells "
+        "have) and this training data has none; use loss=weighted"
     )
 
 
