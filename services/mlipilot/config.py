@@ -188,6 +188,13 @@ class BudgetConfig(_Strict):
     max_in_flight: int | None = Field(
         None, ge=1, le=1024, description="async: candidates training and scoring at once"
     )
+    asks_in_flight: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="async: proposals asked of the agent at once, each while candidates train "
+        "(an LLM server such as vLLM answers them side by side); at most max_in_flight",
+    )
 
     @model_validator(mode="after")
     def _scheduler_needs(self) -> BudgetConfig:
@@ -199,8 +206,15 @@ class BudgetConfig(_Strict):
                     "budget.candidates_per_iteration is for scheduler 'sync'; with 'async', "
                     "budget.max_in_flight says how many run at once"
                 )
+            if self.asks_in_flight > self.max_in_flight:
+                raise ValueError(
+                    f"budget.asks_in_flight {self.asks_in_flight} is more than "
+                    f"budget.max_in_flight {self.max_in_flight}: a proposal needs a free slot"
+                )
         elif self.max_in_flight is not None:
             raise ValueError("budget.max_in_flight needs budget.scheduler: async")
+        elif self.asks_in_flight != 1:
+            raise ValueError("budget.asks_in_flight needs budget.scheduler: async")
         return self
 
     @property

@@ -362,6 +362,9 @@ def test_async_scheduler_takes_max_in_flight_and_runs_that_many_on_ray(tmp_path:
         ("scheduler: async\n  max_in_flight: 2", "mode: code\n", "mode 'recipe' only"),
         ("scheduler: later", "", "budget.scheduler"),
         ("scheduler: async\n  max_in_flight: 0", "", "budget.max_in_flight"),
+        ("scheduler: async\n  max_in_flight: 2\n  asks_in_flight: 3", "", "a free slot"),
+        ("asks_in_flight: 2", "", "asks_in_flight needs budget.scheduler: async"),
+        ("scheduler: async\n  max_in_flight: 2\n  asks_in_flight: 0", "", "asks_in_flight"),
     ],
 )
 def test_bad_scheduler_settings_say_what_is_wrong(

@@ -591,3 +591,17 @@ def test_recipe_mode_has_no_program_tool() -> None:
     assert "read_program" not in {t["function"]["name"] for t in server.requests[0]["tools"]}
     answer = next(m for m in server.requests[-1]["messages"] if m["role"] == "tool")
     assert "unknown tool 'read_program'" in answer["content"]
+
+
+def test_a_proposal_asked_beside_others_is_told_how_many_and_its_rank() -> None:
+    """Asked at once (asynchronous campaigns), proposals cannot see each other as pending:
+    each is told how many others are being asked and which rank of idea it should give."""
+    from mlipilot.agents.llm import state_view
+
+    alone = state_view.overview(campaign_state())
+    assert "being asked of you at this moment" not in alone
+    second = state_view.overview(campaign_state(asked_alongside=1, slot=1))
+    assert "1 other proposal is being asked of you at this moment" in second
+    assert "this is number 2: propose your idea ranked 2 by promise" in second
+    third = state_view.overview(campaign_state(asked_alongside=2, slot=2))
+    assert "2 other proposals are being asked" in third and "this is number 3" in third

@@ -127,6 +127,9 @@ class CampaignState(BaseModel):
     # iteration), or every candidate in flight (asynchronous campaigns).
     pending: list[Recipe] = []
     slot: int = 0  # the candidate's place among its iteration's proposals (0: the first)
+    # Asynchronous campaigns that ask several proposals at once: how many others are being
+    # asked from this same state (they cannot be shown as pending); ``slot`` says which this is.
+    asked_alongside: int = 0
     last_error: str | None = None  # why the previous proposal was refused, if it was
     # Frames of the train split (a count, no data): a batch larger than what training sees
     # cannot train, and an agent that checks its own proposals can say so at once.
@@ -160,6 +163,14 @@ class Agent(Protocol):
     name: str
 
     def propose(self, state: CampaignState) -> Proposal: ...
+
+
+def answers_concurrently(agent: Agent) -> bool:
+    """Whether ``agent`` may be asked for several proposals at once, from several threads. An
+    LLM agent may: each proposal is its own conversation with a server that answers requests
+    side by side. The built-in searchers keep state between proposals (Optuna's trials) and
+    answer in milliseconds, so they are asked one at a time."""
+    return bool(getattr(agent, "concurrent", False))
 
 
 class AgentGaveUp(Exception):

@@ -8,7 +8,8 @@ the campaign's token budget is spent, and keeps the history the agent reads next
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 from mlipilot import faults
 from mlipilot.agents.base import (
@@ -83,11 +84,13 @@ class AgentSession:
         result: ScoreResult | None,
         pending: list[Recipe],
         slot: int = 0,
+        asked_alongside: int = 0,
     ) -> Proposal | None:
         """A validated proposal against the incumbent (``recipe``, ``result``), told about the
         ``pending`` recipes (proposed, not yet decided), or None when the agent gives up or
         fails; refusals are recorded, and so is every conversation with an LLM agent
-        (``agent_call``). ``slot``: its place among the iteration's proposals."""
+        (``agent_call``). ``slot``: its place among the iteration's proposals, or among
+        ``asked_alongside`` + 1 asked at once (``aside``)."""
         if self._token_budget_spent(iteration):
             return None
         candidate = candidate_name(iteration, slot, self.per_iteration)
@@ -105,6 +108,7 @@ class AgentSession:
                 history=self.history,
                 pending=pending,
                 slot=slot,
+                asked_alongside=asked_alongside,
                 last_error=last_error,
                 train_frames=self.train_frames,
                 train_stress=self.train_stress,
@@ -143,6 +147,27 @@ class AgentSession:
         self.reporter.note(f"iteration {iteration}: no valid proposal after retries: {last_error}")
         return None
 
+    def aside(self) -> AgentSession:
+        """A copy of this session to ask from another thread while the campaign goes on. It
+        reads a snapshot of the history and keeps what it would record, for ``rejoin`` to
+        record from the campaign's thread: the ledger has one writer and one order."""
+        tokens = self.tokens_spent()
+        return replace(
+            self,
+            recorder=cast(Recorder, _Deferred()),
+            reporter=cast(Reporter, _Deferred()),
+            history=list(self.history),
+            failed=set(),
+            _tokens=tokens,
+        )
+
+    def rejoin(self, aside: AgentSession) -> None:
+        """Record what ``aside`` did (in this, the campaign's thread), and count its tokens."""
+        cast(_Deferred, aside.reporter).replay(self.reporter)
+        cast(_Deferred, aside.recorder).replay(self.recorder)
+        self.failed |= aside.failed
+        self._tokens = None  # read again from the ledger, now holding aside's calls too
+
     def tokens_spent(self) -> int:
         if self._tokens is None:
             self._tokens = self.recorder.tokens_spent()
@@ -170,3 +195,20 @@ class AgentSession:
             return
         self._tokens = self.tokens_spent() + cost.total_tokens
         self.recorder.agent_call(iteration, candidate, status, cost, reason)
+
+
+class _Deferred:
+    """Stands in for the recorder or reporter of a session asked from another thread: it keeps
+    every call, and ``replay`` makes them on the real one, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+    def replay(self, target: object) -> None:
+        for name, args, kwargs in self.calls:
+            getattr(target, name)(*args, **kwargs)

@@ -11,14 +11,26 @@ the candidates in flight when it stopped train again, and it goes on from there.
 
 A proposal whose training already ran is answered from it; one whose training is in flight
 waits for it. Neither trains again.
+
+With ``asks_in_flight`` > 1 and an agent that answers concurrently (an LLM), up to that many
+proposals are asked at once, each in a thread of its own (``AgentSession.aside``), while
+candidates train: a 32B model's minute or two per proposal would otherwise leave freed GPUs
+idle one after the other. Each is told how many others are being asked as it is, and its
+rank among them (propose your second-best idea), so that they differ. A
+proposal is made from the incumbent of the moment it was asked, patched onto that incumbent's
+recipe and recorded as made from it, even when a decision replaced the incumbent while the
+agent thought; it is recorded when its answer comes in, and the replay uses the incumbent it
+records. An iteration asked and not answered before a stop has no proposal in the ledger, and
+the resumed campaign asks for it again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from mlipilot.agents.base import Proposal
+from mlipilot.agents.base import Proposal, answers_concurrently
 from mlipilot.campaign.agent_session import AgentSession
 from mlipilot.campaign.candidates import CandidateJob, CandidatePool, Finished, candidate_name
 from mlipilot.campaign.decision import Decision, decide
@@ -49,6 +61,17 @@ class _Waiting:
 
 
 @dataclass
+class _Asking:
+    """A proposal asked of the agent in another thread, not yet answered."""
+
+    iteration: int
+    made_from: Incumbent  # the incumbent it is asked against
+    slot: int  # its place among those asked at once
+    session: AgentSession  # the aside it is asked through
+    answer: Future[Proposal | None]
+
+
+@dataclass
 class AsyncScheduler:
     iterations: int
     max_in_flight: int
@@ -64,22 +87,48 @@ class AsyncScheduler:
     stop: StopRequest
     decided: Decided
     accepted: Accepted
+    asks_in_flight: int = 1
     incumbent: Incumbent | None = None  # of this moment: set by run()
     _open: dict[str, _Waiting] = field(default_factory=dict)  # proposed, undecided, by name
+    _asking: list[_Asking] = field(default_factory=list)  # asked aside, not yet answered
+    _queued: list[CandidateJob] = field(default_factory=list)  # proposed, waiting for a worker
+    _ahead: int = 0  # proposals that may wait ready for a worker: set by run()
+    _incumbents: dict[str, Incumbent] = field(default_factory=dict)  # every one, by name
+    _unasked: list[int] = field(default_factory=list)  # resumed: asked before, not answered
     _next_iteration: int = 1
     _agent_done: bool = False  # the agent gave up: nothing more is asked
 
     def run(self, incumbent: Incumbent) -> Incumbent:
         self.incumbent = incumbent
+        self._incumbents[incumbent.name] = incumbent
         self._replay()
-        while True:
-            self._decide_known()
-            if self._may_ask():
-                self._ask_next()
-                continue
-            if not self.pool:
-                return self._inc
-            self._finished(self.pool.next())
+        agent = None
+        if self.asks_in_flight > 1 and answers_concurrently(self.session.agent):
+            agent = ThreadPoolExecutor(self.asks_in_flight, thread_name_prefix="agent")
+            self._ahead = self.asks_in_flight
+        try:
+            while True:
+                self._take_answers()
+                self._decide_known()
+                self._start_queued()
+                if self._may_ask():
+                    if agent is not None:
+                        self._ask_aside(agent)
+                    else:
+                        self._ask_next()
+                    continue
+                if self.pool:
+                    finished = self.pool.next(wake=self._answered)
+                    if finished is not None:
+                        self._finished(finished)
+                elif self._asking:
+                    self.stop.check()
+                    wait([a.answer for a in self._asking], 0.25, FIRST_COMPLETED)
+                else:
+                    return self._inc
+        finally:  # done, stopped or broken: answers still on their way are not waited for
+            if agent is not None:
+                agent.shutdown(wait=False, cancel_futures=True)
 
     @property
     def _inc(self) -> Incumbent:
@@ -91,29 +140,72 @@ class AsyncScheduler:
     def _may_ask(self) -> bool:
         return (
             not self._agent_done
-            and self._next_iteration <= self.iterations
-            and len(self._open) < self.max_in_flight
+            and (bool(self._unasked) or self._next_iteration <= self.iterations)
+            # Asked at once, proposals may be asked ahead: they wait, ready, for the next
+            # worker to free, so a slow agent does not leave it idle.
+            and len(self._open) + len(self._asking) < self.max_in_flight + self._ahead
+            and len(self._asking) < self.asks_in_flight
         )
 
-    def _ask_next(self) -> None:
-        iteration = self._next_iteration
-        self._next_iteration += 1
+    def _take_iteration(self) -> int:
         if self.stop.is_set() and self.pool:
             self.pool.drain()  # cancels what is in flight, waits for it, then raises the stop
         self.stop.check()
+        if self._unasked:
+            return self._unasked.pop(0)
+        self._next_iteration += 1
+        return self._next_iteration - 1
+
+    def _ask_next(self) -> None:
+        iteration = self._take_iteration()
         self.recorder.iteration_started(iteration, self.iterations, 1)
         inc = self._inc
         pending = [w.job.recipe for w in self._open.values()]
         proposal = self.session.ask(iteration, inc.recipe, inc.result, pending)
+        self._answered_with(iteration, proposal, self.session, inc)
+
+    def _ask_aside(self, agent: ThreadPoolExecutor) -> None:
+        """Ask for a proposal in another thread; ``_take_answers`` records it."""
+        iteration = self._take_iteration()
+        self.recorder.iteration_started(iteration, self.iterations, 1)
+        inc = self._inc
+        pending = [w.job.recipe for w in self._open.values()]
+        taken = {a.slot for a in self._asking}
+        slot = min(set(range(self.asks_in_flight)) - taken)
+        aside = self.session.aside()
+        alongside = len(self._asking)  # asked before it and still thinking
+        ask = (iteration, inc.recipe, inc.result, pending, slot, alongside)
+        answer = agent.submit(aside.ask, *ask)
+        self._asking.append(_Asking(iteration, inc, slot, aside, answer))
+
+    def _answered(self) -> bool:
+        return any(a.answer.done() for a in self._asking)
+
+    def _take_answers(self) -> None:
+        """Record the answers that came in (a stop records their cost only: the iterations
+        are asked again on resume)."""
+        for asking in [a for a in self._asking if a.answer.done()]:
+            self._asking.remove(asking)
+            self.session.rejoin(asking.session)
+            proposal = asking.answer.result()  # a server gone (AgentUnreachable) stops it all
+            if not self.stop.is_set():
+                self._answered_with(asking.iteration, proposal, asking.session, asking.made_from)
+
+    def _answered_with(
+        self,
+        iteration: int,
+        proposal: Proposal | None,
+        session: AgentSession,
+        made_from: Incumbent,
+    ) -> None:
         if proposal is None:
             # A failure costs this iteration only; an agent that gives up is asked no more.
-            self._agent_done = iteration not in self.session.failed
+            self._agent_done = iteration not in session.failed
             return
-        self._propose(iteration, proposal)
+        self._propose(iteration, proposal, made_from)
 
-    def _propose(self, iteration: int, proposal: Proposal) -> None:
-        """Record the proposal, made from the incumbent of now, and set it going."""
-        inc = self._inc
+    def _propose(self, iteration: int, proposal: Proposal, inc: Incumbent) -> None:
+        """Record the proposal, made from the incumbent ``inc``, and set it going."""
         name = candidate_name(iteration, 0, 1)
         base = self.mode.base(name)
         recipe = inc.recipe.patched(proposal.patch)
@@ -138,7 +230,13 @@ class AsyncScheduler:
             known = self.prior.known[name]
             self._trained(Finished(job, known.model, known.result, known.failure))
         else:
-            fresh_work_dir(job, dispatched_before=self.prior.dispatched(name))
+            self._queued.append(job)
+
+    def _start_queued(self) -> None:
+        """Start proposed candidates, in the order proposed, while a worker is free."""
+        while self._queued and len(self.pool) < self.max_in_flight:
+            job = self._queued.pop(0)
+            fresh_work_dir(job, dispatched_before=self.prior.dispatched(job.name))
             self.pool.submit(job)
 
     # --- finishing and deciding -------------------------------------------------------------
@@ -175,6 +273,7 @@ class AsyncScheduler:
         self.decided(f, decision, inc.name)
         if decision.verdict == "ACCEPT" and f.model is not None and f.result is not None:
             self.incumbent = self.accepted(f)
+            self._incumbents[self.incumbent.name] = self.incumbent
 
     # --- resuming ---------------------------------------------------------------------------
 
@@ -185,8 +284,9 @@ class AsyncScheduler:
         for kind, name, iteration in self.prior.order:
             if kind == "proposal":
                 [proposal] = self.prior.proposals[iteration]
-                self._propose(iteration, proposal)
-                self._next_iteration = iteration + 1
+                made_from = self._incumbents.get(self.prior.made_from.get(name, ""), self._inc)
+                self._propose(iteration, proposal, made_from)
+                self._next_iteration = max(self._next_iteration, iteration + 1)
                 continue
             waiting = self._open.get(name)
             if waiting is None or waiting.outcome is None:
@@ -195,3 +295,10 @@ class AsyncScheduler:
                     "read back (its model file is gone?), so the campaign cannot be replayed"
                 )
             self._decide(name)
+        # Asked before the stop and never answered (asked at once with others): asked again.
+        answered = {it for kind, _, it in self.prior.order if kind == "proposal"}
+        self._unasked = [
+            it
+            for it in range(1, self._next_iteration)
+            if it not in answered and it not in self.prior.agent_failed
+        ]

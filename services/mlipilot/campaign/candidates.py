@@ -194,10 +194,11 @@ class CandidatePool:
         self._running[job.name] = (job, worker)
         worker.start()
 
-    def next(self) -> Finished:
-        """The next candidate to finish. After a stop (or scoring that broke) every other one
-        is waited for first, then CampaignStopped (or ScorerUnavailable) is raised."""
-        finished = self._next()
+    def next(self, wake: Callable[[], bool] | None = None) -> Finished | None:
+        """The next candidate to finish, or None as soon as ``wake()`` is true (an agent's
+        answer came in meanwhile). After a stop (or scoring that broke) every other one is
+        waited for first, then CampaignStopped (or ScorerUnavailable) is raised."""
+        finished = self._next(wake)
         if self._fatal is not None or self.stop.is_set():
             self.drain()
         return finished
@@ -206,16 +207,20 @@ class CandidatePool:
         """Every candidate in flight, as each finishes; raises as ``next`` does."""
         done = []
         while self._running:
-            done.append(self._next())
+            finished = self._next()
+            assert finished is not None  # nothing wakes it early
+            done.append(finished)
         if self._fatal is not None:
             raise self._fatal
         self.stop.check()
         return done
 
-    def _next(self) -> Finished:
+    def _next(self, wake: Callable[[], bool] | None = None) -> Finished | None:
         if not self._running:
             raise RuntimeError("no candidate in flight")
         while True:
+            if wake is not None and wake() and not self.stop.is_set():
+                return None
             if self.stop.is_set() and not self._cancelled:
                 self.trainer.cancel_all()
                 self._cancelled = True

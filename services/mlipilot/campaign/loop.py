@@ -372,6 +372,7 @@ def _run_asynchronously(run: _Run) -> Incumbent:
     scheduler = AsyncScheduler(
         iterations=budget.iterations,
         max_in_flight=budget.max_in_flight,
+        asks_in_flight=budget.asks_in_flight,
         epochs=budget.epochs,
         min_improvement=run.campaign.min_improvement,
         layout=run.layout,

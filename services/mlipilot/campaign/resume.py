@@ -54,6 +54,8 @@ class PriorRun:
     decided: set[str] = field(default_factory=set)
     decision_rows: dict[str, int] = field(default_factory=dict)  # candidate -> its row id
     program_base: dict[str, str] = field(default_factory=dict)  # code mode: commit tried on
+    made_from: dict[str, str] = field(default_factory=dict)  # candidate -> its incumbent
+    agent_failed: set[int] = field(default_factory=set)  # iterations with an agent failure
     # Proposals and decisions after the baseline's, in ledger order, as ("proposal" |
     # "decision", candidate, iteration): an asynchronous campaign replays them in this order.
     order: list[tuple[str, str, int]] = field(default_factory=list)
@@ -90,9 +92,13 @@ def read_prior_run(run_dir: Path, events: list[LedgerEvent]) -> PriorRun:
             )
             if detail.base_commit:
                 prior.program_base[e.candidate] = detail.base_commit
+            if detail.incumbent:
+                prior.made_from[e.candidate] = detail.incumbent
             by_iteration.setdefault(e.iteration, {})[candidate_index(e.candidate)] = proposal
             if e.iteration > 0:
                 prior.order.append(("proposal", e.candidate, e.iteration))
+        elif e.event == "agent_failure" and e.iteration is not None:
+            prior.agent_failed.add(e.iteration)
         elif e.event == "repeat" and e.candidate:
             prior.repeated.add(e.candidate)
         elif e.event == "decision" and e.candidate:

@@ -19,6 +19,7 @@ of the conversation is bounded too, with the length and sha256 of each text it c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -138,6 +139,8 @@ class _Conversation:
 class LlmAgent:
     """``Agent`` over an OpenAI-compatible chat-completions server (vLLM, llama.cpp, ...)."""
 
+    concurrent = True  # each proposal is a conversation of its own (agents.base)
+
     def __init__(self, settings: LlmSettings, client: ChatClient | None = None) -> None:
         self.settings = settings
         self.name = f"llm:{settings.model}"
@@ -151,7 +154,7 @@ class LlmAgent:
             max_response_bytes=settings.max_response_bytes,
         )
         self._checked = False
-        self._ids = 0
+        self._ids = itertools.count(1)  # thread-safe: concurrent proposals draw ids too
 
     def check_server(self) -> None:
         """A clear error now, unless the server is there and serves the model."""
@@ -273,8 +276,7 @@ class LlmAgent:
 
     def _mistral_id(self, seed: str) -> str:
         """9 letters and digits, as Mistral's chat template demands."""
-        self._ids += 1
-        digest = hashlib.sha256(f"{seed}/{self._ids}".encode()).digest()
+        digest = hashlib.sha256(f"{seed}/{next(self._ids)}".encode()).digest()
         return "".join(_ALNUM[b % len(_ALNUM)] for b in digest[:9])
 
     # -- structured output

@@ -211,6 +211,16 @@ def overview(state: CampaignState) -> str:
         parts.append(
             "already proposed, not yet decided (propose something else): " + "; ".join(pending)
         )
+    if state.asked_alongside:
+        others = "1 other proposal is" if state.asked_alongside == 1 else "other proposals are"
+        if state.asked_alongside > 1:
+            others = f"{state.asked_alongside} {others}"
+        parts.append(
+            f"{others} being asked of you at this moment, from this same state, and cannot "
+            "be shown here; this is number "
+            f"{state.slot + 1}: propose your idea ranked {state.slot + 1} by promise, so "
+            "that the proposals differ"
+        )
     if state.last_error:
         parts.append(f"your previous proposal was refused: {state.last_error}")
     return "\n\n".join(parts)
