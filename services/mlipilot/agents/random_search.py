@@ -22,9 +22,10 @@ LOG_KEYS = {
     "energy_weight",
     "forces_weight",
     "stress_weight",
+    "stage_two_energy_weight",
+    "stage_two_forces_weight",
     "stage_two_stress_weight",
 }
-LOG_KEYS |= {"stage_two_energy_weight", "stage_two_forces_weight"}
 # The seed is not a hypothesis.
 _SEARCHED = [k for k in Recipe.model_fields if k != "seed"]
 

@@ -246,9 +246,10 @@ def _start(
     recorder.agent_name, recorder.train_hash = agent.name, dataset.hash("train")
     resumed = prior.started is not None
     mode = campaign_mode(campaign, layout.code, resumed, prior.program_base)
+    train = dataset.contents("train")
     tasks = mode.task_for(
         training_split(layout, dataset),
-        dataset.atomic_numbers("train"),
+        train.atomic_numbers,
         campaign.compute.torch_threads,
     )
     session = AgentSession(
@@ -256,7 +257,7 @@ def _start(
         campaign,
         spec,
         dataset.n_frames("train"),
-        dataset.has_stress("train"),
+        train.has_stress,
         mode,
         recorder,
         recorder.reporter,

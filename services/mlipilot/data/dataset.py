@@ -68,6 +68,12 @@ def write_manifest(root: Path, manifest: DatasetManifest) -> Path:
 
 
 @dataclass(frozen=True)
+class SplitContents:
+    atomic_numbers: list[int]  # the elements, sorted: what a model trained on it can embed
+    has_stress: bool  # every frame carries a stress label (what loss=stress needs)
+
+
+@dataclass(frozen=True)
 class Dataset:
     root: Path
     manifest: DatasetManifest
@@ -90,13 +96,21 @@ class Dataset:
     def n_frames(self, split: str) -> int:
         return self._split(split).n_frames
 
+    def contents(self, split: str) -> SplitContents:
+        """What trainers and agents need to know of ``split``, from one read of it."""
+        frames = self.load(split)
+        return SplitContents(
+            atomic_numbers=sorted({int(z) for atoms in frames for z in atoms.numbers}),
+            has_stress=all(STRESS_KEY in atoms.info for atoms in frames),
+        )
+
     def atomic_numbers(self, split: str) -> list[int]:
         """The elements in ``split``, sorted: what a model trained on it can embed."""
-        return sorted({int(z) for atoms in self.load(split) for z in atoms.numbers})
+        return self.contents(split).atomic_numbers
 
     def has_stress(self, split: str) -> bool:
         """Whether every frame of ``split`` carries a stress label (what loss=stress needs)."""
-        return all(STRESS_KEY in atoms.info for atoms in self.load(split))
+        return self.contents(split).has_stress
 
     def load(self, split: str, *, require_stress: bool = False) -> list[Atoms]:
         """Frames of ``split``, re-checked against the manifest hash and validated."""
