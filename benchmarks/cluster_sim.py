@@ -22,8 +22,14 @@ Measured per run (over the window from the first candidate after the baseline to
 - ledger rows per candidate and per second (sustained, compressed);
 - agent latency hidden: the share of think time during which some candidate was running.
 
+``--asks N`` asks an asynchronous campaign's agent for up to N proposals at once
+(``budget.asks_in_flight``), each in a thread of its own; the simulated agent answers them
+side by side, as vLLM batches concurrent requests (its think time does not grow with N here).
+
     .venv/bin/python benchmarks/cluster_sim.py                 # 8, 64, 256 x sync, async
     .venv/bin/python benchmarks/cluster_sim.py --workers 8 --agent llm
+    .venv/bin/python benchmarks/cluster_sim.py --workers 8 64 --agent llm --schedulers async \
+        --asks 1 8 --waves 2
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import yaml
 
 from mlipilot.agents.base import CampaignState, Proposal
 from mlipilot.agents.random_search import RandomSearchAgent
-from mlipilot.campaign import candidates
+from mlipilot.campaign import asynchronous, candidates
 from mlipilot.campaign.loop import run_in_layout
 from mlipilot.campaign.run_folder import create_run
 from mlipilot.config import load_campaign
@@ -75,6 +81,7 @@ class Clock:
     last_start: float | None = None  # the last candidate's training: the steady state ends
     waited_before_s: float = 0.0  # the loop's waiting before the window
     think_s: float = 0.0
+    think_on_loop_s: float = 0.0  # of it, the loop thread's (asked one at a time)
     think_hidden_s: float = 0.0
     running: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -189,6 +196,8 @@ class SimScorer:
 class ThinkingAgent:
     """Random search, with the LLM agent's measured think time (or none) before each answer."""
 
+    concurrent = True  # asked from several threads at once with --asks (agents.base)
+
     def __init__(self, draws: Draws, clock: Clock, think: bool) -> None:
         self.inner = RandomSearchAgent(seed=0)
         self.name = "sim-" + ("llm" if think else "fast")
@@ -204,8 +213,21 @@ class ThinkingAgent:
             seconds = time.monotonic() - t0
             with self.clock.lock:
                 self.clock.think_s += seconds
+                if threading.current_thread() is threading.main_thread():
+                    self.clock.think_on_loop_s += seconds
                 if self.clock.running:
                     self.clock.think_hidden_s += seconds
+
+
+_wait = asynchronous.wait
+
+
+def _timed_wait(*args: Any, **kwargs: Any) -> Any:
+    t0 = time.monotonic()
+    try:
+        return _wait(*args, **kwargs)
+    finally:
+        TimedQueue.waited_s += time.monotonic() - t0
 
 
 class TimedQueue(queue.Queue):
@@ -239,18 +261,18 @@ def model_package(folder: Path) -> Path:
     return write_package(model, folder / "template-package.pt")
 
 
-def campaign_file(folder: Path, scheduler: str, workers: int) -> Path:
+def campaign_file(folder: Path, scheduler: str, workers: int, asks: int, waves: int) -> Path:
     budget: dict[str, Any] = {
-        "iterations": WAVES * workers,
+        "iterations": waves * workers,
         "epochs": 1,
         "max_train_seconds": 300,
         "agent_retries": 2,
     }
     if scheduler == "async":
-        budget |= {"scheduler": "async", "max_in_flight": workers}
+        budget |= {"scheduler": "async", "max_in_flight": workers, "asks_in_flight": asks}
     else:
         budget |= {"candidates_per_iteration": workers}
-        budget["iterations"] = WAVES
+        budget["iterations"] = waves
     campaign = {
         "name": f"sim-{scheduler}-{workers}",
         # Enough frames that every batch size the agent draws fits; made once, shared.
@@ -271,15 +293,23 @@ def campaign_file(folder: Path, scheduler: str, workers: int) -> Path:
 
 
 def simulate(
-    folder: Path, package: Path, scheduler: str, workers: int, agent: str, seed: int
+    folder: Path,
+    package: Path,
+    scheduler: str,
+    workers: int,
+    agent: str,
+    seed: int,
+    asks: int = 1,
+    waves: int = WAVES,
 ) -> dict:
     scale = SCALE.get(workers, max(0.01, workers / 1000))
     draws, clock = Draws(seed, scale), Clock()
-    path = campaign_file(folder, scheduler, workers)
+    path = campaign_file(folder, scheduler, workers, asks, waves)
     campaign, _ = load_campaign(path)
     layout = create_run(campaign, path.read_text(), folder / "runs")
     spec, _ = load_spec(campaign.scorecard)
     TimedQueue.waited_s = 0.0
+    asynchronous.wait = _timed_wait  # the loop's waiting for answers when nothing trains
     started = time.monotonic()
     outcome = run_in_layout(
         campaign,
@@ -296,12 +326,13 @@ def simulate(
     events = read_events(outcome.layout.ledger)
     n = sum(1 for e in events if e.event == "decision" and e.iteration)
     waited = TimedQueue.waited_s - clock.waited_before_s
-    main_s = max(window - waited - clock.think_s, 0.0)
+    main_s = max(window - waited - clock.think_on_loop_s, 0.0)
     uncompressed = (window - main_s) / scale + main_s
     return {
         "scheduler": scheduler,
         "workers": workers,
         "agent": agent,
+        "asks": asks if scheduler == "async" else 1,
         "scale": scale,
         "candidates": n,
         "utilization": clock.busy(t0, ended) / (workers * window),
@@ -325,6 +356,8 @@ def main() -> None:
     parser.add_argument(
         "--schedulers", nargs="+", choices=["sync", "async"], default=["sync", "async"]
     )
+    parser.add_argument("--asks", type=int, nargs="+", default=[1], help="async asks at once")
+    parser.add_argument("--waves", type=int, default=WAVES, help="candidates per worker")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
@@ -334,11 +367,21 @@ def main() -> None:
         package = model_package(Path(tmp))
         for workers in args.workers:
             for scheduler in args.schedulers:
-                folder = Path(tmp) / f"{scheduler}-{workers}"
-                folder.mkdir()
-                row = simulate(folder, package, scheduler, workers, args.agent, args.seed)
-                rows.append(row)
-                print(_line(row), flush=True)
+                for asks in args.asks if scheduler == "async" else [1]:
+                    folder = Path(tmp) / f"{scheduler}-{workers}-{asks}"
+                    folder.mkdir()
+                    row = simulate(
+                        folder,
+                        package,
+                        scheduler,
+                        workers,
+                        args.agent,
+                        args.seed,
+                        asks,
+                        args.waves,
+                    )
+                    rows.append(row)
+                    print(_line(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
@@ -346,7 +389,8 @@ def main() -> None:
 def _line(r: dict) -> str:
     hidden = "-" if r["agent_hidden"] is None else f"{r['agent_hidden']:.0%}"
     return (
-        f"{r['scheduler']:5s} {r['workers']:4d} workers ({r['agent']}, x{r['scale']}): "
+        f"{r['scheduler']:5s} {r['workers']:4d} workers ({r['agent']}, {r['asks']} asks at once, "
+        f"x{r['scale']}): "
         f"{r['candidates']} candidates, utilization {r['utilization']:.0%} "
         f"(steady {r['utilization_steady']:.0%}), "
         f"{r['candidates_per_hour']:.0f}/h, orchestration {r['orchestration_ms_per_candidate']:.1f}"
