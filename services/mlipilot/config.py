@@ -347,14 +347,14 @@ class Campaign(_Strict):
         return paths
 
     @model_validator(mode="after")
-    def _async_supports(self) -> Campaign:
-        # Not yet with async: a seed repeat would pause the campaign's other candidates, and a
-        # code edit accepted off an older program would have to be merged onto the new one.
-        if self.budget.scheduler == "async":
-            if self.noise_seeds > 1:
-                raise ValueError("budget.scheduler 'async' does not do noise-aware acceptance yet")
-            if self.mode == "code":
-                raise ValueError("budget.scheduler 'async' runs mode 'recipe' only (for now)")
+    def _code_mode_asks_one_at_a_time(self) -> Campaign:
+        # A code-mode proposal is a diff of the program on main when it was asked: asked one
+        # at a time, main cannot move between the agent reading it and the proposal's base.
+        if self.mode == "code" and self.budget.asks_in_flight > 1:
+            raise ValueError(
+                "budget.asks_in_flight: mode 'code' asks one proposal at a time (each diff is "
+                "made against the program of its moment)"
+            )
         return self
 
     @property

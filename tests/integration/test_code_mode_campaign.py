@@ -327,3 +327,52 @@ def test_noise_repeats_in_code_mode_train_each_sides_own_program(tmp_path: Path)
         proposal.detail["base_commit"]
         == _git(outcome.layout.code, "rev-list", "--max-parents=0", "main").strip()
     )
+
+
+def test_async_code_mode_accepts_the_program_each_candidate_trained(tmp_path: Path) -> None:
+    """Asynchronous, two in flight: both edits are made from the baseline's program, and the
+    second to finish may be accepted after the first moved main on. Each accepted commit on
+    main holds exactly the program its candidate trained (its base with its diff), never a
+    merge of edits that no candidate trained."""
+    path = write_tiny_campaign(
+        tmp_path, name="code-async", data_path=tmp_path / "data", n_train=48,
+        spec=tiny_spec(md_seeds=(0,)), iterations=2, epochs=10,
+        scheduler="async", max_in_flight=2,
+    )  # fmt: skip
+    data = yaml.safe_load(path.read_text())
+    data["mode"] = "code"
+    path.write_text(yaml.safe_dump(data))
+    campaign, _ = load_campaign(path)
+    cosine = next(e for e in CODE_EDITS if e.name == "cosine-lr")
+    agent = ScriptedAgent(
+        [
+            Proposal(
+                hypothesis="force-norm term",
+                patch=FIX_RECIPE,
+                diff=unified_diff(PROGRAM, BASELINE_PROGRAM, FORCE_NORM.edit(BASELINE_PROGRAM)),
+            ),
+            Proposal(
+                hypothesis="cosine schedule, fitted E0s",
+                patch={**FIX_RECIPE, "e0s": "average"},
+                diff=unified_diff(PROGRAM, BASELINE_PROGRAM, cosine.edit(BASELINE_PROGRAM)),
+            ),
+        ]
+    )
+    outcome = run_campaign(campaign, path, tmp_path / "runs", agent=agent)
+    with Ledger(outcome.layout.ledger) as ledger:
+        proposals = {p.candidate: p for p in ledger.events("proposal")}
+        decisions = [d for d in ledger.events("decision") if d.iteration]
+    root = _git(outcome.layout.code, "rev-list", "--max-parents=0", "main").strip()
+    assert {proposals[n].detail["base_commit"] for n in ("it001", "it002")} == {root}
+    accepted = [d.candidate for d in decisions if d.decision == "ACCEPT"]
+    assert accepted, [(d.candidate, d.reason) for d in decisions]  # the lr fix wins over it000
+    commits = _git(outcome.layout.code, "rev-list", "--reverse", f"{root}..main").split()
+    assert len(commits) == len(accepted)  # one commit per accept, in the order decided
+    for sha, name in zip(commits, accepted, strict=True):
+        trailers = "--format=%(trailers:key=Candidate,valueonly)"
+        assert _git(outcome.layout.code, "log", "-1", trailers, sha).strip() == name
+        trained = outcome.layout.candidate_dir(name) / "program" / PROGRAM
+        assert _git(outcome.layout.code, "show", f"{sha}:{PROGRAM}") == trained.read_text()
+    main_program = _git(outcome.layout.code, "show", f"main:{PROGRAM}")
+    last = outcome.layout.candidate_dir(accepted[-1]) / "program" / PROGRAM
+    assert main_program == last.read_text()

@@ -7,6 +7,9 @@ rule either way. Everything is checked from the ledger: the repeats' rows, each 
 ``detail.noise`` against the repeats' scored results, and each verdict against the rule
 computed from those numbers. A resume of a copy cut before the last such decision reuses the
 repeats instead of training them again.
+
+Both schedulers: synchronous, and asynchronous with two in flight, where a would-be accept's
+repeats train while the other candidate keeps training, and its decision waits for them.
 """
 
 from __future__ import annotations
@@ -34,15 +37,33 @@ PROPOSALS = [
 ]
 
 
+# Asynchronous, both are proposed at once; the second trains a larger model, so the first
+# (a would-be accept) finishes first and its repeats start while the second still trains.
+PROPOSALS_ASYNC = [
+    PROPOSALS[0],
+    Proposal(
+        hypothesis="fitted E0s, two interactions, 5 A",
+        patch={"e0s": "average", "num_interactions": 2, "r_max": 5.0},
+    ),
+]
+
+
 class Scripted:
     name = "scripted"
 
+    def __init__(self, proposals: list[Proposal] = PROPOSALS) -> None:
+        self.proposals = proposals
+
     def propose(self, state: CampaignState) -> Proposal:
-        return PROPOSALS[state.iteration - 1]
+        return self.proposals[state.iteration - 1]
 
 
 def write_campaign(
-    tmp: Path, data_dir: Path, noise: dict[str, object] | None, iterations: int
+    tmp: Path,
+    data_dir: Path,
+    noise: dict[str, object] | None,
+    iterations: int,
+    scheduler: str = "sync",
 ) -> Path:
     # test_campaign.py's training budget: there the same proposal is accepted (a would-be
     # accept here) because it lowers the untrained baseline's violation.
@@ -54,6 +75,7 @@ def write_campaign(
         spec=tiny_spec(md_seeds=(0,)),
         iterations=iterations,
         epochs=10,
+        **({"scheduler": "async", "max_in_flight": 2} if scheduler == "async" else {}),
     )
     if noise:
         data = yaml.safe_load(path.read_text())
@@ -62,16 +84,20 @@ def write_campaign(
     return path
 
 
-def run(tmp: Path, noise: dict[str, object] | None, iterations: int) -> CampaignOutcome:
+def run(
+    tmp: Path, noise: dict[str, object] | None, iterations: int, scheduler: str = "sync"
+) -> CampaignOutcome:
     tmp.mkdir(parents=True, exist_ok=True)
-    path = write_campaign(tmp, tmp.parent / "data", noise, iterations)
+    path = write_campaign(tmp, tmp.parent / "data", noise, iterations, scheduler)
     campaign, _ = load_campaign(path)
-    return run_campaign(campaign, path, tmp / "runs", agent=Scripted())
+    agent = Scripted(PROPOSALS_ASYNC if scheduler == "async" else PROPOSALS)
+    return run_campaign(campaign, path, tmp / "runs", agent=agent)
 
 
-@pytest.fixture(scope="module")
-def noisy(tmp_path_factory: pytest.TempPathFactory) -> CampaignOutcome:
-    return run(tmp_path_factory.mktemp("noise") / "noisy", {"seeds": 2, "k": 1.0}, 2)
+@pytest.fixture(scope="module", params=["sync", "async"])
+def noisy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("noise") / f"noisy-{request.param}"
+    return run(tmp, {"seeds": 2, "k": 1.0}, 2, request.param)
 
 
 def rows(events: list[LedgerEvent], kind: str, candidate: str | None = None) -> list[LedgerEvent]:
@@ -96,16 +122,20 @@ def test_would_be_accepts_are_judged_over_two_seeds(noisy: CampaignOutcome) -> N
         assert len(rows(events, "evaluation", name)) == 1
         assert (noisy.layout.candidate_dir(name) / "result.json").is_file()
     decisions = rows(events, "decision")
-    assert [d.candidate for d in decisions] == ["it000", "it001", "it002"]
+    assert sorted(str(d.candidate) for d in decisions) == ["it000", "it001", "it002"]
 
     incumbent = "it000"
     for d in decisions[1:]:
         assert d.candidate is not None
+        assert d.details(DecisionDetail).incumbent == incumbent  # the incumbent of its moment
         would_be = decide(results.get(d.candidate), results[incumbent]).verdict == "ACCEPT"
         noise = (d.detail or {}).get("noise")
-        if not would_be:  # no repeats, no noise check: today's rule
-            assert noise is None and not [r for r in repeats if r.startswith(f"{d.candidate}.")]
-            assert d.decision == "REVERT"
+        if not would_be:  # no noise check: today's rule
+            assert noise is None and d.decision == "REVERT"
+            # Nor repeats, but asynchronously: a would-be accept against an incumbent that
+            # was replaced while its repeats trained is judged against the new one.
+            if noisy.layout.root.parent.parent.name != "noisy-async":
+                assert not [r for r in repeats if r.startswith(f"{d.candidate}.")]
             continue
         # detail.noise holds the scored results of both seeds of each side.
         assert noise is not None, d.reason
@@ -130,7 +160,8 @@ def test_would_be_accepts_are_judged_over_two_seeds(noisy: CampaignOutcome) -> N
             incumbent = d.candidate
     # Iteration 1 turns an infeasible baseline feasible on both seeds (test_campaign.py's
     # budget makes this proposal feasible): accepted.
-    assert decisions[1].decision == "ACCEPT", decisions[1].reason
+    [it001] = rows(events, "decision", "it001")
+    assert it001.decision == "ACCEPT", it001.reason
     assert [r.verdict for r in noisy.rows] == [d.decision for d in decisions]
     tsv = noisy.layout.results_tsv.read_text().splitlines()
     assert len(tsv) == 1 + 3  # the repeats have no lines of their own
@@ -147,10 +178,14 @@ def test_resume_reuses_the_recorded_repeats(noisy: CampaignOutcome, tmp_path: Pa
     )
     with Ledger(copy / "ledger.sqlite") as ledger:
         ledger.append_all([e.model_copy(update={"id": None}) for e in events[:cut]])
-    outcome = resume_campaign(copy, agent=Scripted())
+    asynchronous = noisy.layout.root.parent.parent.name == "noisy-async"
+    outcome = resume_campaign(copy, agent=Scripted(PROPOSALS_ASYNC if asynchronous else PROPOSALS))
     after = read_events(copy / "ledger.sqlite")[cut:]
     assert after[0].event == "campaign_resumed"
-    assert after[0].detail is not None and after[0].detail["train_again"] == []
+    assert after[0].detail is not None
+    asynchronous = noisy.layout.root.parent.parent.name == "noisy-async"
+    if not asynchronous:  # asynchronously a repeat no longer needed may have been in flight
+        assert after[0].detail["train_again"] == []
     trained_before = {e.candidate for e in events[:cut] if e.event == "training"}
     assert any(".seed" in str(name) for name in trained_before)
     again = [
@@ -174,3 +209,19 @@ def test_without_the_option_nothing_is_repeated(tmp_path_factory: pytest.TempPat
     # Decisions carry the incumbent they were made against, and no noise verdict.
     assert all(d.details(DecisionDetail).noise is None for d in rows(events, "decision"))
     assert not list((outcome.layout.root / "candidates").glob("*.seed*"))
+
+
+def test_asynchronous_repeats_train_beside_the_other_candidate(noisy: CampaignOutcome) -> None:
+    """Asynchronous: a would-be accept's repeats do not pause the campaign; they are set going
+    while the other candidate still trains, and its decision waits for them."""
+    if noisy.layout.root.parent.parent.name != "noisy-async":
+        pytest.skip("the synchronous loop trains an iteration's repeats after its candidates")
+    events = read_events(noisy.layout.ledger)
+    kinds = [(e.event, e.candidate) for e in events]
+    first_repeat = min(i for i, (kind, _) in enumerate(kinds) if kind == "repeat")
+    assert first_repeat < kinds.index(("training", "it002")), kinds  # it002 was training
+    repeats = {"it001.seed2", "it000.seed2"}
+    assert repeats <= {e.candidate for e in rows(events, "repeat")}
+    # it001's decision waited for its repeats' scores.
+    scored = max(kinds.index(("evaluation", name)) for name in repeats)
+    assert kinds.index(("decision", "it001")) > scored

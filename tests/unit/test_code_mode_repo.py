@@ -443,3 +443,21 @@ def test_the_config_check_runs_once_per_change_of_the_file(
     config.write_text(config.read_text() + "\n")  # same keys, a new stat
     fresh.head()
     assert len([c for c in calls if c[1:3] == ["config", "--file"]]) == 2
+
+
+def test_accept_off_an_older_base_makes_main_the_program_that_trained(repo: ProgramRepo) -> None:
+    """Asynchronous campaigns: a candidate tried on an older main is accepted after another
+    edit was. Main becomes its base with its diff (what trained and won), a child of main."""
+    text, base = template_text(), repo.head()
+    moved = repo.accept(unified_diff(PROGRAM, text, edited(text, "0.02")), "first", {})
+    late = unified_diff(PROGRAM, text, edited(text, "0.03"))  # made from the old main
+    with pytest.raises(CodeEditError):
+        repo.accept(late, "onto main as it is", {})  # does not apply on the moved main
+    sha = repo.accept(late, "second", {"Candidate": "it002"}, base=base)
+    assert repo.head() == sha
+    assert git(repo.root, "rev-parse", "main~1").strip() == moved  # history kept, linear
+    assert repo.files() == {PROGRAM: edited(text, "0.03")}
+    assert (repo.root / PROGRAM).read_text() == edited(text, "0.03")
+    assert git(repo.root, "status", "--porcelain") == ""
+    with pytest.raises(MlipilotError, match="not a full commit sha"):
+        repo.accept(late, "m", {}, base="main~2")

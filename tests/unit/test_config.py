@@ -350,6 +350,8 @@ def test_async_scheduler_takes_max_in_flight_and_runs_that_many_on_ray(tmp_path:
     assert campaign.compute.uses_ray(campaign.budget.side_by_side)
     sync, _ = load_campaign(write(tmp_path, CAMPAIGN_YAML, "sync.yaml"))
     assert sync.budget.scheduler == "sync" and sync.budget.side_by_side == 1
+    noisy, _ = load_campaign(write(tmp_path, text + "noise: {seeds: 3}\n", "noisy.yaml"))
+    assert noisy.noise_seeds == 3  # noise-aware acceptance runs asynchronously too
 
 
 @pytest.mark.parametrize(
@@ -358,8 +360,7 @@ def test_async_scheduler_takes_max_in_flight_and_runs_that_many_on_ray(tmp_path:
         ("scheduler: async", "", "needs budget.max_in_flight"),
         ("max_in_flight: 2", "", "needs budget.scheduler: async"),
         ("scheduler: async\n  max_in_flight: 2\n  candidates_per_iteration: 2", "", "with 'async'"),
-        ("scheduler: async\n  max_in_flight: 2", "noise: {seeds: 3}\n", "noise-aware"),
-        ("scheduler: async\n  max_in_flight: 2", "mode: code\n", "mode 'recipe' only"),
+        ("scheduler: async\n  max_in_flight: 2\n  asks_in_flight: 2", "mode: code\n", "one"),
         ("scheduler: later", "", "budget.scheduler"),
         ("scheduler: async\n  max_in_flight: 0", "", "budget.max_in_flight"),
         ("scheduler: async\n  max_in_flight: 2\n  asks_in_flight: 3", "", "a free slot"),

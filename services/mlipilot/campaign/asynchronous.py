@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlipilot.agents.base import Proposal, answers_concurrently
 from mlipilot.campaign.agent_session import AgentSession
@@ -39,14 +40,15 @@ from mlipilot.campaign.modes import CampaignMode
 from mlipilot.campaign.recorder import Recorder
 from mlipilot.campaign.resume import PriorRun
 from mlipilot.campaign.run_folder import fresh_work_dir
-from mlipilot.campaign.selection import Incumbent, PastTraining, Trainings
+from mlipilot.campaign.selection import Incumbent, PastTraining, Trainings, plan_repeats
+from mlipilot.config import NoiseConfig
 from mlipilot.errors import MlipilotError
 from mlipilot.stopping import StopRequest
 
 # The loop's own steps, which both schedulers share: record a decision (and what follows from
 # it: history, the code mode's branch, the console's row), and take an accepted candidate as
 # the new incumbent (its model as best.model, its validation when asked for).
-Decided = Callable[[Finished, Decision, str], None]
+Decided = Callable[[Finished, Decision, str, dict[str, Any] | None], None]
 Accepted = Callable[[Finished], Incumbent]
 
 
@@ -88,10 +90,12 @@ class AsyncScheduler:
     decided: Decided
     accepted: Accepted
     asks_in_flight: int = 1
+    noise: NoiseConfig | None = None  # noise-aware acceptance: would-be accepts over seeds
     incumbent: Incumbent | None = None  # of this moment: set by run()
     _open: dict[str, _Waiting] = field(default_factory=dict)  # proposed, undecided, by name
     _asking: list[_Asking] = field(default_factory=list)  # asked aside, not yet answered
     _queued: list[CandidateJob] = field(default_factory=list)  # proposed, waiting for a worker
+    _repeating: dict[str, str] = field(default_factory=dict)  # seed repeats queued or training
     _ahead: int = 0  # proposals that may wait ready for a worker: set by run()
     _incumbents: dict[str, Incumbent] = field(default_factory=dict)  # every one, by name
     _unasked: list[int] = field(default_factory=list)  # resumed: asked before, not answered
@@ -242,7 +246,10 @@ class AsyncScheduler:
     # --- finishing and deciding -------------------------------------------------------------
 
     def _finished(self, f: Finished) -> None:
-        self._trained(f)
+        if f.job.name in self._repeating:  # a seed repeat: its would-be accept may be judged
+            self.trained[self._repeating.pop(f.job.name)] = PastTraining.of(f)
+        else:
+            self._trained(f)
         self._decide_known()
 
     def _trained(self, f: Finished) -> None:
@@ -255,25 +262,62 @@ class AsyncScheduler:
                 twin.outcome = Finished(twin.job, f.model, f.result, f.failure)
 
     def _decide_known(self) -> None:
-        """Decide every open proposal whose outcome is known, in the order they were made."""
+        """Decide every open proposal whose outcome is known, in the order they were made
+        (a would-be accept waiting for its seed repeats stays open)."""
         for name in [n for n, w in self._open.items() if w.outcome is not None]:
             self._decide(name)
 
-    def _decide(self, name: str) -> None:
-        waiting = self._open.pop(name)
+    def _decide(self, name: str) -> bool:
+        """Decide ``name`` against the incumbent of now; False when a would-be accept waits
+        for its seed repeats (noise-aware acceptance), which are set going."""
+        waiting = self._open[name]
         f = waiting.outcome
         assert f is not None
         inc = self._inc
         decision = decide(
             f.result, inc.result, failure=f.failure, min_improvement=self.min_improvement
         )
+        noise = None
+        if decision.verdict == "ACCEPT" and self.noise is not None and self.noise.seeds > 1:
+            judged = self._over_seeds(f, inc, self.noise)
+            if judged is None:
+                return False
+            decision, noise = judged
+        del self._open[name]
         if waiting.same_as is not None:
             reason = f"same training as {waiting.same_as}, not retrained; {decision.reason}"
             decision = Decision(verdict=decision.verdict, reason=reason)
-        self.decided(f, decision, inc.name)
+        self.decided(f, decision, inc.name, noise)
         if decision.verdict == "ACCEPT" and f.model is not None and f.result is not None:
             self.incumbent = self.accepted(f)
             self._incumbents[self.incumbent.name] = self.incumbent
+        return True
+
+    def _over_seeds(
+        self, f: Finished, inc: Incumbent, noise: NoiseConfig
+    ) -> tuple[Decision, dict[str, Any]] | None:
+        """The comparison over seeds of ``f`` and the incumbent of now, once every repeat it
+        needs has trained; until then None, with the missing repeats queued ahead of new
+        candidates while the others keep running. Planned again at each call: an incumbent
+        replaced meanwhile needs its own repeats."""
+        plan = plan_repeats(
+            f.job.iteration, f, inc, noise.seeds, self.layout, self.mode, self.epochs, self.trained
+        )
+        new = [r for r in plan.repeats if r[0].name not in self._repeating]
+        self.recorder.repeats(new)
+        for job, _, _ in reversed(new):
+            key = plan.key_of(job.name)
+            if job.name in self.prior.known:  # resumed: trained and scored before the stop
+                known = self.prior.known[job.name]
+                self.trained[key] = PastTraining.of(
+                    Finished(job, known.model, known.result, known.failure)
+                )
+            else:
+                self._repeating[job.name] = key
+                self._queued.insert(0, job)  # a decision waits on it: ahead of new candidates
+        if any(key not in self.trained for key in plan.to_train):
+            return None
+        return plan.judge(self.trained, noise.k, self.min_improvement)
 
     # --- resuming ---------------------------------------------------------------------------
 
@@ -289,12 +333,12 @@ class AsyncScheduler:
                 self._next_iteration = max(self._next_iteration, iteration + 1)
                 continue
             waiting = self._open.get(name)
-            if waiting is None or waiting.outcome is None:
+            if waiting is None or waiting.outcome is None or not self._decide(name):
                 raise MlipilotError(
-                    f"{self.layout.root}: the ledger decides {name} but its outcome cannot be "
-                    "read back (its model file is gone?), so the campaign cannot be replayed"
+                    f"{self.layout.root}: the ledger decides {name} but its outcome (or a "
+                    "seed repeat's) cannot be read back (a model file gone?), so the campaign "
+                    "cannot be replayed"
                 )
-            self._decide(name)
         # Asked before the stop and never answered (asked at once with others): asked again.
         answered = {it for kind, _, it in self.prior.order if kind == "proposal"}
         self._unasked = [

@@ -366,14 +366,17 @@ def _run_asynchronously(run: _Run) -> Incumbent:
     assert budget.max_in_flight is not None  # the campaign file's validation saw to it
     training = TrainingBudget(epochs=budget.epochs, max_seconds=budget.max_train_seconds)
 
-    def decided(f: Finished, decision: Decision, against: str) -> None:
-        _decided(run, f, f.job.proposal.patch, decision, against=against)
+    def decided(
+        f: Finished, decision: Decision, against: str, noise: dict[str, Any] | None
+    ) -> None:
+        _decided(run, f, f.job.proposal.patch, decision, noise, against=against)
         faults.reached("after_decision", f.job.iteration)
 
     scheduler = AsyncScheduler(
         iterations=budget.iterations,
         max_in_flight=budget.max_in_flight,
         asks_in_flight=budget.asks_in_flight,
+        noise=run.campaign.noise,
         epochs=budget.epochs,
         min_improvement=run.campaign.min_improvement,
         layout=run.layout,

@@ -204,8 +204,8 @@ class CodeMode:
             return
         trailers = {"Candidate": job.name, "Verdict": decision.verdict, "Ledger-Row": str(row_id)}
         message = job.proposal.hypothesis
-        if decision.verdict == "ACCEPT":
-            self.program.accept(diff, message, trailers)
+        if decision.verdict == "ACCEPT":  # the program it trained: main may have moved on
+            self.program.accept(diff, message, trailers, base=job.base_commit)
         else:  # off the commit it was tried on: main may have moved on in the same iteration
             self.program.keep_reverted(
                 diff, f"reverted/{job.name}", message, trailers, base=job.base_commit

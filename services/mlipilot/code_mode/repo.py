@@ -224,21 +224,37 @@ class ProgramRepo:
             self._git("checkout-index", "-a", "-f", f"--prefix={dest}/", env=env)
         return dest
 
-    def accept(self, diff: str, message: str, trailers: Mapping[str, str]) -> str:
-        """Commit ``diff`` on ``main`` (index and work tree follow); the new commit's sha."""
-        edit = self._prepare(diff)
-        sha = self._commit(edit.tree, edit.base, message, trailers)
+    def accept(
+        self,
+        diff: str,
+        message: str,
+        trailers: Mapping[str, str],
+        *,
+        base: str | None = None,
+    ) -> str:
+        """Commit ``diff`` on ``main`` (index and work tree follow); the new commit's sha.
+
+        ``base``: the commit the candidate was tried on, when ``main`` may have moved on since
+        (asynchronous campaigns). The commit, a child of ``main``, holds ``base``'s files with
+        ``diff`` applied: the program that trained and won, as a recipe made from an older
+        incumbent replaces the newer one. Edits accepted on ``main`` since ``base`` leave it
+        (they stay in its history)."""
+        if base is not None and not _SHA.fullmatch(base):
+            raise MlipilotError(f"base {shown(base)} is not a full commit sha")
+        head = self.head()
+        edit = self._prepare(diff, base)
+        sha = self._commit(edit.tree, head, message, trailers)
         self._run(["update-index", "-q", "--refresh"])
         try:  # refuses, leaving everything as it was, when the work tree has changes of its own
-            self._git("read-tree", "-m", "-u", edit.base, sha)
+            self._git("read-tree", "-m", "-u", head, sha)
         except MlipilotError as exc:
             raise MlipilotError(
                 f"the work tree differs from main; nothing accepted: {exc}"
             ) from None
         try:
-            self._git("update-ref", "-m", "mlipilot: accept", MAIN, sha, edit.base)
+            self._git("update-ref", "-m", "mlipilot: accept", MAIN, sha, head)
         except MlipilotError:
-            self._run(["read-tree", "-m", "-u", sha, edit.base])
+            self._run(["read-tree", "-m", "-u", sha, head])
             raise
         return sha
 
