@@ -8,6 +8,9 @@ tests that only want a spec do not pay for them.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,6 +149,16 @@ def write_tiny_campaign(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(campaign))
     return path
+
+
+def run_cli(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """``mlipilot ARGS`` as a subprocess; ``kill_at``: a ``MLIPILOT_KILL_AT`` point where it
+    SIGKILLs itself (mlipilot/faults.py), for a real ``kill -9`` of the driver."""
+    env = {k: v for k, v in os.environ.items() if k != "MLIPILOT_KILL_AT"}
+    if kill_at:
+        env["MLIPILOT_KILL_AT"] = kill_at
+    command = [sys.executable, "-m", "mlipilot.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
 # -- untrained MACE models built by hand: a real model, no training ------------------------

@@ -11,14 +11,11 @@ what was decided before the kill and trains again only what was in flight.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import datetime
 
 import pytest
 import yaml
-from factories import tiny_spec, write_tiny_campaign
+from factories import run_cli, tiny_spec, write_tiny_campaign
 
 from mlipilot.campaign.decision import decide
 from mlipilot.ledger import LedgerEvent, read_events, score_result
@@ -26,16 +23,8 @@ from mlipilot.ledger.events import DecisionDetail, ProposalDetail
 
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-m", "mlipilot.cli"]
 IN_FLIGHT = 2
 ITERATIONS = 4
-
-
-def _run(args: list[str], kill_at: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLIPILOT_KILL_AT"}
-    if kill_at:
-        env["MLIPILOT_KILL_AT"] = kill_at
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +46,10 @@ def killed_and_resumed(ray_session, tmp_path_factory: pytest.TempPathFactory):
     campaign["compute"] = {"torch_threads": 1, "ray_address": "auto"}  # this session's Ray
     path.write_text(yaml.safe_dump(campaign))
     runs = tmp / "runs"
-    killed = _run(["run", str(path), "--out", str(runs)], kill_at="after_decision:1")
+    killed = run_cli(["run", str(path), "--out", str(runs)], kill_at="after_decision:1")
     run_dir = next(runs.iterdir())
     at_kill = read_events(run_dir / "ledger.sqlite")
-    resumed = _run(["run", "--resume", str(run_dir)], kill_at=None)
+    resumed = run_cli(["run", "--resume", str(run_dir)], kill_at=None)
     final = read_events(run_dir / "ledger.sqlite")
     return killed, at_kill, resumed, final
 

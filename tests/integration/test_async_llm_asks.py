@@ -12,15 +12,12 @@ and the resumed campaign asks it again.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import yaml
-from factories import write_tiny_campaign
+from factories import run_cli, write_tiny_campaign
 from llm_server import calls, serve, tool_call
 
 from mlipilot.campaign.decision import decide
@@ -29,7 +26,6 @@ from mlipilot.ledger.events import DecisionDetail, ProposalDetail
 
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-m", "mlipilot.cli"]
 MODEL = "Qwen/Qwen3-32B"
 ITERATIONS = 4
 # What the n-th request proposes; the third is the one held until the kill.
@@ -69,13 +65,6 @@ class Script:
         return answer
 
 
-def _run(args: list[str], kill_at: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLIPILOT_KILL_AT"}
-    if kill_at:
-        env["MLIPILOT_KILL_AT"] = kill_at
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=900)
-
-
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("async_asks")
@@ -97,12 +86,12 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory):
         path.write_text(yaml.safe_dump(campaign))
         runs = tmp / "runs"
         # The first decision: it001 and it002 were asked together, and it003 asked since.
-        killed = _run(["run", str(path), "--out", str(runs)], "after_decision")
+        killed = run_cli(["run", str(path), "--out", str(runs)], "after_decision")
         run_dir = next(runs.iterdir())
         at_kill = read_events(run_dir / "ledger.sqlite")
         script.released.set()
         time.sleep(0.5)  # the held answer is written to a closed connection, then dropped
-        resumed = _run(["run", "--resume", str(run_dir)], kill_at=None)
+        resumed = run_cli(["run", "--resume", str(run_dir)], kill_at=None)
         final = read_events(run_dir / "ledger.sqlite")
         requests = list(server.requests)
     return script, killed, at_kill, resumed, final, requests
