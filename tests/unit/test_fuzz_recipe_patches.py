@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from mlipilot.errors import MlipilotError
 from mlipilot.recipe import Recipe, RecipeError, bounds, choices
@@ -98,6 +98,7 @@ def _bad_alone(key: str, value: Any) -> bool:
 @example(base=BASES[0], patch={"lr": "1e-3", "num_channels": 16.0, "ema": "yes"})
 @example(base=BASES[0], patch={"lr": math.nan, "seed": 2**31})
 @example(base=BASES[0], patch={"num_channels": "x" * 100_000})
+@example(base=BASES[2], patch={"correlation": 1, "loss": "forces_only", "stage_two": "False"})
 def test_patched_applies_exactly_or_names_the_key(base: Recipe, patch: dict[Any, Any]) -> None:
     try:
         new = base.patched(patch)
@@ -135,7 +136,8 @@ def _check_refusal(exc: RecipeError, base: Recipe, patch: dict[Any, Any]) -> Non
     # Each value is fine alone: only the stage_two/forces_only pair and mace's failing
     # correlation=1 capacity are refused together.
     merged = {**base.model_dump(), **patch}
-    if merged["stage_two"] and merged["loss"] == "forces_only":
+    stage_two = TypeAdapter(bool).validate_python(merged["stage_two"])  # "False" is False
+    if stage_two and merged["loss"] == "forces_only":
         assert "stage_two" in msg and "forces_only" in msg
         return
     corr, max_l, n_int = (float(merged[k]) for k in ("correlation", "max_L", "num_interactions"))
