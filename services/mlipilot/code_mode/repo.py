@@ -211,8 +211,7 @@ class ProgramRepo:
     def materialize(self, diff: str | None, dest: Path, base: str | None = None) -> Path:
         """A plain copy (no .git) of ``base``'s files (default: ``main``) at ``dest``, with
         ``diff`` applied."""
-        if base is not None and not _SHA.fullmatch(base):
-            raise MlipilotError(f"base {shown(base)} is not a full commit sha")
+        _check_base(base)
         tree = (base or self.head()) if diff is None else self._prepare(diff, base).tree
         dest = Path(os.path.realpath(dest))
         if dest.is_relative_to(self.root):
@@ -239,8 +238,7 @@ class ProgramRepo:
         ``diff`` applied: the program that trained and won, as a recipe made from an older
         incumbent replaces the newer one. Edits accepted on ``main`` since ``base`` leave it
         (they stay in its history)."""
-        if base is not None and not _SHA.fullmatch(base):
-            raise MlipilotError(f"base {shown(base)} is not a full commit sha")
+        _check_base(base)
         head = self.head()
         edit = self._prepare(diff, base)
         sha = self._commit(edit.tree, head, message, trailers)
@@ -272,8 +270,7 @@ class ProgramRepo:
         ref = f"refs/heads/{branch}"
         if branch == "main" or self._run(["check-ref-format", ref]).returncode:
             raise MlipilotError(f"{shown(branch)} is not a valid new branch name")
-        if base is not None and not _SHA.fullmatch(base):
-            raise MlipilotError(f"base {shown(base)} is not a full commit sha")
+        _check_base(base)
         edit = self._prepare(diff, base)
         sha = self._commit(edit.tree, edit.base, message, trailers)
         self._git("update-ref", "-m", "mlipilot: keep reverted", ref, sha, "")
@@ -471,6 +468,13 @@ class ProgramRepo:
         self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None
     ) -> str:
         return self._git(*args, input=input, env=env).decode(errors="replace").strip()
+
+
+def _check_base(base: str | None) -> None:
+    """A base commit named by a caller (a ledger row, a candidate job) must be a full sha:
+    a ref or a revision expression would let it name whatever main or a branch holds now."""
+    if base is not None and not _SHA.fullmatch(base):
+        raise MlipilotError(f"base {shown(base)} is not a full commit sha")
 
 
 def apply_to_files(files: Mapping[str, str], diff: str) -> dict[str, str]:
