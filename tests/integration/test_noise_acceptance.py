@@ -51,8 +51,8 @@ PROPOSALS_ASYNC = [
 class Scripted:
     name = "scripted"
 
-    def __init__(self, proposals: list[Proposal] = PROPOSALS) -> None:
-        self.proposals = proposals
+    def __init__(self, asynchronous: bool = False) -> None:
+        self.proposals = PROPOSALS_ASYNC if asynchronous else PROPOSALS
 
     def propose(self, state: CampaignState) -> Proposal:
         return self.proposals[state.iteration - 1]
@@ -90,14 +90,18 @@ def run(
     tmp.mkdir(parents=True, exist_ok=True)
     path = write_campaign(tmp, tmp.parent / "data", noise, iterations, scheduler)
     campaign, _ = load_campaign(path)
-    agent = Scripted(PROPOSALS_ASYNC if scheduler == "async" else PROPOSALS)
-    return run_campaign(campaign, path, tmp / "runs", agent=agent)
+    return run_campaign(campaign, path, tmp / "runs", agent=Scripted(scheduler == "async"))
 
 
 @pytest.fixture(scope="module", params=["sync", "async"])
 def noisy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("noise") / f"noisy-{request.param}"
     return run(tmp, {"seeds": 2, "k": 1.0}, 2, request.param)
+
+
+def asynchronous(outcome: CampaignOutcome) -> bool:
+    """Whether ``outcome`` is the ``noisy`` fixture's asynchronous campaign."""
+    return outcome.layout.root.parent.parent.name == "noisy-async"
 
 
 def rows(events: list[LedgerEvent], kind: str, candidate: str | None = None) -> list[LedgerEvent]:
@@ -134,7 +138,7 @@ def test_would_be_accepts_are_judged_over_two_seeds(noisy: CampaignOutcome) -> N
             assert noise is None and d.decision == "REVERT"
             # Nor repeats, but asynchronously: a would-be accept against an incumbent that
             # was replaced while its repeats trained is judged against the new one.
-            if noisy.layout.root.parent.parent.name != "noisy-async":
+            if not asynchronous(noisy):
                 assert not [r for r in repeats if r.startswith(f"{d.candidate}.")]
             continue
         # detail.noise holds the scored results of both seeds of each side.
@@ -178,13 +182,11 @@ def test_resume_reuses_the_recorded_repeats(noisy: CampaignOutcome, tmp_path: Pa
     )
     with Ledger(copy / "ledger.sqlite") as ledger:
         ledger.append_all([e.model_copy(update={"id": None}) for e in events[:cut]])
-    asynchronous = noisy.layout.root.parent.parent.name == "noisy-async"
-    outcome = resume_campaign(copy, agent=Scripted(PROPOSALS_ASYNC if asynchronous else PROPOSALS))
+    outcome = resume_campaign(copy, agent=Scripted(asynchronous(noisy)))
     after = read_events(copy / "ledger.sqlite")[cut:]
     assert after[0].event == "campaign_resumed"
     assert after[0].detail is not None
-    asynchronous = noisy.layout.root.parent.parent.name == "noisy-async"
-    if not asynchronous:  # asynchronously a repeat no longer needed may have been in flight
+    if not asynchronous(noisy):  # asynchronously a repeat no longer needed may have been in flight
         assert after[0].detail["train_again"] == []
     trained_before = {e.candidate for e in events[:cut] if e.event == "training"}
     assert any(".seed" in str(name) for name in trained_before)
@@ -214,7 +216,7 @@ def test_without_the_option_nothing_is_repeated(tmp_path_factory: pytest.TempPat
 def test_asynchronous_repeats_train_beside_the_other_candidate(noisy: CampaignOutcome) -> None:
     """Asynchronous: a would-be accept's repeats do not pause the campaign; they are set going
     while the other candidate still trains, and its decision waits for them."""
-    if noisy.layout.root.parent.parent.name != "noisy-async":
+    if not asynchronous(noisy):
         pytest.skip("the synchronous loop trains an iteration's repeats after its candidates")
     events = read_events(noisy.layout.ledger)
     kinds = [(e.event, e.candidate) for e in events]
