@@ -6,6 +6,7 @@ instance (loopback-only network namespace, see conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -134,6 +135,25 @@ def _wait_for_epoch(runs: Path, candidate: str, timeout_s: float = 240) -> Path:
     raise AssertionError(f"{candidate} never started training")
 
 
+def _freeze_when_training(runs: Path, candidates: set[str]) -> dict[str, tuple[Path, int, int]]:
+    """Each candidate's folder, training child and its parent (the actor's worker), its child
+    SIGSTOPped as soon as it has logged an epoch: neither can finish its training while the test
+    waits for the other (on a loaded machine one started its eight epochs after the other had
+    run through them, and the kill found no actor)."""
+    frozen: dict[str, tuple[Path, int, int]] = {}
+    deadline = time.monotonic() + 240
+    while len(frozen) < len(candidates):
+        assert time.monotonic() < deadline, f"never both training: {sorted(frozen)}"
+        for name in candidates - set(frozen):
+            for log in runs.glob(f"*/candidates/{name}/train.log"):
+                child = _child_of(log.parent)
+                if child and "Epoch 0" in log.read_text(errors="replace"):
+                    os.kill(child[0], signal.SIGSTOP)
+                    frozen[name] = (log.parent, *child)
+        time.sleep(0.3)
+    return frozen
+
+
 def test_a_killed_trainer_fails_its_candidate_and_a_lost_worker_is_retried(
     ray_session, tmp_path: Path
 ) -> None:
@@ -143,15 +163,17 @@ def test_a_killed_trainer_fails_its_candidate_and_a_lost_worker_is_retried(
     killed: dict[str, str] = {}
 
     def killer() -> None:
-        lost = _wait_for_epoch(runs, "it001-1")
-        child = _child_of(lost)
-        assert child is not None
-        os.kill(child[1], signal.SIGKILL)  # the actor's worker process dies: transient
-        killed["it001-1"] = f"worker {child[1]}"
-        doomed = _wait_for_epoch(runs, "it001-2")
+        frozen = _freeze_when_training(runs, {"it001-1", "it001-2"})
+        _, _, worker = frozen["it001-1"]
+        os.kill(worker, signal.SIGKILL)  # the actor's worker process dies: transient
+        killed["it001-1"] = f"worker {worker}"
+        doomed = frozen["it001-2"][0]
         name = f"trainer-{doomed.parent.parent.name}-it001-2"
         ray.kill(ray.get_actor(name, namespace="mlipilot"), no_restart=True)  # for good
         killed["it001-2"] = name
+        for _, child, _ in frozen.values():  # PDEATHSIG has killed both; none stays stopped
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
