@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
     ("campaign_name", "expert_name"),
     [
         ("cu-emt-quick", "cu-emt-expert"),
-        ("qm7-quick", "qm7-expert"),
-        ("qm7-b3lyp", "qm7-expert"),  # the shipped B3LYP set, unpacked (~10 min of training)
+        # The QM7 sets' checks take ~4 min each: `make test-calibration`, not `make test`.
+        pytest.param("qm7-quick", "qm7-expert", marks=pytest.mark.calibration),
+        pytest.param("qm7-b3lyp", "qm7-expert", marks=pytest.mark.calibration),  # shipped, unpacked
     ],
 )
 def test_example_campaign_baseline_infeasible_expert_feasible(
