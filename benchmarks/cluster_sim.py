@@ -161,6 +161,9 @@ class SimTrainer:
     def poll(self) -> list:
         return []
 
+    def cancel(self, name: str) -> None:
+        pass  # a simulated training runs its drawn time
+
     def cancel_all(self) -> None:
         pass
 

@@ -119,13 +119,25 @@ def test_would_be_accepts_are_judged_over_two_seeds(noisy: CampaignOutcome) -> N
     assert repeats["it001.seed2"].detail == {"repeat_of": "it001", "side": "candidate", "seed": 2}
     assert repeats["it000.seed2"].detail == {"repeat_of": "it000", "side": "incumbent", "seed": 2}
     assert repeats["it001.seed2"].recipe == {**repeats["it000.seed2"].recipe, "lr": 0.01}
+    decisions = rows(events, "decision")
+    used = {
+        n
+        for d in decisions
+        for side in ("candidate", "incumbent")
+        for n in ((d.detail or {}).get("noise") or {}).get(side, {}).get("runs", [])
+    }
     for name, row in repeats.items():
-        # Each repeat: recorded, trained and scored once, and no decision row of its own.
+        # Each repeat a decision used: recorded, trained and scored once, and no decision row
+        # of its own. One no decision used (asynchronously, see the last test) was cancelled.
         assert row.recipe is not None and row.recipe["seed"] == 2
-        assert [t.status for t in rows(events, "training", name)] == ["ok"]
+        trainings = [t.status for t in rows(events, "training", name)]
+        if name not in used:
+            assert asynchronous(noisy) and trainings in ([], ["cancelled"]), (name, trainings)
+            assert rows(events, "evaluation", name) == []
+            continue
+        assert trainings == ["ok"]
         assert len(rows(events, "evaluation", name)) == 1
         assert (noisy.layout.candidate_dir(name) / "result.json").is_file()
-    decisions = rows(events, "decision")
     assert sorted(str(d.candidate) for d in decisions) == ["it000", "it001", "it002"]
 
     incumbent = "it000"
@@ -227,3 +239,13 @@ def test_asynchronous_repeats_train_beside_the_other_candidate(noisy: CampaignOu
     # it001's decision waited for its repeats' scores.
     scored = max(kinds.index(("evaluation", name)) for name in repeats)
     assert kinds.index(("decision", "it001")) > scored
+    # it002 (a would-be accept against it000, its repeat set going) was then judged against
+    # it001 by the rule alone: its repeat, training by then, was cancelled, not trained out.
+    [it002] = rows(events, "decision", "it002")
+    assert ("repeat", "it002.seed2") in kinds and not (it002.detail or {}).get("noise"), (
+        "it002 was meant to be a would-be accept against it000 and no longer one against it001"
+    )
+    [cancelled] = rows(events, "training", "it002.seed2")
+    assert cancelled.status == "cancelled", cancelled.reason
+    assert kinds.index(("training", "it002.seed2")) > kinds.index(("decision", "it002"))
+    assert ("evaluation", "it002.seed2") not in kinds

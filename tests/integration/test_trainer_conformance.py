@@ -1,7 +1,8 @@
 """Every trainer keeps the same contract on the same task: ``LocalTrainer`` (a child process
 here) and ``RayTrainerPool`` (a Ray actor) train one real tiny MACE recipe, fail a task the
-same way, and report a cancelled training as cancelled — which is what lets a resumed campaign
-train it again (``resume.py`` takes ``failed`` as the candidate's own, final fault).
+same way, and report a cancelled training (the campaign's stop, or one task's cancel) as
+cancelled — which is what lets a resumed campaign train it again (``resume.py`` takes
+``failed`` as the candidate's own, final fault).
 
 The Ray case needs the loopback-only namespace that ``make test`` makes (``ray_session``).
 """
@@ -129,9 +130,12 @@ def test_a_task_that_cannot_train_is_a_failed_outcome_with_its_cause(
     assert (tmp_path / "it001" / "train.log").is_file()  # the log a user reads to see why
 
 
+@pytest.mark.parametrize("how", ["campaign stopped", "this task only"])
 def test_a_cancelled_training_is_cancelled_not_failed(
-    harness: Harness, cu_data: Dataset, tmp_path: Path
+    harness: Harness, cu_data: Dataset, tmp_path: Path, how: str
 ) -> None:
+    """A campaign's stop cancels every training; ``cancel(name)`` one, the campaign going on
+    (a seed repeat no decision needs any more)."""
     task = _task(tmp_path, cu_data, epochs=10_000)
 
     def cancel_once_training() -> None:
@@ -140,7 +144,11 @@ def test_a_cancelled_training_is_cancelled_not_failed(
         while not (log.is_file() and "Epoch 0" in log.read_text(errors="replace")):
             assert time.monotonic() < deadline, "training never started"
             time.sleep(0.2)
-        harness.cancel()
+        if how == "campaign stopped":
+            harness.cancel()
+        else:
+            harness.trainer.cancel("another")  # nothing of that name trains: a no-op
+            harness.trainer.cancel(task.name)
 
     canceller = threading.Thread(target=cancel_once_training, daemon=True)
     canceller.start()
@@ -150,3 +158,4 @@ def test_a_cancelled_training_is_cancelled_not_failed(
     assert trained.outcome.status == "cancelled", trained.outcome.cause
     assert trained.outcome.model_path is None
     assert time.monotonic() - t0 < 300
+    assert harness.stop.is_set() == (how == "campaign stopped")

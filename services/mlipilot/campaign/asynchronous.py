@@ -96,6 +96,9 @@ class AsyncScheduler:
     _asking: list[_Asking] = field(default_factory=list)  # asked aside, not yet answered
     _queued: list[CandidateJob] = field(default_factory=list)  # proposed, waiting for a worker
     _repeating: dict[str, str] = field(default_factory=dict)  # seed repeats queued or training
+    _wanted: set[str] = field(default_factory=set)  # training keys waiting decisions need
+    _dropping: set[str] = field(default_factory=set)  # repeats cancelled, not yet finished
+    _again: set[str] = field(default_factory=set)  # repeats whose folder holds a cancelled try
     _ahead: int = 0  # proposals that may wait ready for a worker: set by run()
     _incumbents: dict[str, Incumbent] = field(default_factory=dict)  # every one, by name
     _unasked: list[int] = field(default_factory=list)  # resumed: asked before, not answered
@@ -240,14 +243,21 @@ class AsyncScheduler:
         """Start proposed candidates, in the order proposed, while a worker is free."""
         while self._queued and len(self.pool) < self.max_in_flight:
             job = self._queued.pop(0)
-            fresh_work_dir(job, dispatched_before=self.prior.dispatched(job.name))
+            again = self.prior.dispatched(job.name) or job.name in self._again
+            fresh_work_dir(job, dispatched_before=again)
             self.pool.submit(job)
 
     # --- finishing and deciding -------------------------------------------------------------
 
     def _finished(self, f: Finished) -> None:
-        if f.job.name in self._repeating:  # a seed repeat: its would-be accept may be judged
-            self.trained[self._repeating.pop(f.job.name)] = PastTraining.of(f)
+        name = f.job.name
+        if name in self._repeating:  # a seed repeat: its would-be accept may be judged
+            key = self._repeating.pop(name)
+            if name in self._dropping and f.model is None:
+                self._again.add(name)  # cancelled: trained again if a decision needs it
+            else:
+                self.trained[key] = PastTraining.of(f)
+            self._dropping.discard(name)
         else:
             self._trained(f)
         self._decide_known()
@@ -263,9 +273,27 @@ class AsyncScheduler:
 
     def _decide_known(self) -> None:
         """Decide every open proposal whose outcome is known, in the order they were made
-        (a would-be accept waiting for its seed repeats stays open)."""
+        (a would-be accept waiting for its seed repeats stays open); then drop the seed
+        repeats that no waiting decision needs any more."""
+        self._wanted = set()
         for name in [n for n, w in self._open.items() if w.outcome is not None]:
             self._decide(name)
+        self._drop_unwanted_repeats()
+
+    def _drop_unwanted_repeats(self) -> None:
+        """A would-be accept decided without its repeats (its incumbent was replaced and the
+        rule no longer accepts it against the new one) leaves them unwanted: queued ones are
+        dropped, training ones cancelled (a GPU freed for the next candidate)."""
+        for name, key in list(self._repeating.items()):
+            if key in self._wanted or name in self._dropping:
+                continue
+            queued = [job for job in self._queued if job.name == name]
+            if queued:
+                self._queued.remove(queued[0])
+                del self._repeating[name]
+            else:
+                self._dropping.add(name)
+                self.pool.cancel(name)
 
     def _decide(self, name: str) -> bool:
         """Decide ``name`` against the incumbent of now; False when a would-be accept waits
@@ -316,6 +344,7 @@ class AsyncScheduler:
                 self._repeating[job.name] = key
                 self._queued.insert(0, job)  # a decision waits on it: ahead of new candidates
         if any(key not in self.trained for key in plan.to_train):
+            self._wanted.update(plan.to_train)
             return None
         return plan.judge(self.trained, noise.k, self.min_improvement)
 

@@ -194,6 +194,12 @@ class CandidatePool:
         self._running[job.name] = (job, worker)
         worker.start()
 
+    def cancel(self, name: str) -> None:
+        """Stop one candidate's training; its Finished (a cancelled training) follows. One
+        past its training, or whose trainer has not started it yet, may finish anyway."""
+        if name in self._running:
+            self.trainer.cancel(name)
+
     def next(self, wake: Callable[[], bool] | None = None) -> Finished | None:
         """The next candidate to finish, or None as soon as ``wake()`` is true (an agent's
         answer came in meanwhile). After a stop (or scoring that broke) every other one is

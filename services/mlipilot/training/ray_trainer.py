@@ -109,12 +109,19 @@ class RayTrainerPool:
             return []
         return [(n, d, t, EpochRecord.model_validate(r)) for n, d, t, r in items]
 
+    def cancel(self, name: str) -> None:
+        with self._lock:
+            actor = self._actors.get(name)
+            if actor is not None:
+                self._cancelled.add(name)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)  # the training child dies with it (PDEATHSIG)
+
     def cancel_all(self) -> None:
         with self._lock:
-            actors = list(self._actors.values())
-            self._cancelled.update(self._actors)
-        for actor in actors:
-            ray.kill(actor, no_restart=True)  # the training child dies with it (PDEATHSIG)
+            names = list(self._actors)
+        for name in names:
+            self.cancel(name)
 
     def close(self) -> None:
         self.cancel_all()

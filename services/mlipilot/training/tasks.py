@@ -90,28 +90,61 @@ class Trainer(Protocol):
         """Progress posted from elsewhere (Ray actors): (candidate, done, total, record)."""
         ...
 
+    def cancel(self, name: str) -> None:
+        """Stop one task's training (its outcome: cancelled); nothing when it is not training.
+        The campaign goes on: a seed repeat no decision needs any more is cancelled so."""
+        ...
+
     def cancel_all(self) -> None: ...
 
     def close(self) -> None: ...
 
 
+class _Cancel(threading.Event):
+    """One task's cancel: set by ``cancel(name)``, and set whenever the campaign's stop is
+    (tasks only ask ``is_set()``)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self._stop = stop
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._stop.is_set()
+
+
 class LocalTrainer:
-    """Runs each task here, on ``device``; a stop kills its child process."""
+    """Runs each task here, on ``device``; a stop, or a cancel of its task, kills its child
+    process."""
 
     def __init__(self, device: str, stop: StopRequest) -> None:
         self.device = device
         self.stop = stop
+        self._cancels: dict[str, _Cancel] = {}  # by task, while it trains
+        self._lock = threading.Lock()
 
     def train(self, task: TrainingTask, progress: ProgressFn) -> TrainedModel:
         started = utc_now()
-        outcome = task.run(self.device, progress, self.stop.event)
+        cancel = _Cancel(self.stop.event)
+        with self._lock:
+            self._cancels[task.name] = cancel
+        try:
+            outcome = task.run(self.device, progress, cancel)
+        finally:
+            with self._lock:
+                self._cancels.pop(task.name, None)
         return TrainedModel(outcome, started, started, utc_now(), task.where(self.device))
 
     def poll(self) -> list[tuple[str, int, int, EpochRecord]]:
         return []
 
+    def cancel(self, name: str) -> None:
+        with self._lock:
+            cancel = self._cancels.get(name)
+        if cancel is not None:
+            cancel.set()
+
     def cancel_all(self) -> None:
-        pass  # every task watches the stop event itself
+        pass  # every task's cancel is also set by the stop
 
     def close(self) -> None:
         pass
