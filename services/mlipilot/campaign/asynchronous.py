@@ -99,7 +99,6 @@ class AsyncScheduler:
     _wanted: set[str] = field(default_factory=set)  # training keys waiting decisions need
     _dropping: set[str] = field(default_factory=set)  # repeats cancelled, not yet finished
     _again: set[str] = field(default_factory=set)  # repeats whose folder holds a cancelled try
-    _ahead: int = 0  # proposals that may wait ready for a worker: set by run()
     _incumbents: dict[str, Incumbent] = field(default_factory=dict)  # every one, by name
     _unasked: list[int] = field(default_factory=list)  # resumed: asked before, not answered
     _next_iteration: int = 1
@@ -112,13 +111,12 @@ class AsyncScheduler:
         agent = None
         if self.asks_in_flight > 1 and answers_concurrently(self.session.agent):
             agent = ThreadPoolExecutor(self.asks_in_flight, thread_name_prefix="agent")
-            self._ahead = self.asks_in_flight
         try:
             while True:
                 self._take_answers()
                 self._decide_known()
                 self._start_queued()
-                if self._may_ask():
+                if self._may_ask(ahead=self.asks_in_flight if agent is not None else 0):
                     if agent is not None:
                         self._ask_aside(agent)
                     else:
@@ -144,13 +142,15 @@ class AsyncScheduler:
 
     # --- asking ---------------------------------------------------------------------------
 
-    def _may_ask(self) -> bool:
+    def _may_ask(self, ahead: int) -> bool:
+        """Whether to ask for another proposal; ``ahead``: how many may wait, ready, for a
+        worker (asked at once, in threads; none when asked one at a time)."""
         return (
             not self._agent_done
             and (bool(self._unasked) or self._next_iteration <= self.iterations)
             # Asked at once, proposals may be asked ahead: they wait, ready, for the next
             # worker to free, so a slow agent does not leave it idle.
-            and len(self._open) + len(self._asking) < self.max_in_flight + self._ahead
+            and len(self._open) + len(self._asking) < self.max_in_flight + ahead
             and len(self._asking) < self.asks_in_flight
         )
 
