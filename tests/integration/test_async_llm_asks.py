@@ -5,9 +5,9 @@ resumed.
 Real: MACE training and MD in child processes, SQLite, the LLM agent's HTTP to an
 OpenAI-compatible server on loopback. Scripted (vLLM cannot serve a 32B model here): the
 server's answers. It answers the first two asks only after both have arrived, so they must be
-in flight together; it holds the third (it003) until the killed process is gone and answers
-the fourth (it004) at once, so the kill finds an earlier ask unanswered behind a later one,
-and the resumed campaign asks it again.
+in flight together; it holds it003's ask until the killed process is gone and answers it004's
+(asked with it) at once, so the kill finds an earlier ask unanswered behind a later one, and
+the resumed campaign asks it again.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ pytestmark = pytest.mark.slow
 
 MODEL = "Qwen/Qwen3-32B"
 ITERATIONS = 4
-# What the n-th request proposes; the third is the one held until the kill.
+# What the n-th request proposes (it003's first ask, the third or fourth request, is held
+# until the kill and its answer never reaches the killed process).
 PATCHES = [
     {"e0s": "average"},
     {"lr": 0.01},
-    {"lr": 0.005},  # held, never answered to the killed process
+    {"lr": 0.005},
     {"lr": 0.02},
     {"lr": 0.003},
     {"lr": 0.004},
@@ -41,8 +42,9 @@ PATCHES = [
 
 
 class Script:
-    """The server's steps: the first two meet (each waits until both have arrived), the
-    third waits for ``released``, the rest answer at once."""
+    """The server's steps: the first two meet (each waits until both have arrived), it003's
+    ask waits for ``released``, the rest answer at once. it003 and it004 are asked together,
+    so which of their requests comes third is a race: the held one is found by its prompt."""
 
     def __init__(self) -> None:
         self.both_asked = threading.Barrier(2, timeout=60)
@@ -57,12 +59,16 @@ class Script:
             if n < 2:
                 self.both_asked.wait()  # raises (and the test fails) unless both are in flight
                 self.asked_together = True
-            elif n == 2:
+            elif "Iteration 3 of" in _prompt(request) and not self.released.is_set():
                 self.released.wait(timeout=600)
             hypothesis = f"try {PATCHES[n]}"
             return calls(tool_call("propose", {"hypothesis": hypothesis, "patch": PATCHES[n]}))
 
         return answer
+
+
+def _prompt(request: dict) -> str:
+    return "\n".join(str(m.get("content") or "") for m in request["messages"])
 
 
 @pytest.fixture(scope="module")
