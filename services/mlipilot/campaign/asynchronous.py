@@ -98,7 +98,6 @@ class AsyncScheduler:
     _repeating: dict[str, str] = field(default_factory=dict)  # seed repeats queued or training
     _wanted: set[str] = field(default_factory=set)  # training keys waiting decisions need
     _dropping: set[str] = field(default_factory=set)  # repeats cancelled, not yet finished
-    _again: set[str] = field(default_factory=set)  # repeats whose folder holds a cancelled try
     _incumbents: dict[str, Incumbent] = field(default_factory=dict)  # every one, by name
     _unasked: list[int] = field(default_factory=list)  # resumed: asked before, not answered
     _next_iteration: int = 1
@@ -243,8 +242,7 @@ class AsyncScheduler:
         """Start proposed candidates, in the order proposed, while a worker is free."""
         while self._queued and len(self.pool) < self.max_in_flight:
             job = self._queued.pop(0)
-            again = self.prior.dispatched(job.name) or job.name in self._again
-            fresh_work_dir(job, dispatched_before=again)
+            fresh_work_dir(job, dispatched_before=self.prior.dispatched(job.name))
             self.pool.submit(job)
 
     # --- finishing and deciding -------------------------------------------------------------
@@ -253,11 +251,12 @@ class AsyncScheduler:
         name = f.job.name
         if name in self._repeating:  # a seed repeat: its would-be accept may be judged
             key = self._repeating.pop(name)
-            if name in self._dropping and f.model is None:
-                self._again.add(name)  # cancelled: trained again if a decision needs it
+            if name in self._dropping:
+                # Cancelled as unwanted: no decision can want it again (its candidate is
+                # decided, or its incumbent replaced for good), so it is not remembered.
+                self._dropping.discard(name)
             else:
                 self.trained[key] = PastTraining.of(f)
-            self._dropping.discard(name)
         else:
             self._trained(f)
         self._decide_known()
